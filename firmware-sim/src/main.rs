@@ -1,0 +1,2 @@
+//! Firmware simulation (being written).
+fn main() {}

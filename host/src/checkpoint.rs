@@ -1,0 +1,1 @@
+//! safetensors checkpoints (placeholder: being written).

@@ -1,0 +1,1 @@
+//! The built-in synthetic SHD-shaped dataset (placeholder: being written).

@@ -1,0 +1,12 @@
+//! spiketile (host): plan spiking networks onto 624 KiB tiles, run them bulk-synchronously over
+//! threads, train and evaluate them.
+//!
+//! The stages, in the order data flows through them:
+//! - [`data`]: event datasets (built-in synthetic, SHD HDF5 behind the `hdf5` feature) and binning;
+//! - [`checkpoint`]: safetensors checkpoints, written atomically;
+//! - [`cli`]: the `spiketile` command line.
+
+pub mod atomic;
+pub mod checkpoint;
+pub mod cli;
+pub mod data;
