@@ -1,0 +1,281 @@
+//! The sparse spike buffer (SPEC §2) and the layer-level over-capacity policy.
+//!
+//! A buffer of capacity `K` holds neuron ids: `ids[0..n_spikes]` spiked (`u >= theta`),
+//! `ids[n_spikes..n_grad]` did not spike but are within the gradient window
+//! (`u >= theta - window`); together `ids[0..n_grad]` are the *gradient set*.
+//!
+//! **Over-capacity policy** (deterministic): spikes before near-threshold neurons; within each
+//! group, lower neuron ids first. A layer split over tiles keeps exactly what the whole layer would
+//! keep: every tile keeps up to `K` spikes and up to `K - kept spikes` near-threshold ids in id
+//! order, and [`LayerMerge`] concatenates the tiles' spikes (tile order = id order) and then their
+//! near-threshold ids, up to the layer capacity `K`, telling each tile how many of each it kept.
+//! Every neuron that does not fit is dropped (it did not spike, for every purpose) and counted.
+//!
+//! ```
+//! use spiketile_core::spikes::{build_into, SpikeView};
+//! let u = [0.8, 1.2, -0.5, 0.6, 0.95, 0.1, 0.98];
+//! let mut ids = [0u16; 4];
+//! let b = build_into(&u, 1.0, 0.1, &mut ids);
+//! assert_eq!((b.n_spikes, b.n_grad), (1, 3));
+//! assert_eq!(&ids[..3], &[1, 4, 6]);
+//! ```
+
+use heapless::Vec;
+
+/// What [`build_into`] found and kept.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct BuildResult {
+    /// Spikes kept (`ids[0..n_spikes]`).
+    pub n_spikes: usize,
+    /// End of the gradient set (`ids[0..n_grad]`).
+    pub n_grad: usize,
+    /// Neurons at or over threshold, kept or not.
+    pub raw_spikes: usize,
+    /// Neurons in the window under threshold, kept or not.
+    pub raw_near: usize,
+}
+
+impl BuildResult {
+    /// Neurons dropped for lack of capacity.
+    pub fn dropped(&self) -> usize {
+        self.raw_spikes + self.raw_near - self.n_grad
+    }
+}
+
+/// Builds a buffer from membranes into `ids` (capacity `ids.len()`), by the policy above.
+/// Ids are positions in `u`; `u.len()` must fit `u16`.
+pub fn build_into(u: &[f32], theta: f32, window: f32, ids: &mut [u16]) -> BuildResult {
+    let cap = ids.len();
+    let mut n = 0;
+    let mut raw_spikes = 0;
+    for (i, &x) in u.iter().enumerate() {
+        if x >= theta {
+            raw_spikes += 1;
+            if n < cap {
+                ids[n] = i as u16;
+                n += 1;
+            }
+        }
+    }
+    let n_spikes = n;
+    let lower = theta - window;
+    let mut raw_near = 0;
+    for (i, &x) in u.iter().enumerate() {
+        if x < theta && x >= lower {
+            raw_near += 1;
+            if n < cap {
+                ids[n] = i as u16;
+                n += 1;
+            }
+        }
+    }
+    BuildResult { n_spikes, n_grad: n, raw_spikes, raw_near }
+}
+
+/// A borrowed spike buffer: the gradient set `ids` with its first `n_spikes` entries the spikes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct SpikeView<'a> {
+    /// The gradient set, spikes first.
+    pub ids: &'a [u16],
+    /// How many of `ids` are spikes.
+    pub n_spikes: usize,
+}
+
+impl<'a> SpikeView<'a> {
+    /// An empty buffer (no spikes, empty gradient set).
+    pub const EMPTY: SpikeView<'static> = SpikeView { ids: &[], n_spikes: 0 };
+
+    /// A view of `ids` whose first `n_spikes` are spikes. Returns `None` if `n_spikes > ids.len()`.
+    pub fn new(ids: &'a [u16], n_spikes: usize) -> Option<Self> {
+        (n_spikes <= ids.len()).then_some(SpikeView { ids, n_spikes })
+    }
+
+    /// The spiking ids.
+    pub fn spikes(&self) -> &'a [u16] {
+        &self.ids[..self.n_spikes]
+    }
+
+    /// The non-spiking ids of the gradient set.
+    pub fn near(&self) -> &'a [u16] {
+        &self.ids[self.n_spikes..]
+    }
+
+    /// Size of the gradient set.
+    pub fn n_grad(&self) -> usize {
+        self.ids.len()
+    }
+}
+
+/// A fixed-capacity spike buffer owning its ids (capacity as a type, as in `heapless`).
+#[derive(Clone, Debug, Default)]
+pub struct SpikeBuffer<const K: usize> {
+    ids: Vec<u16, K>,
+    n_spikes: usize,
+    dropped: usize,
+}
+
+impl<const K: usize> SpikeBuffer<K> {
+    /// Builds the buffer of membranes `u` by the over-capacity policy.
+    pub fn from_membranes(u: &[f32], theta: f32, window: f32) -> Self {
+        let mut ids = [0u16; K];
+        let r = build_into(u, theta, window, &mut ids);
+        let mut buf = SpikeBuffer { ids: Vec::new(), n_spikes: r.n_spikes, dropped: r.dropped() };
+        for &id in &ids[..r.n_grad] {
+            // Cannot fail: n_grad <= K.
+            let _ = buf.ids.push(id);
+        }
+        buf
+    }
+
+    /// The gradient set, spikes first.
+    pub fn ids(&self) -> &[u16] {
+        &self.ids
+    }
+
+    /// Number of spikes.
+    pub fn n_spikes(&self) -> usize {
+        self.n_spikes
+    }
+
+    /// Size of the gradient set.
+    pub fn n_grad(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Neurons that did not fit.
+    pub fn dropped(&self) -> usize {
+        self.dropped
+    }
+
+    /// A borrowed view.
+    pub fn view(&self) -> SpikeView<'_> {
+        SpikeView { ids: &self.ids, n_spikes: self.n_spikes }
+    }
+}
+
+/// Merges the buffers of a layer's tiles into the layer's buffer of capacity `out.len()`.
+///
+/// Push every tile's spikes in tile order with [`LayerMerge::push_spikes`], then every tile's
+/// near-threshold ids with [`LayerMerge::push_near`]; each push returns how many of them the layer
+/// kept (a prefix), which the tile then commits. Ids are offset to global layer ids.
+///
+/// ```
+/// use spiketile_core::spikes::LayerMerge;
+/// let mut out = [0u16; 3];
+/// let mut m = LayerMerge::new(&mut out);
+/// assert_eq!(m.push_spikes(&[1], 0), 1); // tile 0 owns neurons 0..4
+/// assert_eq!(m.push_spikes(&[0, 2], 4), 2); // tile 1 owns neurons 4..8
+/// assert_eq!(m.push_near(&[3], 0), 0); // full
+/// let (n_spikes, n_grad) = m.finish();
+/// assert_eq!((n_spikes, n_grad), (3, 3));
+/// assert_eq!(out, [1, 4, 6]);
+/// ```
+#[derive(Debug)]
+pub struct LayerMerge<'a> {
+    out: &'a mut [u16],
+    len: usize,
+    n_spikes: Option<usize>,
+}
+
+impl<'a> LayerMerge<'a> {
+    /// Starts an empty layer buffer over `out`.
+    pub fn new(out: &'a mut [u16]) -> Self {
+        LayerMerge { out, len: 0, n_spikes: None }
+    }
+
+    fn push(&mut self, ids: &[u16], offset: usize) -> usize {
+        let take = ids.len().min(self.out.len() - self.len);
+        for (dst, &id) in self.out[self.len..self.len + take].iter_mut().zip(ids) {
+            *dst = (id as usize + offset) as u16;
+        }
+        self.len += take;
+        take
+    }
+
+    /// Appends a tile's spikes (local ids + `offset`); returns how many fit.
+    ///
+    /// # Panics
+    /// If called after [`LayerMerge::push_near`] (a programming error).
+    pub fn push_spikes(&mut self, ids: &[u16], offset: usize) -> usize {
+        assert!(self.n_spikes.is_none(), "push all spikes before near-threshold ids");
+        self.push(ids, offset)
+    }
+
+    /// Appends a tile's near-threshold ids; returns how many fit.
+    pub fn push_near(&mut self, ids: &[u16], offset: usize) -> usize {
+        if self.n_spikes.is_none() {
+            self.n_spikes = Some(self.len);
+        }
+        self.push(ids, offset)
+    }
+
+    /// `(n_spikes, n_grad)` of the merged buffer `out[..n_grad]`.
+    pub fn finish(self) -> (usize, usize) {
+        (self.n_spikes.unwrap_or(self.len), self.len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn poster_example() {
+        let u = [0.8, 1.2, -0.5, 0.6, 0.95, 0.1, 0.98];
+        let b = SpikeBuffer::<4>::from_membranes(&u, 1.0, 0.1);
+        assert_eq!(b.ids(), &[1, 4, 6]);
+        assert_eq!(b.n_spikes(), 1);
+        assert_eq!(b.n_grad(), 3);
+        assert_eq!(b.dropped(), 0);
+    }
+
+    #[test]
+    fn over_capacity_keeps_spikes_first_and_lowest_ids() {
+        let u = [0.95, 1.5, 0.99, 2.0, 1.0, 0.0];
+        let b = SpikeBuffer::<2>::from_membranes(&u, 1.0, 0.1);
+        assert_eq!(b.ids(), &[1, 3]);
+        assert_eq!((b.n_spikes(), b.dropped()), (2, 3));
+        let b = SpikeBuffer::<4>::from_membranes(&u, 1.0, 0.1);
+        assert_eq!(b.ids(), &[1, 3, 4, 0]);
+        assert_eq!(b.view().near(), &[0]);
+    }
+
+    #[test]
+    fn infinite_window_takes_every_neuron() {
+        let u = [-5.0, 1.0, 0.2];
+        let b = SpikeBuffer::<3>::from_membranes(&u, 1.0, f32::INFINITY);
+        assert_eq!(b.ids(), &[1, 0, 2]);
+    }
+
+    /// Splitting a layer over tiles and merging keeps exactly what one tile keeps.
+    #[test]
+    fn merge_of_tiles_equals_whole_layer() {
+        let u: [f32; 12] = [1.1, 0.95, 0.2, 1.3, 0.91, 1.0, 0.99, 0.5, 1.7, 0.92, 0.0, 1.2];
+        for cap in 1..=12 {
+            let mut whole = [0u16; 12];
+            let w = build_into(&u, 1.0, 0.1, &mut whole[..cap]);
+            for split in [[0usize, 5, 12], [0, 1, 12], [0, 11, 12]] {
+                let mut tile_ids = [[0u16; 12]; 2];
+                let mut res = [BuildResult::default(); 2];
+                for k in 0..2 {
+                    let part = &u[split[k]..split[k + 1]];
+                    let kt = cap.min(part.len());
+                    res[k] = build_into(part, 1.0, 0.1, &mut tile_ids[k][..kt]);
+                }
+                let mut out = [0u16; 12];
+                let mut m = LayerMerge::new(&mut out[..cap]);
+                for k in 0..2 {
+                    m.push_spikes(&tile_ids[k][..res[k].n_spikes], split[k]);
+                }
+                for k in 0..2 {
+                    m.push_near(&tile_ids[k][res[k].n_spikes..res[k].n_grad], split[k]);
+                }
+                let (ns, ng) = m.finish();
+                assert_eq!((ns, ng), (w.n_spikes, w.n_grad), "cap {cap}");
+                assert_eq!(&out[..ng], &whole[..w.n_grad], "cap {cap} split {split:?}");
+            }
+        }
+    }
+}

@@ -1,0 +1,569 @@
+//! A tile: its memory, carved from one arena, and its superstep programs (SPEC §1, §3).
+//!
+//! One tile owns neurons `first_neuron .. first_neuron + neurons` of one layer for a micro-batch
+//! of `batch` samples. Per time step `t` and sample `b` the driver (host engine or firmware) runs:
+//!
+//! 1. [`Tile::forward`] with the source layer's buffer `S_{l-1}[t-1]` (global ids) and, for a
+//!    recurrent layer, the own layer's buffer `S_l[t-1]`; the tile writes its candidate buffer;
+//! 2. the exchange: the layer's tiles are merged with [`crate::LayerMerge`], and each tile is told
+//!    how many of its spikes and near-threshold ids the layer kept with [`Tile::commit`].
+//!
+//! Then, for `t = T-1 .. 0`:
+//!
+//! 3. the driver writes `dL/dS_l[t]` at the tile's gradient set into [`Tile::dlds_mut`];
+//! 4. [`Tile::backward`] updates the adjoints, accumulates the weight gradients and writes partial
+//!    `dL/dS` for the source layer's gradient set at `t-1` ([`Tile::src_partials`]) and, if
+//!    recurrent, for the own layer's ([`Tile::rec_partials`]); the driver sums them over tiles.
+//!
+//! Finally [`Tile::apply`] runs the optimizer on the tile's own weights.
+//!
+//! Weights are stored input-major (`w[j * neurons + i]` is the weight from source neuron `j` to
+//! local neuron `i`) so that one input spike touches one contiguous row.
+//!
+//! ```
+//! use spiketile_core::{NeuronParams, Optimizer, OptimizerKind, SpikeView, Tile, TileConfig};
+//! let cfg = TileConfig {
+//!     neurons: 2, first_neuron: 0, layer_width: 2, inputs: 3, recurrent: false,
+//!     batch: 1, time_steps: 2, in_capacity: 3, layer_capacity: 2,
+//!     optimizer: OptimizerKind::Sgd,
+//! };
+//! let mut arena = vec![0u32; cfg.footprint().unwrap().arena() / 4];
+//! let mut tile = Tile::new(cfg, NeuronParams::default(), bytemuck::cast_slice_mut(&mut arena)).unwrap();
+//! tile.weights_mut().fill(30.0);
+//! tile.forward(0, 0, SpikeView::EMPTY, SpikeView::EMPTY).unwrap();
+//! tile.commit_all(0, 0).unwrap();
+//! let input = SpikeView::new(&[0, 2], 2).unwrap();
+//! tile.forward(1, 0, input, SpikeView::EMPTY).unwrap();
+//! tile.commit_all(1, 0).unwrap();
+//! assert_eq!(tile.out_buffer(1, 0).spikes(), &[0, 1]); // u = 0.05 * 60 = 3 >= 1
+//! ```
+
+use crate::budget::{pad4, Regions};
+use crate::spikes::{build_into, BuildResult, SpikeView};
+use crate::{Footprint, NeuronParams, Optimizer, OptimizerKind, TileError};
+use bytemuck::Pod;
+
+/// Everything that sizes a tile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct TileConfig {
+    /// Neurons on this tile.
+    pub neurons: usize,
+    /// Global id of its first neuron within the layer.
+    pub first_neuron: usize,
+    /// Width `N_l` of the whole layer.
+    pub layer_width: usize,
+    /// Width `N_{l-1}` of the source layer.
+    pub inputs: usize,
+    /// Whether the layer has recurrent weights `V_l` (SPEC §1.4).
+    pub recurrent: bool,
+    /// Samples this tile runs (its micro-batch).
+    pub batch: usize,
+    /// Time steps `T`.
+    pub time_steps: usize,
+    /// Capacity `K_{l-1}` of the source layer's spike buffer.
+    pub in_capacity: usize,
+    /// Capacity `K_l` of the own layer's spike buffer.
+    pub layer_capacity: usize,
+    /// Optimizer (decides optimizer state).
+    pub optimizer: OptimizerKind,
+}
+
+impl TileConfig {
+    /// Capacity of this tile's own buffer: `min(neurons, layer_capacity)`.
+    pub fn own_capacity(&self) -> usize {
+        self.neurons.min(self.layer_capacity)
+    }
+
+    /// Checks that every field is in range (ids and counts fit `u16`).
+    pub fn validate(&self) -> Result<(), TileError> {
+        let max = u16::MAX as usize;
+        let check = |ok: bool, what| if ok { Ok(()) } else { Err(TileError::InvalidConfig(what)) };
+        check(self.neurons >= 1, "neurons must be >= 1")?;
+        check(self.layer_width <= max, "layer width must be <= 65535")?;
+        check(self.first_neuron + self.neurons <= self.layer_width, "neurons beyond layer width")?;
+        check((1..=max).contains(&self.inputs), "inputs must be in 1..=65535")?;
+        check(self.batch >= 1, "batch must be >= 1")?;
+        check(self.time_steps >= 1, "time steps must be >= 1")?;
+        check((1..=self.inputs).contains(&self.in_capacity), "input capacity not in 1..=inputs")?;
+        check(
+            (1..=self.layer_width).contains(&self.layer_capacity),
+            "layer capacity not in 1..=layer width",
+        )
+    }
+
+    /// The footprint of this configuration (see [`Footprint::of`]).
+    pub fn footprint(&self) -> Result<Footprint, TileError> {
+        Footprint::of(self)
+    }
+}
+
+/// Spike counts of a tile since the last [`Tile::reset_stats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct TileStats {
+    /// Neurons at or over threshold, over all steps and samples.
+    pub spikes_raw: u64,
+    /// Neurons in the gradient window under threshold.
+    pub near_raw: u64,
+    /// Spikes the layer kept.
+    pub spikes_kept: u64,
+    /// Near-threshold ids the layer kept.
+    pub near_kept: u64,
+}
+
+impl TileStats {
+    /// Neurons dropped for lack of buffer capacity (spikes and near-threshold).
+    pub fn overflow(&self) -> u64 {
+        self.spikes_raw + self.near_raw - self.spikes_kept - self.near_kept
+    }
+
+    /// Adds another tile's counts.
+    pub fn add(&mut self, o: &TileStats) {
+        self.spikes_raw += o.spikes_raw;
+        self.near_raw += o.near_raw;
+        self.spikes_kept += o.spikes_kept;
+        self.near_kept += o.near_kept;
+    }
+}
+
+/// One tile: configuration, parameters and the slices of its arena.
+#[derive(Debug)]
+pub struct Tile<'a> {
+    cfg: TileConfig,
+    params: NeuronParams,
+    w: &'a mut [f32],
+    v: &'a mut [f32],
+    dw: &'a mut [f32],
+    dv: &'a mut [f32],
+    opt: &'a mut [f32],
+    u: &'a mut [f32],
+    g: &'a mut [f32],
+    cur: &'a mut [f32],
+    c: &'a mut [f32],
+    u_hist: &'a mut [f32],
+    dlds: &'a mut [f32],
+    src_partials: &'a mut [f32],
+    rec_partials: &'a mut [f32],
+    out_hist: &'a mut [u16],
+    in_hist: &'a mut [u16],
+    rec_hist: &'a mut [u16],
+    stats: TileStats,
+}
+
+/// Takes the next `count` elements of type `T` off the front of `rest`, padded to 4 bytes.
+fn carve<'a, T: Pod>(rest: &mut &'a mut [u8], count: usize) -> Result<&'a mut [T], TileError> {
+    let bytes = count * core::mem::size_of::<T>();
+    let taken = core::mem::take(rest);
+    let (head, tail) = taken.split_at_mut(pad4(bytes));
+    *rest = tail;
+    bytemuck::try_cast_slice_mut(&mut head[..bytes]).map_err(|_| TileError::Misaligned)
+}
+
+/// A buffer slot in a history: `[n_spikes, n_grad, ids...]`.
+fn slot_view(slot: &[u16]) -> SpikeView<'_> {
+    let n_grad = slot[1] as usize;
+    SpikeView { ids: &slot[2..2 + n_grad], n_spikes: slot[0] as usize }
+}
+
+fn store(slot: &mut [u16], view: SpikeView<'_>) {
+    slot[0] = view.n_spikes as u16;
+    slot[1] = view.ids.len() as u16;
+    slot[2..2 + view.ids.len()].copy_from_slice(view.ids);
+}
+
+#[inline]
+fn add_row(acc: &mut [f32], row: &[f32]) {
+    for (a, r) in acc.iter_mut().zip(row) {
+        *a += *r;
+    }
+}
+
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).fold(0.0, |s, (x, y)| s + x * y)
+}
+
+impl<'a> Tile<'a> {
+    /// Builds a tile in `arena` (4-byte aligned, at least `cfg.footprint()?.arena()` bytes),
+    /// zeroing what it uses. Refuses configurations over [`crate::TILE_SRAM_BYTES`].
+    pub fn new(
+        cfg: TileConfig,
+        params: NeuronParams,
+        arena: &'a mut [u8],
+    ) -> Result<Self, TileError> {
+        params.validate()?;
+        let fp = Footprint::of(&cfg)?;
+        fp.check()?;
+        if arena.len() < fp.arena() {
+            return Err(TileError::ArenaTooSmall { needed: fp.arena(), got: arena.len() });
+        }
+        if arena.as_ptr() as usize % 4 != 0 {
+            return Err(TileError::Misaligned);
+        }
+        let r = Regions::of(&cfg)?;
+        let (arena, _) = arena.split_at_mut(fp.arena());
+        arena.fill(0);
+        let mut rest = arena;
+        let n = cfg.neurons;
+        let w = carve(&mut rest, r.weights)?;
+        let v = carve(&mut rest, r.recurrent)?;
+        let dw = carve(&mut rest, r.weights)?;
+        let dv = carve(&mut rest, r.recurrent)?;
+        let opt = carve(&mut rest, r.opt_words)?;
+        let state: &mut [f32] = carve(&mut rest, r.state_words)?;
+        let (u, state) = state.split_at_mut(cfg.batch * n);
+        let (g, state) = state.split_at_mut(cfg.batch * n);
+        let (cur, c) = state.split_at_mut(n);
+        let u_hist = carve(&mut rest, r.u_hist)?;
+        let out_hist = carve(&mut rest, r.out_hist)?;
+        let in_hist = carve(&mut rest, r.in_hist)?;
+        let rec_hist = carve(&mut rest, r.rec_hist)?;
+        let dlds = carve(&mut rest, r.dlds)?;
+        let src_partials = carve(&mut rest, r.src_partials)?;
+        let rec_partials = carve(&mut rest, r.rec_partials)?;
+        debug_assert!(rest.is_empty(), "footprint and carving disagree");
+        Ok(Tile {
+            cfg,
+            params,
+            w,
+            v,
+            dw,
+            dv,
+            opt,
+            u,
+            g,
+            cur,
+            c,
+            u_hist,
+            dlds,
+            src_partials,
+            rec_partials,
+            out_hist,
+            in_hist,
+            rec_hist,
+            stats: TileStats::default(),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &TileConfig {
+        &self.cfg
+    }
+
+    /// The neuron parameters.
+    pub fn params(&self) -> &NeuronParams {
+        &self.params
+    }
+
+    /// Incoming weights, input-major: `[inputs][neurons]`.
+    pub fn weights(&self) -> &[f32] {
+        self.w
+    }
+
+    /// Incoming weights, mutable.
+    pub fn weights_mut(&mut self) -> &mut [f32] {
+        self.w
+    }
+
+    /// Recurrent weights, `[layer_width][neurons]` (empty if not recurrent).
+    pub fn recurrent(&self) -> &[f32] {
+        self.v
+    }
+
+    /// Recurrent weights, mutable.
+    pub fn recurrent_mut(&mut self) -> &mut [f32] {
+        self.v
+    }
+
+    /// Accumulated gradients `(dL/dW, dL/dV)`, laid out like the weights.
+    pub fn grads(&self) -> (&[f32], &[f32]) {
+        (self.dw, self.dv)
+    }
+
+    /// Gradients, mutable (the driver sums replicas' gradients here).
+    pub fn grads_mut(&mut self) -> (&mut [f32], &mut [f32]) {
+        (self.dw, self.dv)
+    }
+
+    /// Optimizer state (Adam: first moments of W, second moments of W, then the same for V).
+    pub fn optimizer_state(&self) -> &[f32] {
+        self.opt
+    }
+
+    /// Optimizer state, mutable (for checkpoints).
+    pub fn optimizer_state_mut(&mut self) -> &mut [f32] {
+        self.opt
+    }
+
+    /// Sets every gradient to zero.
+    pub fn zero_grads(&mut self) {
+        self.dw.fill(0.0);
+        self.dv.fill(0.0);
+    }
+
+    /// Spike counts since the last reset.
+    pub fn stats(&self) -> TileStats {
+        self.stats
+    }
+
+    /// Resets the spike counts.
+    pub fn reset_stats(&mut self) {
+        self.stats = TileStats::default();
+    }
+
+    fn check_tb(&self, t: usize, b: usize) -> Result<(), TileError> {
+        if t < self.cfg.time_steps && b < self.cfg.batch {
+            Ok(())
+        } else {
+            Err(TileError::OutOfRange)
+        }
+    }
+
+    fn out_slot(&self, t: usize, b: usize) -> usize {
+        (b * self.cfg.time_steps + t) * (self.cfg.own_capacity() + 2)
+    }
+
+    fn in_slot(&self, t: usize, b: usize) -> usize {
+        (b * self.cfg.time_steps + t) * (self.cfg.in_capacity + 2)
+    }
+
+    fn rec_slot(&self, t: usize, b: usize) -> usize {
+        (b * self.cfg.time_steps + t) * (self.cfg.layer_capacity + 2)
+    }
+
+    fn valid(view: &SpikeView<'_>, cap: usize, width: usize) -> bool {
+        view.ids.len() <= cap
+            && view.n_spikes <= view.ids.len()
+            && view.ids.iter().all(|&id| (id as usize) < width)
+    }
+
+    /// Forward compute of step `t` for sample `b`: integrates `input` (`S_{l-1}[t-1]`, global
+    /// ids) and, if recurrent, `rec` (`S_l[t-1]`), updates membranes, and writes the candidate
+    /// buffer ([`Tile::out_buffer`], local ids). Commit it with [`Tile::commit`] after the
+    /// exchange, before step `t + 1`.
+    pub fn forward(
+        &mut self,
+        t: usize,
+        b: usize,
+        input: SpikeView<'_>,
+        rec: SpikeView<'_>,
+    ) -> Result<BuildResult, TileError> {
+        self.check_tb(t, b)?;
+        let cfg = self.cfg;
+        let rec_ok = if cfg.recurrent {
+            Self::valid(&rec, cfg.layer_capacity, cfg.layer_width)
+        } else {
+            rec.ids.is_empty()
+        };
+        if !Self::valid(&input, cfg.in_capacity, cfg.inputs) || !rec_ok {
+            return Err(TileError::BadInput);
+        }
+        let n = cfg.neurons;
+        let s = self.in_slot(t, b);
+        store(&mut self.in_hist[s..s + cfg.in_capacity + 2], input);
+        if cfg.recurrent {
+            let s = self.rec_slot(t, b);
+            store(&mut self.rec_hist[s..s + cfg.layer_capacity + 2], rec);
+        }
+        self.cur.fill(0.0);
+        for &j in input.spikes() {
+            let j = j as usize;
+            add_row(self.cur, &self.w[j * n..(j + 1) * n]);
+        }
+        for &j in rec.spikes() {
+            let j = j as usize;
+            add_row(self.cur, &self.v[j * n..(j + 1) * n]);
+        }
+        let u = &mut self.u[b * n..(b + 1) * n];
+        if t == 0 {
+            u.fill(0.0);
+        } else {
+            let s = (b * cfg.time_steps + t - 1) * (cfg.own_capacity() + 2);
+            let prev = slot_view(&self.out_hist[s..]);
+            for &i in prev.spikes() {
+                u[i as usize] = 0.0;
+            }
+        }
+        let alpha = self.params.lif.alpha;
+        let one_minus = 1.0 - alpha;
+        for (u, &x) in u.iter_mut().zip(self.cur.iter()) {
+            *u = alpha * *u + one_minus * x;
+        }
+        let kt = cfg.own_capacity();
+        let s = (b * cfg.time_steps + t) * (kt + 2);
+        let slot = &mut self.out_hist[s..s + kt + 2];
+        let r = build_into(u, self.params.lif.theta, self.params.window, &mut slot[2..]);
+        slot[0] = r.n_spikes as u16;
+        slot[1] = r.n_grad as u16;
+        let uh = &mut self.u_hist[(b * cfg.time_steps + t) * kt..][..kt];
+        for (dst, &i) in uh.iter_mut().zip(&slot[2..2 + r.n_grad]) {
+            *dst = u[i as usize];
+        }
+        self.stats.spikes_raw += r.raw_spikes as u64;
+        self.stats.near_raw += r.raw_near as u64;
+        Ok(r)
+    }
+
+    /// The tile's buffer of step `t`, sample `b` (local ids): candidates after
+    /// [`Tile::forward`], what the layer kept after [`Tile::commit`].
+    pub fn out_buffer(&self, t: usize, b: usize) -> SpikeView<'_> {
+        slot_view(&self.out_hist[self.out_slot(t, b)..])
+    }
+
+    /// The source-layer buffer the tile integrated at step `t` (global ids of `S_{l-1}[t-1]`).
+    pub fn in_buffer(&self, t: usize, b: usize) -> SpikeView<'_> {
+        slot_view(&self.in_hist[self.in_slot(t, b)..])
+    }
+
+    /// The own-layer buffer a recurrent tile integrated at step `t` (`S_l[t-1]`); empty if not
+    /// recurrent.
+    pub fn rec_buffer(&self, t: usize, b: usize) -> SpikeView<'_> {
+        if self.cfg.recurrent {
+            slot_view(&self.rec_hist[self.rec_slot(t, b)..])
+        } else {
+            SpikeView::EMPTY
+        }
+    }
+
+    /// Keeps the first `keep_spikes` spikes and the first `keep_near` near-threshold ids of the
+    /// candidate buffer of step `t`, sample `b` (what the layer merge kept); the rest is dropped.
+    pub fn commit(
+        &mut self,
+        t: usize,
+        b: usize,
+        keep_spikes: usize,
+        keep_near: usize,
+    ) -> Result<(), TileError> {
+        self.check_tb(t, b)?;
+        let s = self.out_slot(t, b);
+        let kt = self.cfg.own_capacity();
+        let slot = &mut self.out_hist[s..s + kt + 2];
+        let (ns, ng) = (slot[0] as usize, slot[1] as usize);
+        if keep_spikes > ns || keep_near > ng - ns {
+            return Err(TileError::OutOfRange);
+        }
+        if keep_spikes < ns {
+            slot.copy_within(2 + ns..2 + ns + keep_near, 2 + keep_spikes);
+            let uh = &mut self.u_hist[(b * self.cfg.time_steps + t) * kt..][..kt];
+            uh.copy_within(ns..ns + keep_near, keep_spikes);
+        }
+        slot[0] = keep_spikes as u16;
+        slot[1] = (keep_spikes + keep_near) as u16;
+        self.stats.spikes_kept += keep_spikes as u64;
+        self.stats.near_kept += keep_near as u64;
+        Ok(())
+    }
+
+    /// Commits the whole candidate buffer (a layer on one tile, or nothing over capacity).
+    pub fn commit_all(&mut self, t: usize, b: usize) -> Result<(), TileError> {
+        let v = self.out_buffer(t, b);
+        let (ns, nn) = (v.n_spikes, v.near().len());
+        self.commit(t, b, ns, nn)
+    }
+
+    /// Where the driver writes `dL/dS_l[t]` for sample `b` before [`Tile::backward`]: entry `k`
+    /// belongs to `out_buffer(t, b).ids[k]` (only the first `n_grad` entries are read).
+    pub fn dlds_mut(&mut self, b: usize) -> &mut [f32] {
+        let kt = self.cfg.own_capacity();
+        &mut self.dlds[b * kt..(b + 1) * kt]
+    }
+
+    /// Backward compute of step `t` (call for `t = T-1` down to 0) for sample `b`.
+    ///
+    /// Reads [`Tile::dlds_mut`], updates the adjoints `g = dL/du`, accumulates `dL/dW` (and
+    /// `dL/dV`), and writes the tile's partial `dL/dS_{l-1}[t-1]` at `in_buffer(t, b)`'s gradient
+    /// set into [`Tile::src_partials`] (and `dL/dS_l[t-1]` at `rec_buffer(t, b)`'s into
+    /// [`Tile::rec_partials`]).
+    pub fn backward(&mut self, t: usize, b: usize) -> Result<(), TileError> {
+        self.check_tb(t, b)?;
+        let cfg = self.cfg;
+        let n = cfg.neurons;
+        let kt = cfg.own_capacity();
+        let alpha = self.params.lif.alpha;
+        let theta = self.params.lif.theta;
+        let g = &mut self.g[b * n..(b + 1) * n];
+        if t + 1 == cfg.time_steps {
+            g.fill(0.0);
+        }
+        for x in g.iter_mut() {
+            *x *= alpha;
+        }
+        let out = slot_view(&self.out_hist[(b * cfg.time_steps + t) * (kt + 2)..]);
+        for &i in out.spikes() {
+            g[i as usize] = 0.0;
+        }
+        let uh = &self.u_hist[(b * cfg.time_steps + t) * kt..];
+        let dlds = &self.dlds[b * kt..];
+        for (k, &i) in out.ids.iter().enumerate() {
+            let sp = self.params.surrogate.grad(uh[k], theta);
+            g[i as usize] += sp * dlds[k];
+        }
+        let one_minus = 1.0 - alpha;
+        for (c, &x) in self.c.iter_mut().zip(g.iter()) {
+            *c = one_minus * x;
+        }
+        let input = slot_view(&self.in_hist[self.in_slot(t, b)..]);
+        for &j in input.spikes() {
+            let j = j as usize;
+            add_row(&mut self.dw[j * n..(j + 1) * n], self.c);
+        }
+        let p = &mut self.src_partials[b * cfg.in_capacity..];
+        for (p, &j) in p.iter_mut().zip(input.ids) {
+            let j = j as usize;
+            *p = dot(&self.w[j * n..(j + 1) * n], self.c);
+        }
+        if cfg.recurrent {
+            let rec = slot_view(&self.rec_hist[self.rec_slot(t, b)..]);
+            for &j in rec.spikes() {
+                let j = j as usize;
+                add_row(&mut self.dv[j * n..(j + 1) * n], self.c);
+            }
+            let p = &mut self.rec_partials[b * cfg.layer_capacity..];
+            for (p, &j) in p.iter_mut().zip(rec.ids) {
+                let j = j as usize;
+                *p = dot(&self.v[j * n..(j + 1) * n], self.c);
+            }
+        }
+        Ok(())
+    }
+
+    /// This tile's partial `dL/dS_{l-1}[t-1]` for sample `b` after [`Tile::backward`] at `t`:
+    /// entry `k` belongs to `in_buffer(t, b).ids[k]`.
+    pub fn src_partials(&self, b: usize) -> &[f32] {
+        let k = self.cfg.in_capacity;
+        &self.src_partials[b * k..(b + 1) * k]
+    }
+
+    /// This tile's partial `dL/dS_l[t-1]` through the recurrent weights: entry `k` belongs to
+    /// `rec_buffer(t, b).ids[k]`. Empty if not recurrent.
+    pub fn rec_partials(&self, b: usize) -> &[f32] {
+        if !self.cfg.recurrent {
+            return &[];
+        }
+        let k = self.cfg.layer_capacity;
+        &self.rec_partials[b * k..(b + 1) * k]
+    }
+
+    /// Applies optimizer step `step` (1-based) to the weights with the accumulated gradients.
+    ///
+    /// # Panics
+    /// If `opt.kind` differs from the configured optimizer (a programming error).
+    pub fn apply(&mut self, opt: &Optimizer, step: u32) {
+        assert_eq!(opt.kind, self.cfg.optimizer, "optimizer kind differs from the tile's");
+        let (nw, nv) = (self.w.len(), self.v.len());
+        match opt.kind {
+            OptimizerKind::Sgd => {
+                opt.step(step, self.w, self.dw, &mut [], &mut []);
+                opt.step(step, self.v, self.dv, &mut [], &mut []);
+            }
+            OptimizerKind::Adam => {
+                let (mw, rest) = self.opt.split_at_mut(nw);
+                let (vw, rest) = rest.split_at_mut(nw);
+                let (mv, vv) = rest.split_at_mut(nv);
+                opt.step(step, self.w, self.dw, mw, vw);
+                opt.step(step, self.v, self.dv, mv, vv);
+            }
+        }
+    }
+}

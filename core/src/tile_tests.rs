@@ -1,0 +1,337 @@
+//! Tests of whole tiles: the footprint is the memory used, a layer split over tiles equals the
+//! layer on one tile, and the budget is enforced (property test).
+
+use crate::loss::{loss_and_grad, LossKind};
+use crate::spikes::LayerMerge;
+use crate::*;
+use proptest::prelude::*;
+
+/// Deterministic pseudo-random numbers in [0, 1).
+struct Lcg(u64);
+impl Lcg {
+    fn next(&mut self) -> f32 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((self.0 >> 40) as f32) / (1u64 << 24) as f32
+    }
+}
+
+const INPUTS: usize = 12;
+const WIDTH: usize = 7;
+const T: usize = 25;
+const B: usize = 2;
+
+struct Net {
+    w: Vec<f32>,              // row-major [WIDTH][INPUTS]
+    v: Vec<f32>,              // row-major [WIDTH][WIDTH]
+    data: Vec<Vec<Vec<u16>>>, // [b][t] -> input spike ids
+}
+
+fn net(seed: u64) -> Net {
+    let mut r = Lcg(seed);
+    let w = (0..WIDTH * INPUTS).map(|_| r.next() * 8.0 - 2.0).collect();
+    let v = (0..WIDTH * WIDTH).map(|_| r.next() * 6.0 - 3.0).collect();
+    let data = (0..B)
+        .map(|_| (0..T).map(|_| (0..INPUTS as u16).filter(|_| r.next() < 0.3).collect()).collect())
+        .collect();
+    Net { w, v, data }
+}
+
+struct Outcome {
+    counts: Vec<f32>,
+    dw: Vec<f32>,
+    dv: Vec<f32>,
+    partials: Vec<f32>, // dL/dS_0 summed over tiles, per b, t, input-buffer entry
+    stats: TileStats,
+}
+
+/// Runs one layer (the output layer, CE loss on counts) split at `splits`, in the way the host
+/// engine does: forward supersteps with merge and commit, then backward with recurrent partials
+/// reduced over tiles and fed back as dL/dS of the previous step.
+fn run_layer(net: &Net, splits: &[usize], recurrent: bool, window: f32, cap: usize) -> Outcome {
+    let params = NeuronParams { window, ..NeuronParams::default() };
+    let mut arenas: Vec<Vec<u32>> = Vec::new();
+    let cfgs: Vec<TileConfig> = splits
+        .windows(2)
+        .map(|s| TileConfig {
+            neurons: s[1] - s[0],
+            first_neuron: s[0],
+            layer_width: WIDTH,
+            inputs: INPUTS,
+            recurrent,
+            batch: B,
+            time_steps: T,
+            in_capacity: INPUTS,
+            layer_capacity: cap,
+            optimizer: OptimizerKind::Adam,
+        })
+        .collect();
+    for c in &cfgs {
+        arenas.push(vec![0u32; c.footprint().unwrap().arena() / 4]);
+    }
+    let mut tiles: Vec<Tile> = cfgs
+        .iter()
+        .zip(arenas.iter_mut())
+        .map(|(c, a)| Tile::new(*c, params, bytemuck::cast_slice_mut(a)).unwrap())
+        .collect();
+    for tile in tiles.iter_mut() {
+        let (n, f) = (tile.config().neurons, tile.config().first_neuron);
+        for j in 0..INPUTS {
+            for i in 0..n {
+                tile.weights_mut()[j * n + i] = net.w[(f + i) * INPUTS + j];
+            }
+        }
+        if recurrent {
+            for j in 0..WIDTH {
+                for i in 0..n {
+                    tile.recurrent_mut()[j * n + i] = net.v[(f + i) * WIDTH + j];
+                }
+            }
+        }
+    }
+    // layer[b][t] = (ids, n_spikes)
+    let mut layer = vec![vec![(Vec::new(), 0usize); T]; B];
+    for t in 0..T {
+        for b in 0..B {
+            let input: &[u16] = if t == 0 { &[] } else { &net.data[b][t - 1] };
+            let input = SpikeView::new(input, input.len()).unwrap();
+            let (prev_ids, prev_ns): (Vec<u16>, usize) =
+                if t == 0 { (Vec::new(), 0) } else { layer[b][t - 1].clone() };
+            let rec = if recurrent {
+                SpikeView::new(&prev_ids, prev_ns).unwrap()
+            } else {
+                SpikeView::EMPTY
+            };
+            for tile in tiles.iter_mut() {
+                tile.forward(t, b, input, rec).unwrap();
+            }
+            let mut out = vec![0u16; cap];
+            let mut merge = LayerMerge::new(&mut out);
+            let keep_s: Vec<usize> = tiles
+                .iter()
+                .map(|x| merge.push_spikes(x.out_buffer(t, b).spikes(), x.config().first_neuron))
+                .collect();
+            let keep_n: Vec<usize> = tiles
+                .iter()
+                .map(|x| merge.push_near(x.out_buffer(t, b).near(), x.config().first_neuron))
+                .collect();
+            let (ns, ng) = merge.finish();
+            for (k, tile) in tiles.iter_mut().enumerate() {
+                tile.commit(t, b, keep_s[k], keep_n[k]).unwrap();
+            }
+            layer[b][t] = (out[..ng].to_vec(), ns);
+        }
+    }
+    let mut counts = vec![0.0f32; B * WIDTH];
+    for b in 0..B {
+        for t in 0..T {
+            let (ids, ns) = &layer[b][t];
+            for &i in &ids[..*ns] {
+                counts[b * WIDTH + i as usize] += 1.0;
+            }
+        }
+    }
+    let mut dldc = [0.0f32; B * WIDTH];
+    for b in 0..B {
+        let c = &counts[b * WIDTH..(b + 1) * WIDTH];
+        loss_and_grad(
+            LossKind::CeCount,
+            c,
+            b % WIDTH,
+            1.0 / B as f32,
+            &mut dldc[b * WIDTH..][..WIDTH],
+        );
+    }
+    // dL/dS of the layer at the step being processed, dense per sample (global ids).
+    let mut rec_in = vec![vec![0.0f32; WIDTH]; B];
+    let mut partials = Vec::new();
+    for t in (0..T).rev() {
+        for b in 0..B {
+            for tile in tiles.iter_mut() {
+                let f = tile.config().first_neuron;
+                let ids: Vec<u16> = tile.out_buffer(t, b).ids.to_vec();
+                let d = tile.dlds_mut(b);
+                for (k, &i) in ids.iter().enumerate() {
+                    let gi = f + i as usize;
+                    d[k] = dldc[b * WIDTH + gi] + rec_in[b][gi];
+                }
+                tile.backward(t, b).unwrap();
+            }
+            let mut next = vec![0.0f32; WIDTH];
+            let mut src = vec![0.0f32; tiles[0].in_buffer(t, b).n_grad()];
+            for tile in tiles.iter() {
+                for (s, p) in src.iter_mut().zip(tile.src_partials(b)) {
+                    *s += p;
+                }
+                for (&j, p) in tile.rec_buffer(t, b).ids.iter().zip(tile.rec_partials(b)) {
+                    next[j as usize] += p;
+                }
+            }
+            partials.extend(src);
+            rec_in[b] = next;
+        }
+    }
+    let mut dw = vec![0.0f32; WIDTH * INPUTS];
+    let mut dv = vec![0.0f32; WIDTH * WIDTH];
+    let mut stats = TileStats::default();
+    for tile in tiles.iter() {
+        let (n, f) = (tile.config().neurons, tile.config().first_neuron);
+        let (gw, gv) = tile.grads();
+        for i in 0..n {
+            for j in 0..INPUTS {
+                dw[(f + i) * INPUTS + j] = gw[j * n + i];
+            }
+            for j in 0..gv.len() / n {
+                dv[(f + i) * WIDTH + j] = gv[j * n + i];
+            }
+        }
+        stats.add(&tile.stats());
+    }
+    Outcome { counts, dw, dv, partials, stats }
+}
+
+fn assert_close(a: &[f32], b: &[f32], tol: f32, what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}: lengths");
+    let scale = a.iter().fold(0.0f32, |m, x| m.max(x.abs())).max(1e-12);
+    for (k, (x, y)) in a.iter().zip(b).enumerate() {
+        assert!((x - y).abs() <= tol * scale, "{what}[{k}]: {x} vs {y}");
+    }
+}
+
+#[test]
+fn split_layer_equals_single_tile_exact_mode() {
+    for recurrent in [false, true] {
+        let n = net(7);
+        let one = run_layer(&n, &[0, WIDTH], recurrent, f32::INFINITY, WIDTH);
+        assert!(one.counts.iter().sum::<f32>() > 0.0, "the layer must spike");
+        assert!(one.dw.iter().any(|&g| g != 0.0), "gradients must flow");
+        for splits in [&[0, 3, WIDTH][..], &[0, 1, 4, 6, WIDTH]] {
+            let many = run_layer(&n, splits, recurrent, f32::INFINITY, WIDTH);
+            assert_eq!(one.counts, many.counts);
+            assert_close(&one.dw, &many.dw, 1e-6, "dW");
+            assert_close(&one.dv, &many.dv, 1e-6, "dV");
+            assert_close(&one.partials, &many.partials, 1e-6, "dL/dS_in");
+        }
+    }
+}
+
+#[test]
+fn split_layer_equals_single_tile_sparse_mode_with_overflow() {
+    for recurrent in [false, true] {
+        let n = net(11);
+        let one = run_layer(&n, &[0, WIDTH], recurrent, 0.3, 2);
+        assert!(one.stats.overflow() > 0, "this case must overflow");
+        let many = run_layer(&n, &[0, 2, 5, WIDTH], recurrent, 0.3, 2);
+        assert_eq!(one.counts, many.counts);
+        assert_eq!(one.stats.spikes_kept, many.stats.spikes_kept);
+        assert_eq!(one.stats.near_kept, many.stats.near_kept);
+        assert_close(&one.dw, &many.dw, 1e-6, "dW");
+        assert_close(&one.dv, &many.dv, 1e-6, "dV");
+    }
+}
+
+#[test]
+fn window_covering_every_neuron_equals_exact_mode() {
+    let n = net(3);
+    let exact = run_layer(&n, &[0, 4, WIDTH], true, f32::INFINITY, WIDTH);
+    let wide = run_layer(&n, &[0, 4, WIDTH], true, 1e9, WIDTH);
+    assert_eq!(exact.counts, wide.counts);
+    assert_eq!(exact.dw, wide.dw);
+    assert_eq!(exact.partials, wide.partials);
+    // A narrow window really is different (so the test above can fail).
+    let narrow = run_layer(&n, &[0, 4, WIDTH], true, 0.05, WIDTH);
+    assert_ne!(exact.dw, narrow.dw);
+}
+
+fn small_cfg() -> TileConfig {
+    TileConfig {
+        neurons: 5,
+        first_neuron: 2,
+        layer_width: 9,
+        inputs: 13,
+        recurrent: true,
+        batch: 3,
+        time_steps: 7,
+        in_capacity: 4,
+        layer_capacity: 3,
+        optimizer: OptimizerKind::Adam,
+    }
+}
+
+#[test]
+fn footprint_is_exactly_the_memory_used() {
+    let cfg = small_cfg();
+    let fp = cfg.footprint().unwrap();
+    // Carving asserts (debug) that it consumed the arena exactly; one word less is refused.
+    let mut arena = vec![0u32; fp.arena() / 4];
+    assert!(Tile::new(cfg, NeuronParams::default(), bytemuck::cast_slice_mut(&mut arena)).is_ok());
+    let short = &mut bytemuck::cast_slice_mut::<u32, u8>(&mut arena)[..fp.arena() - 4];
+    assert_eq!(
+        Tile::new(cfg, NeuronParams::default(), short).unwrap_err(),
+        TileError::ArenaTooSmall { needed: fp.arena(), got: fp.arena() - 4 }
+    );
+    assert_eq!(fp.header, core::mem::size_of::<Tile>());
+    // Region sizes by hand: weights 13*5 + recurrent 9*5 floats.
+    assert_eq!(fp.weights, (13 * 5 + 9 * 5) * 4);
+    assert_eq!(fp.optimizer, 2 * fp.weights);
+    let bt = 3 * 7;
+    let pad = |bytes: usize| bytes.div_ceil(4) * 4;
+    assert_eq!(fp.history, bt * 3 * 4 + pad(2 * bt * 5) + pad(2 * bt * 6) + pad(2 * bt * 5));
+}
+
+#[test]
+fn misaligned_arena_is_refused() {
+    let cfg = small_cfg();
+    let mut arena = vec![0u32; cfg.footprint().unwrap().arena() / 4 + 1];
+    let bytes = &mut bytemuck::cast_slice_mut::<u32, u8>(&mut arena)[1..];
+    assert_eq!(Tile::new(cfg, NeuronParams::default(), bytes).unwrap_err(), TileError::Misaligned);
+}
+
+#[test]
+fn bad_input_is_an_error_not_a_panic() {
+    let cfg = small_cfg();
+    let mut arena = vec![0u32; cfg.footprint().unwrap().arena() / 4];
+    let mut tile =
+        Tile::new(cfg, NeuronParams::default(), bytemuck::cast_slice_mut(&mut arena)).unwrap();
+    let too_big = SpikeView::new(&[13], 1).unwrap();
+    assert_eq!(tile.forward(0, 0, too_big, SpikeView::EMPTY), Err(TileError::BadInput));
+    let too_many = SpikeView::new(&[0, 1, 2, 3, 4], 5).unwrap();
+    assert_eq!(tile.forward(0, 0, too_many, SpikeView::EMPTY), Err(TileError::BadInput));
+    assert_eq!(tile.forward(7, 0, SpikeView::EMPTY, SpikeView::EMPTY), Err(TileError::OutOfRange));
+    assert_eq!(tile.backward(0, 3), Err(TileError::OutOfRange));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+    /// Every tile that builds fits the budget, and every configuration over budget is refused.
+    #[test]
+    fn footprint_never_exceeds_budget_for_tiles_that_build(
+        neurons in 1usize..300,
+        inputs in 1usize..5000,
+        extra_width in 0usize..2000,
+        recurrent: bool,
+        batch in 1usize..64,
+        time_steps in 1usize..200,
+        in_frac in 0.0f64..1.0,
+        layer_frac in 0.0f64..1.0,
+        adam: bool,
+    ) {
+        let layer_width = neurons + extra_width;
+        let cfg = TileConfig {
+            neurons, first_neuron: extra_width, layer_width, inputs, recurrent, batch, time_steps,
+            in_capacity: ((inputs as f64 * in_frac).ceil() as usize).max(1),
+            layer_capacity: ((layer_width as f64 * layer_frac).ceil() as usize).max(1),
+            optimizer: if adam { OptimizerKind::Adam } else { OptimizerKind::Sgd },
+        };
+        let fp = cfg.footprint().unwrap();
+        // Offer a full tile's worth of memory (or more): only the budget may refuse.
+        let words = fp.arena().max(TILE_SRAM_BYTES) / 4 + 1;
+        let mut arena = vec![0u32; words];
+        match Tile::new(cfg, NeuronParams::default(), bytemuck::cast_slice_mut(&mut arena)) {
+            Ok(_) => prop_assert!(fp.total() <= TILE_SRAM_BYTES),
+            Err(e) => {
+                prop_assert!(fp.total() > TILE_SRAM_BYTES);
+                prop_assert_eq!(e, TileError::OverBudget { needed: fp.total(), available: TILE_SRAM_BYTES });
+            }
+        }
+    }
+}
