@@ -192,8 +192,18 @@ impl<'a> Tile<'a> {
         params: NeuronParams,
         arena: &'a mut [u8],
     ) -> Result<Self, TileError> {
+        let fp = Self::check_arena(&cfg, &params, arena)?;
+        arena[..fp.arena()].fill(0);
+        Self::attach(cfg, params, arena)
+    }
+
+    fn check_arena(
+        cfg: &TileConfig,
+        params: &NeuronParams,
+        arena: &[u8],
+    ) -> Result<Footprint, TileError> {
         params.validate()?;
-        let fp = Footprint::of(&cfg)?;
+        let fp = Footprint::of(cfg)?;
         fp.check()?;
         if arena.len() < fp.arena() {
             return Err(TileError::ArenaTooSmall { needed: fp.arena(), got: arena.len() });
@@ -201,9 +211,22 @@ impl<'a> Tile<'a> {
         if arena.as_ptr() as usize % 4 != 0 {
             return Err(TileError::Misaligned);
         }
+        Ok(fp)
+    }
+
+    /// Re-attaches a tile to an arena that [`Tile::new`] initialised with the same configuration,
+    /// keeping its contents (weights, state, history). Spike counts start at zero.
+    ///
+    /// This is how a driver that keeps many tiles' arenas (rather than `Tile` values) runs a
+    /// tile's program: attach, run, drop. Attaching is a few slice splits.
+    pub fn attach(
+        cfg: TileConfig,
+        params: NeuronParams,
+        arena: &'a mut [u8],
+    ) -> Result<Self, TileError> {
+        let fp = Self::check_arena(&cfg, &params, arena)?;
         let r = Regions::of(&cfg)?;
         let (arena, _) = arena.split_at_mut(fp.arena());
-        arena.fill(0);
         let mut rest = arena;
         let n = cfg.neurons;
         let w = carve(&mut rest, r.weights)?;
@@ -476,6 +499,17 @@ impl<'a> Tile<'a> {
     /// set into [`Tile::src_partials`] (and `dL/dS_l[t-1]` at `rec_buffer(t, b)`'s into
     /// [`Tile::rec_partials`]).
     pub fn backward(&mut self, t: usize, b: usize) -> Result<(), TileError> {
+        self.backward_with(t, b, true)
+    }
+
+    /// [`Tile::backward`], skipping the source-layer partials when `source_partials` is false
+    /// (the first hidden layer: nobody needs `dL/dS` of the data).
+    pub fn backward_with(
+        &mut self,
+        t: usize,
+        b: usize,
+        source_partials: bool,
+    ) -> Result<(), TileError> {
         self.check_tb(t, b)?;
         let cfg = self.cfg;
         let n = cfg.neurons;
@@ -508,10 +542,12 @@ impl<'a> Tile<'a> {
             let j = j as usize;
             add_row(&mut self.dw[j * n..(j + 1) * n], self.c);
         }
-        let p = &mut self.src_partials[b * cfg.in_capacity..];
-        for (p, &j) in p.iter_mut().zip(input.ids) {
-            let j = j as usize;
-            *p = dot(&self.w[j * n..(j + 1) * n], self.c);
+        if source_partials {
+            let p = &mut self.src_partials[b * cfg.in_capacity..];
+            for (p, &j) in p.iter_mut().zip(input.ids) {
+                let j = j as usize;
+                *p = dot(&self.w[j * n..(j + 1) * n], self.c);
+            }
         }
         if cfg.recurrent {
             let rec = slot_view(&self.rec_hist[self.rec_slot(t, b)..]);
