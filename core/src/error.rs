@@ -50,3 +50,5 @@ impl core::fmt::Display for TileError {
         }
     }
 }
+
+impl core::error::Error for TileError {}

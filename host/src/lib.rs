@@ -7,6 +7,10 @@
 //! - [`cli`]: the `spiketile` command line.
 
 pub mod atomic;
+pub mod config;
+pub mod engine;
+pub mod model;
+pub mod plan;
 pub mod checkpoint;
 pub mod cli;
 pub mod data;

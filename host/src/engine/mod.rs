@@ -1,0 +1,149 @@
+//! Engines run one batch forward (and, when training, backward and the optimizer step).
+//!
+//! - [`tiled`]: the bulk-synchronous tile engine: tiles of the core on worker threads, explicit
+//!   exchange buffers, a barrier per phase;
+//! - [`dense`]: a plain dense implementation of the same math, the oracle for parity tests (and,
+//!   with a smooth spike function, for finite-difference gradient checks).
+
+pub mod barrier;
+pub mod dense;
+mod shared;
+pub mod tiled;
+
+use crate::config::ModelConfig;
+use crate::data::BinnedSample;
+use crate::model::{OptimState, Params};
+use anyhow::Result;
+use spiketile_core::SpikeView;
+
+/// The input spikes of a batch: per sample and step the data's spike ids truncated to the input
+/// capacity (lowest ids kept, drops counted), laid out as `[n_spikes, n_grad, ids..]` slots.
+#[derive(Clone, Debug, Default)]
+pub struct InputBatch {
+    /// Samples in the batch.
+    pub len: usize,
+    /// Time steps.
+    pub time_steps: usize,
+    /// Capacity `K_0`.
+    pub capacity: usize,
+    slots: Vec<u16>,
+    /// Labels.
+    pub labels: Vec<u16>,
+    /// Input spikes kept / dropped.
+    pub stats: LayerStats,
+}
+
+impl InputBatch {
+    /// Builds the batch from binned samples.
+    pub fn new(samples: &[&BinnedSample], time_steps: usize, capacity: usize) -> Self {
+        let slot = capacity + 2;
+        let mut slots = vec![0u16; samples.len() * time_steps * slot];
+        let mut stats = LayerStats::default();
+        for (b, s) in samples.iter().enumerate() {
+            for t in 0..time_steps {
+                let ids = s.step(t);
+                let keep = ids.len().min(capacity);
+                let dst = &mut slots[(b * time_steps + t) * slot..][..slot];
+                dst[0] = keep as u16;
+                dst[1] = keep as u16;
+                dst[2..2 + keep].copy_from_slice(&ids[..keep]);
+                stats.spikes += keep as u64;
+                stats.overflow += (ids.len() - keep) as u64;
+            }
+        }
+        stats.neuron_steps = 0;
+        InputBatch {
+            len: samples.len(),
+            time_steps,
+            capacity,
+            slots,
+            labels: samples.iter().map(|s| s.label).collect(),
+            stats,
+        }
+    }
+
+    /// `S_0[t]` of sample `b`.
+    pub fn step(&self, b: usize, t: usize) -> SpikeView<'_> {
+        let slot = &self.slots[(b * self.time_steps + t) * (self.capacity + 2)..];
+        SpikeView { ids: &slot[2..2 + slot[1] as usize], n_spikes: slot[0] as usize }
+    }
+}
+
+/// Spike statistics of one layer over a batch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LayerStats {
+    /// Spikes kept.
+    pub spikes: u64,
+    /// Spikes and near-threshold ids dropped for lack of capacity.
+    pub overflow: u64,
+    /// Neurons × steps × samples (the denominator of activity).
+    pub neuron_steps: u64,
+}
+
+impl LayerStats {
+    /// Fraction of neuron-steps that spiked.
+    pub fn activity(&self) -> f64 {
+        if self.neuron_steps == 0 {
+            0.0
+        } else {
+            self.spikes as f64 / self.neuron_steps as f64
+        }
+    }
+
+    /// Adds another batch's counts.
+    pub fn add(&mut self, o: &LayerStats) {
+        self.spikes += o.spikes;
+        self.overflow += o.overflow;
+        self.neuron_steps += o.neuron_steps;
+    }
+}
+
+/// What one batch produced.
+#[derive(Clone, Debug, Default)]
+pub struct BatchResult {
+    /// Sum of the per-sample losses.
+    pub loss_sum: f64,
+    /// Output spike counts, `[sample][class]`.
+    pub counts: Vec<f32>,
+    /// Per layer (hidden layers then output) spike statistics.
+    pub layers: Vec<LayerStats>,
+}
+
+/// A training/inference engine of one model.
+pub trait Engine: Send {
+    /// Runs a batch (at most the configured batch size). With `train`, also backpropagates and
+    /// takes one optimizer step.
+    fn run_batch(&mut self, batch: &InputBatch, train: bool) -> Result<BatchResult>;
+    /// The current parameters.
+    fn params(&mut self) -> Params;
+    /// The current optimizer state.
+    fn optim_state(&mut self) -> OptimState;
+    /// Replaces parameters and (optionally) optimizer state.
+    fn set_state(&mut self, params: &Params, optim: Option<&OptimState>) -> Result<()>;
+    /// The model configuration.
+    fn config(&self) -> &ModelConfig;
+}
+
+/// Sums per-sample losses and writes `dL/dc` (scaled by `1 / batch`) for every sample.
+pub(crate) fn batch_loss(
+    cfg: &ModelConfig,
+    counts: &[f32],
+    labels: &[u16],
+    dldc: &mut [f32],
+) -> Result<f64> {
+    let kind = cfg.loss_kind()?;
+    let c = cfg.classes;
+    let scale = 1.0 / labels.len() as f32;
+    let mut sum = 0.0;
+    for (b, &label) in labels.iter().enumerate() {
+        let range = b * c..(b + 1) * c;
+        sum += spiketile_core::loss::loss_and_grad(
+            kind,
+            &counts[range.clone()],
+            label as usize,
+            scale,
+            &mut dldc[range],
+        ) as f64;
+    }
+    Ok(sum)
+}

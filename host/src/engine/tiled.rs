@@ -1,0 +1,639 @@
+//! The bulk-synchronous tile engine (SPEC §3).
+//!
+//! Every layer is planned onto tiles ([`crate::plan`]); each tile is a 4-byte-aligned arena of
+//! exactly its footprint that the core's [`Tile`] re-attaches to whenever it runs. One batch is a
+//! fixed sequence of *phases* separated by a [`SpinBarrier`]; inside a phase, worker threads take
+//! work units from an atomic counter:
+//!
+//! | phase | unit | writes | reads |
+//! |---|---|---|---|
+//! | forward compute `t` | tile `(l, r, p)` | its arena | layer buffers of `t-1` |
+//! | forward exchange `t` | replica `(l, r)` | its tiles (commit), layer buffer `l` of its samples at `t` | its tiles |
+//! | loss | thread 0 | counts, `dL/dc` | output layer buffers |
+//! | backward exchange `t` | replica `(l, r)` | its tiles' `dL/dS` in-buffers | partials of `l+1` and `l`, `dL/dc` |
+//! | backward compute `t` | tile `(l, r, p)` | its arena, its partial out-buffers | its arena |
+//! | update | tile column `(l, p)` | the tiles `(l, *, p)` | the same |
+//!
+//! No region is written by two units of one phase or read by a unit while another writes it, so
+//! results are bit-identical for any number of threads; sums over tiles and replicas run in a
+//! fixed order.
+
+use super::barrier::SpinBarrier;
+use super::shared::Shared;
+use super::{batch_loss, BatchResult, Engine, InputBatch, LayerStats};
+use crate::config::ModelConfig;
+use crate::model::{OptimState, Params};
+use crate::plan::{LayerPlan, Plan};
+use anyhow::{anyhow, ensure, Result};
+use spiketile_core::{
+    LayerMerge, NeuronParams, Optimizer, OptimizerKind, SpikeView, Tile, TileConfig, TileError,
+    TileStats,
+};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+
+/// One tile's home: its configuration, arena and spike counts.
+struct TileHome {
+    cfg: TileConfig,
+    arena: Box<[u32]>,
+    stats: TileStats,
+}
+
+impl TileHome {
+    fn tile(&mut self, params: NeuronParams) -> Result<Tile<'_>, TileError> {
+        Tile::attach(self.cfg, params, bytemuck::cast_slice_mut(&mut self.arena))
+    }
+}
+
+/// A layer at run time: its plan, tiles and exchange buffers.
+struct LayerRt {
+    plan: LayerPlan,
+    /// `[r * P + p]`.
+    tiles: Shared<TileHome>,
+    /// Global neuron id → tile index `p` within a replica.
+    owner: Vec<u16>,
+    /// Layer buffers `[b][t][cap + 2]`, global ids.
+    buf: Shared<u16>,
+    /// Partial `dL/dS` of the source layer from each tile: `[r][p][m][in_cap]`.
+    part_src: Shared<f32>,
+    /// Partial `dL/dS` of this layer through recurrent weights: `[r][p][m][cap]`.
+    part_rec: Shared<f32>,
+}
+
+impl LayerRt {
+    fn p(&self) -> usize {
+        self.plan.splits.len()
+    }
+}
+
+/// The tiled bulk-synchronous engine.
+pub struct TiledEngine {
+    cfg: ModelConfig,
+    plan: Plan,
+    params: NeuronParams,
+    optimizer: Optimizer,
+    layers: Vec<LayerRt>,
+    /// Output counts `[b][class]` and `dL/dc`.
+    counts: Shared<f32>,
+    dldc: Shared<f32>,
+    threads: usize,
+    step: u32,
+}
+
+/// Per-thread scratch, allocated once per batch.
+struct Scratch {
+    acc: Vec<f32>,
+    merged: Vec<u16>,
+    keep_s: Vec<usize>,
+    keep_n: Vec<usize>,
+    fill: Vec<usize>,
+}
+
+/// What every thread runs in one batch.
+struct BatchCtx<'a> {
+    input: &'a InputBatch,
+    train: bool,
+    barrier: SpinBarrier,
+    counters: Vec<AtomicUsize>,
+    error: OnceLock<TileError>,
+    loss: OnceLock<Result<f64, String>>,
+}
+
+impl TiledEngine {
+    /// Plans `cfg` and builds every tile with `params` as weights.
+    pub fn new(cfg: &ModelConfig, params: &Params, threads: usize) -> Result<Self> {
+        let plan = Plan::new(cfg)?;
+        let np = cfg.neuron_params();
+        let b = cfg.batch_size;
+        let t_steps = cfg.time_steps;
+        let optimizer = cfg.optimizer()?;
+        let mut layers = Vec::new();
+        for lp in &plan.layers {
+            let mut homes = Vec::with_capacity(lp.tiles());
+            for _ in 0..lp.replicas {
+                for &(first, n) in &lp.splits {
+                    let tc = TileConfig {
+                        neurons: n,
+                        first_neuron: first,
+                        layer_width: lp.width,
+                        inputs: lp.inputs,
+                        recurrent: lp.recurrent,
+                        batch: lp.micro_batch,
+                        time_steps: t_steps,
+                        in_capacity: lp.in_capacity,
+                        layer_capacity: lp.capacity,
+                        optimizer: optimizer.kind,
+                    };
+                    let words = tc.footprint().map_err(|e| anyhow!("{e}"))?.arena() / 4;
+                    let mut home =
+                        TileHome { cfg: tc, arena: vec![0u32; words].into(), stats: TileStats::default() };
+                    home.tile(np).map_err(|e| anyhow!("building a tile: {e}"))?;
+                    homes.push(home);
+                }
+            }
+            let mut owner = vec![0u16; lp.width];
+            for (p, &(first, n)) in lp.splits.iter().enumerate() {
+                owner[first..first + n].fill(p as u16);
+            }
+            let (r, p, m) = (lp.replicas, lp.splits.len(), lp.micro_batch);
+            layers.push(LayerRt {
+                plan: lp.clone(),
+                tiles: Shared::from_vec(homes),
+                owner,
+                buf: Shared::new(b * t_steps * (lp.capacity + 2)),
+                part_src: Shared::new(r * p * m * lp.in_capacity),
+                part_rec: Shared::new(if lp.recurrent { r * p * m * lp.capacity } else { 0 }),
+            });
+        }
+        let mut engine = TiledEngine {
+            cfg: cfg.clone(),
+            plan,
+            params: np,
+            optimizer,
+            layers,
+            counts: Shared::new(b * cfg.classes),
+            dldc: Shared::new(b * cfg.classes),
+            threads: threads.max(1),
+            step: 0,
+        };
+        engine.set_state(params, None)?;
+        Ok(engine)
+    }
+
+    /// The plan the engine runs.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// Sets the number of worker threads (results do not depend on it).
+    pub fn set_threads(&mut self, threads: usize) {
+        self.threads = threads.max(1);
+    }
+
+    fn record(ctx: &BatchCtx<'_>, r: Result<(), TileError>) {
+        if let Err(e) = r {
+            let _ = ctx.error.set(e);
+        }
+    }
+
+    /// Runs one phase: takes units from the phase's counter until none are left, then waits.
+    fn phase(&self, ctx: &BatchCtx<'_>, phase: &mut usize, units: usize, mut f: impl FnMut(usize)) {
+        let counter = &ctx.counters[*phase];
+        *phase += 1;
+        loop {
+            let i = counter.fetch_add(1, Ordering::Relaxed);
+            if i >= units {
+                break;
+            }
+            f(i);
+        }
+        ctx.barrier.wait();
+    }
+
+    fn n_phases(&self) -> usize {
+        4 * self.cfg.time_steps + 4
+    }
+
+    /// The schedule every thread runs for one batch.
+    fn run_thread(&self, tid: usize, ctx: &BatchCtx<'_>) {
+        let max_cap = self.layers.iter().map(|l| l.plan.capacity).max().unwrap_or(1);
+        let max_p = self.layers.iter().map(LayerRt::p).max().unwrap_or(1);
+        let mut sc = Scratch {
+            acc: vec![0.0; max_cap],
+            merged: vec![0; max_cap],
+            keep_s: vec![0; max_p],
+            keep_n: vec![0; max_p],
+            fill: vec![0; max_p],
+        };
+        let t_steps = self.cfg.time_steps;
+        let tile_units: Vec<(usize, usize)> = self
+            .layers
+            .iter()
+            .enumerate()
+            .flat_map(|(l, lr)| (0..lr.plan.tiles()).map(move |i| (l, i)))
+            .collect();
+        let replica_units: Vec<(usize, usize)> = self
+            .layers
+            .iter()
+            .enumerate()
+            .flat_map(|(l, lr)| (0..lr.plan.replicas).map(move |r| (l, r)))
+            .collect();
+        let column_units: Vec<(usize, usize)> = self
+            .layers
+            .iter()
+            .enumerate()
+            .flat_map(|(l, lr)| (0..lr.p()).map(move |p| (l, p)))
+            .collect();
+        let mut ph = 0;
+        for t in 0..t_steps {
+            self.phase(ctx, &mut ph, tile_units.len(), |i| {
+                let (l, ti) = tile_units[i];
+                Self::record(ctx, self.forward_compute(ctx.input, l, ti, t));
+            });
+            self.phase(ctx, &mut ph, replica_units.len(), |i| {
+                let (l, r) = replica_units[i];
+                Self::record(ctx, self.forward_exchange(ctx.input.len, l, r, t, &mut sc));
+            });
+        }
+        if tid == 0 {
+            let _ = ctx.loss.set(self.loss(ctx.input).map_err(|e| format!("{e:#}")));
+        }
+        ctx.barrier.wait();
+        if !ctx.train {
+            return;
+        }
+        self.phase(ctx, &mut ph, replica_units.len(), |i| {
+            let (l, r) = replica_units[i];
+            Self::record(ctx, self.backward_exchange(ctx.input.len, l, r, t_steps, &mut sc));
+        });
+        for t in (0..t_steps).rev() {
+            self.phase(ctx, &mut ph, tile_units.len(), |i| {
+                let (l, ti) = tile_units[i];
+                Self::record(ctx, self.backward_compute(ctx.input.len, l, ti, t));
+            });
+            if t > 0 {
+                self.phase(ctx, &mut ph, replica_units.len(), |i| {
+                    let (l, r) = replica_units[i];
+                    Self::record(ctx, self.backward_exchange(ctx.input.len, l, r, t, &mut sc));
+                });
+            }
+        }
+        self.phase(ctx, &mut ph, column_units.len(), |i| {
+            let (l, p) = column_units[i];
+            Self::record(ctx, self.update(l, p));
+        });
+    }
+
+    /// Layer `l`'s buffer of sample `b` at step `t`.
+    ///
+    /// Safety: the caller's phase does not write it.
+    unsafe fn layer_buf(&self, l: usize, b: usize, t: usize) -> SpikeView<'_> {
+        let cap = self.layers[l].plan.capacity;
+        let slot = unsafe { self.layers[l].buf.slice((b * self.cfg.time_steps + t) * (cap + 2), cap + 2) };
+        SpikeView { ids: &slot[2..2 + slot[1] as usize], n_spikes: slot[0] as usize }
+    }
+
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn home(&self, l: usize, index: usize) -> &mut TileHome {
+        unsafe { &mut self.layers[l].tiles.slice_mut(index, 1)[0] }
+    }
+
+    fn forward_compute(&self, input: &InputBatch, l: usize, ti: usize, t: usize) -> Result<(), TileError> {
+        let lr = &self.layers[l];
+        let r = ti / lr.p();
+        // Safety: tile (l, r, p) belongs to this unit alone in this phase.
+        let home = unsafe { self.home(l, ti) };
+        let mut tile = home.tile(self.params)?;
+        for (bl, b) in lr.plan.samples_of(r, input.len).enumerate() {
+            // Safety: layer buffers of step t-1 are not written in this phase.
+            let src = match (t, l) {
+                (0, _) => SpikeView::EMPTY,
+                (_, 0) => input.step(b, t - 1),
+                _ => unsafe { self.layer_buf(l - 1, b, t - 1) },
+            };
+            let rec = if lr.plan.recurrent && t > 0 {
+                unsafe { self.layer_buf(l, b, t - 1) }
+            } else {
+                SpikeView::EMPTY
+            };
+            tile.forward(t, bl, src, rec)?;
+        }
+        let stats = tile.stats();
+        drop(tile);
+        home.stats.add(&stats);
+        Ok(())
+    }
+
+    fn forward_exchange(&self, batch: usize, l: usize, r: usize, t: usize, sc: &mut Scratch) -> Result<(), TileError> {
+        let lr = &self.layers[l];
+        let (p_count, cap) = (lr.p(), lr.plan.capacity);
+        for (bl, b) in lr.plan.samples_of(r, batch).enumerate() {
+            let mut merge = LayerMerge::new(&mut sc.merged[..cap]);
+            for p in 0..p_count {
+                // Safety: this unit owns the tiles of replica (l, r) in this phase.
+                let home = unsafe { self.home(l, r * p_count + p) };
+                let first = home.cfg.first_neuron;
+                let tile = home.tile(self.params)?;
+                sc.keep_s[p] = merge.push_spikes(tile.out_buffer(t, bl).spikes(), first);
+            }
+            for p in 0..p_count {
+                let home = unsafe { self.home(l, r * p_count + p) };
+                let first = home.cfg.first_neuron;
+                let tile = home.tile(self.params)?;
+                sc.keep_n[p] = merge.push_near(tile.out_buffer(t, bl).near(), first);
+            }
+            let (ns, ng) = merge.finish();
+            for p in 0..p_count {
+                let home = unsafe { self.home(l, r * p_count + p) };
+                let mut tile = home.tile(self.params)?;
+                tile.commit(t, bl, sc.keep_s[p], sc.keep_n[p])?;
+                let stats = tile.stats();
+                drop(tile);
+                home.stats.add(&stats);
+            }
+            // Safety: sample b's slot of layer l at step t is this unit's alone.
+            let slot = unsafe { lr.buf.slice_mut((b * self.cfg.time_steps + t) * (cap + 2), cap + 2) };
+            slot[0] = ns as u16;
+            slot[1] = ng as u16;
+            slot[2..2 + ng].copy_from_slice(&sc.merged[..ng]);
+        }
+        Ok(())
+    }
+
+    fn loss(&self, input: &InputBatch) -> Result<f64> {
+        let c = self.cfg.classes;
+        let last = self.layers.len() - 1;
+        // Safety: runs on thread 0 between barriers; nothing else runs.
+        let counts = unsafe { self.counts.slice_mut(0, input.len * c) };
+        counts.fill(0.0);
+        for b in 0..input.len {
+            for t in 0..self.cfg.time_steps {
+                for &k in unsafe { self.layer_buf(last, b, t) }.spikes() {
+                    counts[b * c + k as usize] += 1.0;
+                }
+            }
+        }
+        let dldc = unsafe { self.dldc.slice_mut(0, input.len * c) };
+        batch_loss(&self.cfg, counts, &input.labels[..input.len], dldc)
+    }
+
+    /// Writes `dL/dS_l[t-1]` into the tiles of replica `(l, r)` (for `t = T`: the loss alone at
+    /// `T-1`). Sum order: recurrent partials (tile order), next layer's partials (tile order),
+    /// then the loss.
+    fn backward_exchange(&self, batch: usize, l: usize, r: usize, t: usize, sc: &mut Scratch) -> Result<(), TileError> {
+        let lr = &self.layers[l];
+        let (p_count, cap, m) = (lr.p(), lr.plan.capacity, lr.plan.micro_batch);
+        let last = l + 1 == self.layers.len();
+        let c = self.cfg.classes;
+        for (bl, b) in lr.plan.samples_of(r, batch).enumerate() {
+            // Safety: layer buffers are read-only in backward phases.
+            let buf = unsafe { self.layer_buf(l, b, t - 1) };
+            let acc = &mut sc.acc[..buf.n_grad()];
+            acc.fill(0.0);
+            if t < self.cfg.time_steps {
+                if lr.plan.recurrent {
+                    for p in 0..p_count {
+                        let part = unsafe { lr.part_rec.slice(((r * p_count + p) * m + bl) * cap, acc.len()) };
+                        acc.iter_mut().zip(part).for_each(|(a, x)| *a += x);
+                    }
+                }
+                if !last {
+                    let nx = &self.layers[l + 1];
+                    let (np, nm, ncap) = (nx.p(), nx.plan.micro_batch, nx.plan.in_capacity);
+                    let (nr, nbl) = (b / nm, b % nm);
+                    for p in 0..np {
+                        let part = unsafe { nx.part_src.slice(((nr * np + p) * nm + nbl) * ncap, acc.len()) };
+                        acc.iter_mut().zip(part).for_each(|(a, x)| *a += x);
+                    }
+                }
+            }
+            if last {
+                let d = unsafe { self.dldc.slice(b * c, c) };
+                acc.iter_mut().zip(buf.ids).for_each(|(a, &k)| *a += d[k as usize]);
+            }
+            sc.fill[..p_count].fill(0);
+            for p in 0..p_count {
+                // Safety: this unit owns the tiles of replica (l, r) in this phase.
+                let home = unsafe { self.home(l, r * p_count + p) };
+                let mut tile = home.tile(self.params)?;
+                let dst = tile.dlds_mut(bl);
+                for (&id, &a) in buf.ids.iter().zip(acc.iter()) {
+                    if lr.owner[id as usize] as usize == p {
+                        dst[sc.fill[p]] = a;
+                        sc.fill[p] += 1;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn backward_compute(&self, batch: usize, l: usize, ti: usize, t: usize) -> Result<(), TileError> {
+        let lr = &self.layers[l];
+        let (p_count, m) = (lr.p(), lr.plan.micro_batch);
+        let r = ti / p_count;
+        // Safety: tile (l, r, p) and its partial out-buffers belong to this unit alone.
+        let home = unsafe { self.home(l, ti) };
+        let mut tile = home.tile(self.params)?;
+        for (bl, _) in lr.plan.samples_of(r, batch).enumerate() {
+            tile.backward_with(t, bl, l > 0)?;
+            if l > 0 {
+                let k = lr.plan.in_capacity;
+                let n = tile.in_buffer(t, bl).n_grad();
+                let dst = unsafe { lr.part_src.slice_mut((ti * m + bl) * k, n) };
+                dst.copy_from_slice(&tile.src_partials(bl)[..n]);
+            }
+            if lr.plan.recurrent {
+                let k = lr.plan.capacity;
+                let n = tile.rec_buffer(t, bl).n_grad();
+                let dst = unsafe { lr.part_rec.slice_mut((ti * m + bl) * k, n) };
+                dst.copy_from_slice(&tile.rec_partials(bl)[..n]);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sums the replicas' gradients of tile column `(l, p)` (replica order), gives every replica
+    /// the sum, applies the optimizer and clears the gradients.
+    fn update(&self, l: usize, p: usize) -> Result<(), TileError> {
+        let lr = &self.layers[l];
+        let (p_count, replicas) = (lr.p(), lr.plan.replicas);
+        // Safety: the column's tiles belong to this unit alone in this phase.
+        let mut tiles: Vec<Tile<'_>> = (0..replicas)
+            .map(|r| unsafe { self.home(l, r * p_count + p) }.tile(self.params))
+            .collect::<Result<_, _>>()?;
+        if let Some((first, rest)) = tiles.split_first_mut() {
+            for other in rest.iter() {
+                let (dw, dv) = other.grads();
+                let (sw, sv) = first.grads_mut();
+                sw.iter_mut().zip(dw).for_each(|(a, b)| *a += b);
+                sv.iter_mut().zip(dv).for_each(|(a, b)| *a += b);
+            }
+            for other in rest.iter_mut() {
+                let (sw, sv) = first.grads();
+                let (dw, dv) = other.grads_mut();
+                dw.copy_from_slice(sw);
+                dv.copy_from_slice(sv);
+            }
+        }
+        for tile in tiles.iter_mut() {
+            tile.apply(&self.optimizer, self.step + 1);
+            tile.zero_grads();
+        }
+        Ok(())
+    }
+
+    fn collect_stats(&mut self, batch: usize) -> Vec<LayerStats> {
+        let t_steps = self.cfg.time_steps as u64;
+        self.layers
+            .iter_mut()
+            .map(|lr| {
+                let mut s = TileStats::default();
+                for home in lr.tiles.get_mut() {
+                    s.add(&home.stats);
+                    home.stats = TileStats::default();
+                }
+                LayerStats {
+                    spikes: s.spikes_kept,
+                    overflow: s.overflow(),
+                    neuron_steps: lr.plan.width as u64 * t_steps * batch as u64,
+                }
+            })
+            .collect()
+    }
+}
+
+impl Engine for TiledEngine {
+    fn run_batch(&mut self, input: &InputBatch, train: bool) -> Result<BatchResult> {
+        ensure!(
+            input.len >= 1 && input.len <= self.cfg.batch_size,
+            "batch of {} samples, the engine runs 1 to {}",
+            input.len,
+            self.cfg.batch_size
+        );
+        ensure!(input.capacity == self.plan.input_capacity, "input capacity differs from the plan");
+        let ctx = BatchCtx {
+            input,
+            train,
+            barrier: SpinBarrier::new(self.threads),
+            counters: (0..self.n_phases()).map(|_| AtomicUsize::new(0)).collect(),
+            error: OnceLock::new(),
+            loss: OnceLock::new(),
+        };
+        let this = &*self;
+        std::thread::scope(|s| {
+            for tid in 1..this.threads {
+                let ctx = &ctx;
+                s.spawn(move || this.run_thread(tid, ctx));
+            }
+            this.run_thread(0, &ctx);
+        });
+        if let Some(e) = ctx.error.get() {
+            return Err(anyhow!("tile error: {e}"));
+        }
+        let loss_sum = match ctx.loss.into_inner() {
+            Some(Ok(l)) => l,
+            Some(Err(e)) => return Err(anyhow!(e)),
+            None => return Err(anyhow!("loss was not computed")),
+        };
+        if train {
+            self.step += 1;
+        }
+        let c = self.cfg.classes;
+        let counts = self.counts.get_mut()[..input.len * c].to_vec();
+        Ok(BatchResult { loss_sum, counts, layers: self.collect_stats(input.len) })
+    }
+
+    fn params(&mut self) -> Params {
+        let mut out = Params::zeros(&self.cfg);
+        let np = self.params;
+        for (lr, lp) in self.layers.iter_mut().zip(out.layers.iter_mut()) {
+            let p_count = lr.p();
+            for home in lr.tiles.get_mut().iter_mut().take(p_count) {
+                let (n, f) = (home.cfg.neurons, home.cfg.first_neuron);
+                let Ok(tile) = home.tile(np) else { continue };
+                copy_out(tile.weights(), n, f, lp.cols, &mut lp.weight);
+                if let Some(v) = lp.recurrent.as_mut() {
+                    copy_out(tile.recurrent(), n, f, lp.rows, v);
+                }
+            }
+        }
+        out
+    }
+
+    fn optim_state(&mut self) -> OptimState {
+        let adam = self.optimizer.kind == OptimizerKind::Adam;
+        let (mut m, mut v) = (Params::zeros(&self.cfg), Params::zeros(&self.cfg));
+        let np = self.params;
+        if adam {
+            for (l, lr) in self.layers.iter_mut().enumerate() {
+                let p_count = lr.p();
+                for home in lr.tiles.get_mut().iter_mut().take(p_count) {
+                    let cfg = home.cfg;
+                    let Ok(tile) = home.tile(np) else { continue };
+                    let st = tile.optimizer_state();
+                    let (n, f, cols, rows) = (cfg.neurons, cfg.first_neuron, cfg.inputs, cfg.layer_width);
+                    let nw = cols * n;
+                    let nv = if cfg.recurrent { rows * n } else { 0 };
+                    copy_out(&st[..nw], n, f, cols, &mut m.layers[l].weight);
+                    copy_out(&st[nw..2 * nw], n, f, cols, &mut v.layers[l].weight);
+                    if let (Some(mr), Some(vr)) =
+                        (m.layers[l].recurrent.as_mut(), v.layers[l].recurrent.as_mut())
+                    {
+                        copy_out(&st[2 * nw..2 * nw + nv], n, f, rows, mr);
+                        copy_out(&st[2 * nw + nv..2 * nw + 2 * nv], n, f, rows, vr);
+                    }
+                }
+            }
+        }
+        OptimState { m: adam.then_some(m), v: adam.then_some(v), step: self.step }
+    }
+
+    fn set_state(&mut self, params: &Params, optim: Option<&OptimState>) -> Result<()> {
+        ensure!(params.layers.len() == self.layers.len(), "layer count differs from the model");
+        let np = self.params;
+        for (l, (lr, lp)) in self.layers.iter_mut().zip(&params.layers).enumerate() {
+            ensure!(
+                lp.rows == lr.plan.width && lp.cols == lr.plan.inputs,
+                "layer {l} weights are {}x{}, the model needs {}x{}",
+                lp.rows,
+                lp.cols,
+                lr.plan.width,
+                lr.plan.inputs
+            );
+            ensure!(lp.recurrent.is_some() == lr.plan.recurrent, "layer {l}: recurrent weights mismatch");
+            for home in lr.tiles.get_mut() {
+                let cfg = home.cfg;
+                let mut tile = home.tile(np).map_err(|e| anyhow!("{e}"))?;
+                let (n, f) = (cfg.neurons, cfg.first_neuron);
+                copy_in(&lp.weight, n, f, cfg.inputs, tile.weights_mut());
+                if let Some(v) = &lp.recurrent {
+                    copy_in(v, n, f, cfg.layer_width, tile.recurrent_mut());
+                }
+                let nw = cfg.inputs * n;
+                let nv = if cfg.recurrent { cfg.layer_width * n } else { 0 };
+                let st = tile.optimizer_state_mut();
+                st.fill(0.0);
+                if let Some(o) = optim {
+                    if let (Some(m), Some(v)) = (&o.m, &o.v) {
+                        if !st.is_empty() {
+                            copy_in(&m.layers[l].weight, n, f, cfg.inputs, &mut st[..nw]);
+                            copy_in(&v.layers[l].weight, n, f, cfg.inputs, &mut st[nw..2 * nw]);
+                            if let (Some(mr), Some(vr)) = (&m.layers[l].recurrent, &v.layers[l].recurrent) {
+                                copy_in(mr, n, f, cfg.layer_width, &mut st[2 * nw..2 * nw + nv]);
+                                copy_in(vr, n, f, cfg.layer_width, &mut st[2 * nw + nv..2 * nw + 2 * nv]);
+                            }
+                        }
+                    }
+                }
+                tile.zero_grads();
+            }
+        }
+        if let Some(o) = optim {
+            self.step = o.step;
+        }
+        Ok(())
+    }
+
+    fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+}
+
+/// Row-major `[rows][cols]` rows `first..first+n` → input-major `[cols][n]`.
+fn copy_in(rowmajor: &[f32], n: usize, first: usize, cols: usize, dst: &mut [f32]) {
+    for j in 0..cols {
+        for i in 0..n {
+            dst[j * n + i] = rowmajor[(first + i) * cols + j];
+        }
+    }
+}
+
+/// Input-major `[cols][n]` → row-major rows `first..first+n`.
+fn copy_out(src: &[f32], n: usize, first: usize, cols: usize, rowmajor: &mut [f32]) {
+    for j in 0..cols {
+        for i in 0..n {
+            rowmajor[(first + i) * cols + j] = src[j * n + i];
+        }
+    }
+}

@@ -1,0 +1,273 @@
+//! The planner: layers → tiles within the 624 KiB budget (SPEC §3).
+//!
+//! For each layer it chooses the micro-batch `m` (samples per tile; the batch is split into
+//! `ceil(B / m)` replicas of the layer's tiles) and the neurons per tile, using the core's exact
+//! [`Footprint`]. Among all micro-batches it takes the one whose tiles need the least memory in
+//! total (the largest `m` on ties); neurons are then spread evenly over the fewest tiles that fit.
+//! The plan depends on the model flags alone (never on `--threads`), so runs are reproducible.
+
+use crate::config::ModelConfig;
+use anyhow::{bail, Result};
+use spiketile_core::{Footprint, TileConfig, TILE_SRAM_BYTES};
+use std::fmt;
+
+/// How one layer is laid out on tiles.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayerPlan {
+    /// Layer width `N_l`.
+    pub width: usize,
+    /// Source width `N_{l-1}`.
+    pub inputs: usize,
+    /// Buffer capacity `K_l`.
+    pub capacity: usize,
+    /// Source buffer capacity `K_{l-1}`.
+    pub in_capacity: usize,
+    /// Recurrent weights.
+    pub recurrent: bool,
+    /// `(first neuron, neurons)` of each tile of one replica.
+    pub splits: Vec<(usize, usize)>,
+    /// Samples per tile.
+    pub micro_batch: usize,
+    /// Replicas of the layer's tiles (each runs one micro-batch).
+    pub replicas: usize,
+    /// Footprint of the largest tile.
+    pub max_tile: Footprint,
+    /// Bytes of all tiles of the layer, all replicas.
+    pub total_bytes: usize,
+}
+
+impl LayerPlan {
+    /// Tiles of the layer over all replicas.
+    pub fn tiles(&self) -> usize {
+        self.splits.len() * self.replicas
+    }
+
+    /// Samples of the batch that replica `r` runs.
+    pub fn samples_of(&self, r: usize, batch: usize) -> std::ops::Range<usize> {
+        (r * self.micro_batch).min(batch)..((r + 1) * self.micro_batch).min(batch)
+    }
+}
+
+/// The plan of a whole network.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    /// Hidden layers then the output layer.
+    pub layers: Vec<LayerPlan>,
+    /// Samples per optimizer step.
+    pub batch_size: usize,
+    /// Time steps.
+    pub time_steps: usize,
+    /// Capacity of the input (data) buffer.
+    pub input_capacity: usize,
+}
+
+impl Plan {
+    /// Plans `cfg`, or explains why it cannot be planned and what to change.
+    pub fn new(cfg: &ModelConfig) -> Result<Plan> {
+        cfg.validate()?;
+        let widths = cfg.widths();
+        let optimizer = cfg.optimizer_kind()?;
+        let mut layers = Vec::new();
+        for l in 1..widths.len() {
+            let recurrent = cfg.recurrent && l + 1 < widths.len();
+            let base = TileConfig {
+                neurons: 1,
+                first_neuron: 0,
+                layer_width: widths[l],
+                inputs: widths[l - 1],
+                recurrent,
+                batch: 1,
+                time_steps: cfg.time_steps,
+                in_capacity: cfg.capacity(widths[l - 1]),
+                layer_capacity: cfg.capacity(widths[l]),
+                optimizer,
+            };
+            let limits = (cfg.max_neurons_per_tile, cfg.max_samples_per_tile);
+            layers.push(plan_layer(base, cfg.batch_size, l, limits)?);
+        }
+        Ok(Plan {
+            layers,
+            batch_size: cfg.batch_size,
+            time_steps: cfg.time_steps,
+            input_capacity: cfg.capacity(cfg.inputs),
+        })
+    }
+
+    /// Tiles over all layers and replicas.
+    pub fn tiles(&self) -> usize {
+        self.layers.iter().map(LayerPlan::tiles).sum()
+    }
+
+    /// Bytes of all tiles.
+    pub fn total_bytes(&self) -> usize {
+        self.layers.iter().map(|l| l.total_bytes).sum()
+    }
+}
+
+fn fits(base: TileConfig, n: usize, m: usize) -> bool {
+    let cfg = TileConfig { neurons: n, batch: m, ..base };
+    cfg.footprint().map(|f| f.total() <= TILE_SRAM_BYTES).unwrap_or(false)
+}
+
+/// Largest neuron count that fits with micro-batch `m` (0 if none), by bisection: the footprint
+/// grows with the neuron count.
+fn max_neurons(base: TileConfig, m: usize) -> usize {
+    let (mut lo, mut hi) = (0usize, base.layer_width);
+    while lo < hi {
+        let mid = (lo + hi).div_ceil(2);
+        if fits(base, mid, m) {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    lo
+}
+
+fn even_splits(width: usize, tiles: usize) -> Vec<(usize, usize)> {
+    let (q, r) = (width / tiles, width % tiles);
+    let mut first = 0;
+    (0..tiles)
+        .map(|p| {
+            let n = q + usize::from(p < r);
+            let s = (first, n);
+            first += n;
+            s
+        })
+        .collect()
+}
+
+fn plan_layer(
+    base: TileConfig,
+    batch: usize,
+    l: usize,
+    (max_n, max_m): (Option<usize>, Option<usize>),
+) -> Result<LayerPlan> {
+    let mut best: Option<LayerPlan> = None;
+    for m in 1..=batch.min(max_m.unwrap_or(usize::MAX)) {
+        let n_max = max_neurons(base, m).min(max_n.unwrap_or(usize::MAX));
+        if n_max == 0 {
+            break; // larger micro-batches need more memory still
+        }
+        let splits = even_splits(base.layer_width, base.layer_width.div_ceil(n_max));
+        let replicas = batch.div_ceil(m);
+        let foot = |n: usize| TileConfig { neurons: n, batch: m, ..base }.footprint();
+        let per_replica: usize = splits.iter().map(|&(_, n)| foot(n).map(|f| f.total())).sum::<Result<_, _>>()?;
+        let total_bytes = per_replica * replicas;
+        if best.as_ref().is_some_and(|b| b.total_bytes < total_bytes) {
+            continue;
+        }
+        best = Some(LayerPlan {
+            width: base.layer_width,
+            inputs: base.inputs,
+            capacity: base.layer_capacity,
+            in_capacity: base.in_capacity,
+            recurrent: base.recurrent,
+            max_tile: foot(splits[0].1)?,
+            splits,
+            micro_batch: m,
+            replicas,
+            total_bytes,
+        });
+    }
+    match best {
+        Some(p) => Ok(p),
+        None => {
+            let one = TileConfig { neurons: 1, batch: 1, ..base }.footprint()?;
+            bail!(
+                "layer {l} ({} inputs -> {} neurons) cannot be planned: one neuron with one sample \
+                 needs {} bytes (weights {}, gradients {}, optimizer {}, backward history {}, \
+                 exchange {}) but a tile has {TILE_SRAM_BYTES}; use fewer --time-steps, a smaller \
+                 --max-activity, a narrower previous layer, or --optimizer sgd",
+                base.inputs,
+                base.layer_width,
+                one.total(),
+                one.weights,
+                one.grads,
+                one.optimizer,
+                one.history,
+                one.exchange,
+            )
+        }
+    }
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "plan: batch {} (T = {}), tile budget {TILE_SRAM_BYTES} bytes, input capacity {}",
+            self.batch_size, self.time_steps, self.input_capacity
+        )?;
+        writeln!(
+            f,
+            "{:>5} {:>13} {:>6} {:>9} {:>8} {:>8} {:>7} {:>12} {:>6}  breakdown of the largest tile",
+            "layer", "shape", "K", "neur/tile", "samp/tile", "replicas", "tiles", "bytes/tile", "use"
+        )?;
+        for (l, p) in self.layers.iter().enumerate() {
+            let t = &p.max_tile;
+            writeln!(
+                f,
+                "{:>5} {:>13} {:>6} {:>9} {:>8} {:>8} {:>7} {:>12} {:>5.1}%  weights {} grads {} optim {} state {} history {} exchange {}",
+                l,
+                format!("{}x{}{}", p.width, p.inputs, if p.recurrent { "+rec" } else { "" }),
+                p.capacity,
+                p.splits[0].1,
+                p.micro_batch,
+                p.replicas,
+                p.tiles(),
+                t.total(),
+                100.0 * t.total() as f64 / TILE_SRAM_BYTES as f64,
+                t.weights,
+                t.grads,
+                t.optimizer,
+                t.state,
+                t.history,
+                t.exchange,
+            )?;
+        }
+        write!(
+            f,
+            "total: {} tiles, {} bytes ({:.1} MiB) of tile memory",
+            self.tiles(),
+            self.total_bytes(),
+            self.total_bytes() as f64 / (1 << 20) as f64
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::test_config;
+
+    #[test]
+    fn every_tile_fits_and_covers_the_layer() {
+        let mut cfg = test_config();
+        cfg.inputs = 700;
+        cfg.hidden = vec![256];
+        cfg.classes = 20;
+        cfg.time_steps = 100;
+        cfg.batch_size = 64;
+        cfg.max_activity = 0.1;
+        cfg.window = 0.1;
+        let plan = Plan::new(&cfg).unwrap();
+        for p in &plan.layers {
+            assert!(p.max_tile.total() <= TILE_SRAM_BYTES);
+            assert_eq!(p.splits.iter().map(|s| s.1).sum::<usize>(), p.width);
+            assert!(p.micro_batch * p.replicas >= 64);
+        }
+        assert_eq!(Plan::new(&cfg).unwrap(), plan, "plans are reproducible");
+    }
+
+    #[test]
+    fn unplannable_layer_says_why() {
+        let mut cfg = test_config();
+        cfg.inputs = 60000;
+        cfg.hidden = vec![4];
+        cfg.time_steps = 2000;
+        cfg.max_activity = 1.0;
+        let e = Plan::new(&cfg).unwrap_err().to_string();
+        assert!(e.contains("cannot be planned") && e.contains("--time-steps"), "{e}");
+    }
+}

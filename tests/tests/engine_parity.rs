@@ -1,0 +1,111 @@
+//! The tiled engine in exact mode equals the dense reference engine (SPEC §1, ARCHITECTURE).
+
+mod common;
+
+use common::*;
+use spiketile::config::ModelConfig;
+use spiketile::engine::dense::{DenseEngine, SpikeFn};
+use spiketile::engine::tiled::TiledEngine;
+use spiketile::engine::Engine;
+use spiketile::model::Params;
+
+fn scaled_init(cfg: &ModelConfig, seed: u64, gain: f32) -> Params {
+    let mut p = Params::init(cfg, seed);
+    for l in p.layers.iter_mut() {
+        l.weight.iter_mut().for_each(|w| *w *= gain);
+    }
+    p
+}
+
+/// Trains both engines for `steps` batches and returns the largest relative weight difference.
+fn train_both(cfg: &ModelConfig, threads: usize, steps: usize) -> f32 {
+    let params = scaled_init(cfg, 1, 1.5);
+    let mut dense = DenseEngine::new(cfg, params.clone(), SpikeFn::Heaviside).unwrap();
+    let mut tiled_cfg = cfg.clone();
+    tiled_cfg.max_neurons_per_tile = Some(5);
+    tiled_cfg.max_samples_per_tile = Some(3);
+    let mut tiled = TiledEngine::new(&tiled_cfg, &params, threads).unwrap();
+    assert!(tiled.plan().layers.iter().any(|l| l.splits.len() > 1 && l.replicas > 1));
+    let data = random_samples(cfg, 8 * steps, 0.25, 9);
+    let mut total_spikes = 0;
+    for s in 0..steps {
+        let batch = batch(cfg, &data[s * 8..(s + 1) * 8]);
+        let a = dense.run_batch(&batch, true).unwrap();
+        let b = tiled.run_batch(&batch, true).unwrap();
+        assert_eq!(a.counts, b.counts, "step {s}: output counts differ");
+        assert!((a.loss_sum - b.loss_sum).abs() <= 1e-5 * a.loss_sum.abs().max(1.0));
+        for (x, y) in a.layers.iter().zip(&b.layers) {
+            assert_eq!(x.spikes, y.spikes, "step {s}: layer spikes differ");
+        }
+        total_spikes += a.layers.iter().map(|l| l.spikes).sum::<u64>();
+    }
+    assert!(total_spikes > 0, "the network must spike for the test to mean anything");
+    let (pa, pb) = (dense.params(), tiled.params());
+    assert!(pa != params, "training must change the weights");
+    let mut worst = 0.0f32;
+    for (la, lb) in pa.layers.iter().zip(&pb.layers) {
+        worst = worst.max(rel_diff(&la.weight, &lb.weight));
+        if let (Some(va), Some(vb)) = (&la.recurrent, &lb.recurrent) {
+            worst = worst.max(rel_diff(va, vb));
+        }
+    }
+    worst
+}
+
+#[test]
+fn tiled_equals_dense_feed_forward_one_to_three_layers() {
+    for hidden in [&[12][..], &[12, 9], &[10, 8, 6]] {
+        let cfg = small_config(hidden, false);
+        let d = train_both(&cfg, 1, 4);
+        assert!(d < 1e-5, "hidden {hidden:?}: relative weight difference {d}");
+    }
+}
+
+#[test]
+fn tiled_equals_dense_recurrent_two_threads() {
+    for hidden in [&[12][..], &[12, 9]] {
+        let cfg = small_config(hidden, true);
+        let d = train_both(&cfg, 2, 4);
+        assert!(d < 1e-5, "hidden {hidden:?}: relative weight difference {d}");
+    }
+}
+
+#[test]
+fn tiled_equals_dense_sgd_mse_loss() {
+    let mut cfg = small_config(&[12, 9], true);
+    cfg.optimizer = "sgd".into();
+    cfg.loss = "mse-count".into();
+    cfg.lr = 0.5;
+    let d = train_both(&cfg, 2, 3);
+    assert!(d < 1e-5, "relative weight difference {d}");
+}
+
+#[test]
+fn sparse_mode_tiled_equals_dense() {
+    let mut cfg = small_config(&[12, 9], true);
+    cfg.max_activity = 0.5;
+    cfg.window = 1.5;
+    let d = train_both(&cfg, 2, 3);
+    assert!(d < 1e-5, "relative weight difference {d}");
+}
+
+#[test]
+fn results_are_bit_identical_for_any_thread_count() {
+    let mut cfg = small_config(&[12, 9], true);
+    cfg.max_neurons_per_tile = Some(4);
+    cfg.max_samples_per_tile = Some(2);
+    let params = scaled_init(&cfg, 3, 1.5);
+    let data = random_samples(&cfg, 16, 0.25, 5);
+    let run = |threads: usize| {
+        let mut e = TiledEngine::new(&cfg, &params, threads).unwrap();
+        let mut losses = Vec::new();
+        for s in 0..2 {
+            losses.push(e.run_batch(&batch(&cfg, &data[s * 8..(s + 1) * 8]), true).unwrap().loss_sum);
+        }
+        (losses, e.params(), e.optim_state())
+    };
+    let one = run(1);
+    for threads in [2, 3] {
+        assert!(run(threads) == one, "{threads} threads differ from 1");
+    }
+}
