@@ -155,6 +155,17 @@ impl<const K: usize> SpikeBuffer<K> {
     }
 }
 
+/// The step [`LayerMerge`] repeats: appends `ids + offset` to `out[len..]` as far as capacity
+/// `out.len()` allows; returns how many were taken (a prefix of `ids`). Drivers that merge many
+/// samples at once keep one `len` per sample and call this directly, in the same order.
+pub fn append(out: &mut [u16], len: usize, ids: &[u16], offset: usize) -> usize {
+    let take = ids.len().min(out.len().saturating_sub(len));
+    for (dst, &id) in out[len..len + take].iter_mut().zip(ids) {
+        *dst = (id as usize + offset) as u16;
+    }
+    take
+}
+
 /// Merges the buffers of a layer's tiles into the layer's buffer of capacity `out.len()`.
 ///
 /// Push every tile's spikes in tile order with [`LayerMerge::push_spikes`], then every tile's
@@ -186,10 +197,7 @@ impl<'a> LayerMerge<'a> {
     }
 
     fn push(&mut self, ids: &[u16], offset: usize) -> usize {
-        let take = ids.len().min(self.out.len() - self.len);
-        for (dst, &id) in self.out[self.len..self.len + take].iter_mut().zip(ids) {
-            *dst = (id as usize + offset) as u16;
-        }
+        let take = append(self.out, self.len, ids, offset);
         self.len += take;
         take
     }

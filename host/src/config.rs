@@ -39,6 +39,9 @@ pub struct ModelConfig {
     pub lr: f32,
     /// Samples per optimizer step.
     pub batch_size: usize,
+    /// Scale of the initial weights: `U(-a, a)` with `a = init_gain / sqrt(fan_in)`.
+    #[serde(default = "default_init_gain")]
+    pub init_gain: f32,
     /// Planner limit: at most this many neurons per tile (`None`: as many as fit).
     #[serde(default)]
     pub max_neurons_per_tile: Option<usize>,
@@ -140,6 +143,10 @@ impl ModelConfig {
     }
 }
 
+fn default_init_gain() -> f32 {
+    crate::model::INIT_GAIN
+}
+
 /// JSON has no infinity: the window is written as a string (`"inf"` or a number's text).
 mod window_json {
     use serde::{Deserialize, Deserializer, Serializer};
@@ -172,6 +179,7 @@ pub(crate) fn test_config() -> ModelConfig {
         optimizer: "adam".into(),
         lr: 1e-2,
         batch_size: 8,
+        init_gain: crate::model::INIT_GAIN,
         max_neurons_per_tile: None,
         max_samples_per_tile: None,
     }

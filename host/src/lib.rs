@@ -7,10 +7,12 @@
 //! - [`cli`]: the `spiketile` command line.
 
 pub mod atomic;
+pub mod checkpoint;
+pub mod cli;
 pub mod config;
+pub mod data;
 pub mod engine;
 pub mod model;
 pub mod plan;
-pub mod checkpoint;
-pub mod cli;
-pub mod data;
+pub mod snapshot;
+pub mod train;

@@ -47,17 +47,17 @@ impl Params {
         Params { layers }
     }
 
-    /// Weights drawn as training starts them: `U(-a, a)` with `a = gain / sqrt(fan_in)`, gain
-    /// [`INIT_GAIN`] (recurrent weights use the layer width as fan-in), from `seed`.
+    /// Weights drawn as training starts them: `U(-a, a)` with `a = cfg.init_gain / sqrt(fan_in)`
+    /// (recurrent weights use the layer width as fan-in), from `seed`.
     pub fn init(cfg: &ModelConfig, seed: u64) -> Self {
         let mut p = Params::zeros(cfg);
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5EED_1417);
         for layer in p.layers.iter_mut() {
-            let a = INIT_GAIN / (layer.cols as f32).sqrt();
+            let a = cfg.init_gain / (layer.cols as f32).sqrt();
             layer.weight.iter_mut().for_each(|w| *w = rng.gen_range(-a..a));
             let rows = layer.rows;
             if let Some(v) = layer.recurrent.as_mut() {
-                let a = INIT_GAIN / (rows as f32).sqrt();
+                let a = cfg.init_gain / (rows as f32).sqrt();
                 v.iter_mut().for_each(|w| *w = rng.gen_range(-a..a));
             }
         }

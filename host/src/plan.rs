@@ -152,7 +152,8 @@ fn plan_layer(
         let splits = even_splits(base.layer_width, base.layer_width.div_ceil(n_max));
         let replicas = batch.div_ceil(m);
         let foot = |n: usize| TileConfig { neurons: n, batch: m, ..base }.footprint();
-        let per_replica: usize = splits.iter().map(|&(_, n)| foot(n).map(|f| f.total())).sum::<Result<_, _>>()?;
+        let per_replica: usize =
+            splits.iter().map(|&(_, n)| foot(n).map(|f| f.total())).sum::<Result<_, _>>()?;
         let total_bytes = per_replica * replicas;
         if best.as_ref().is_some_and(|b| b.total_bytes < total_bytes) {
             continue;

@@ -100,7 +100,8 @@ fn results_are_bit_identical_for_any_thread_count() {
         let mut e = TiledEngine::new(&cfg, &params, threads).unwrap();
         let mut losses = Vec::new();
         for s in 0..2 {
-            losses.push(e.run_batch(&batch(&cfg, &data[s * 8..(s + 1) * 8]), true).unwrap().loss_sum);
+            losses
+                .push(e.run_batch(&batch(&cfg, &data[s * 8..(s + 1) * 8]), true).unwrap().loss_sum);
         }
         (losses, e.params(), e.optim_state())
     };

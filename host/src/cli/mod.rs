@@ -3,9 +3,15 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+pub mod args;
+pub mod bench;
 pub mod data;
+pub mod dataset;
+pub mod eval;
+pub mod plan;
+pub mod train;
 
-/// Train sparse spiking neural networks on 624 KiB tiles.
+/// Train sparse spiking neural networks on 624 KiB tiles, bulk-synchronously, on a CPU.
 #[derive(Parser, Debug)]
 #[command(name = "spiketile", version, about)]
 pub struct Cli {
@@ -17,6 +23,14 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Train a network (on the built-in synthetic dataset unless --data is given).
+    Train(Box<train::TrainArgs>),
+    /// Evaluate a checkpoint and write per-sample predictions.
+    Eval(Box<eval::EvalArgs>),
+    /// Show how a model is laid out on 624 KiB tiles.
+    Plan(Box<plan::PlanArgs>),
+    /// Measure training throughput on random input.
+    Bench(Box<bench::BenchArgs>),
     /// Inspect or write event datasets.
     Data(data::DataArgs),
 }
@@ -25,6 +39,10 @@ pub enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Train(args) => train::run(*args),
+        Command::Eval(args) => eval::run(*args),
+        Command::Plan(args) => plan::run(*args),
+        Command::Bench(args) => bench::run(*args),
         Command::Data(args) => data::run(args),
     };
     match result {

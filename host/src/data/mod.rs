@@ -4,6 +4,9 @@
 //! produces an [`EventDataset`]; [`bin_sample`] turns one sample into per-step sorted channel lists
 //! (SPEC §4) only when it is batched, so a loaded dataset stays sparse in memory.
 
+pub mod inspect;
+#[cfg(feature = "hdf5")]
+pub mod shd;
 pub mod synthetic;
 
 /// One labelled sample: events kept sparse, times in seconds, channel ids.
@@ -89,7 +92,11 @@ mod tests {
 
     #[test]
     fn binning_drops_late_events_and_merges_duplicates() {
-        let s = Sample { times: vec![0.0, 0.05, 0.01, 0.99, 1.0, 1.5], units: vec![3, 3, 1, 2, 0, 0], label: 4 };
+        let s = Sample {
+            times: vec![0.0, 0.05, 0.01, 0.99, 1.0, 1.5],
+            units: vec![3, 3, 1, 2, 0, 0],
+            label: 4,
+        };
         let b = bin_sample(&s, Binning { time_steps: 10, duration: 1.0 });
         assert_eq!(b.step(0), &[1, 3]);
         assert_eq!(b.step(9), &[2]);

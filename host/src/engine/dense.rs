@@ -148,7 +148,8 @@ impl DenseEngine {
         let t_steps = cfg.time_steps;
         let n_layers = self.params.layers.len();
         // dlds[l] = dL/dS_l at the step being processed; g[l] = dL/du_l at the step after it.
-        let mut dlds: Vec<Vec<f32>> = self.params.layers.iter().map(|p| vec![0.0; p.rows]).collect();
+        let mut dlds: Vec<Vec<f32>> =
+            self.params.layers.iter().map(|p| vec![0.0; p.rows]).collect();
         let mut g: Vec<Vec<f32>> = self.params.layers.iter().map(|p| vec![0.0; p.rows]).collect();
         for t in (0..t_steps).rev() {
             dlds[n_layers - 1].iter_mut().zip(dldc).for_each(|(d, &x)| *d += x);
@@ -160,7 +161,8 @@ impl DenseEngine {
                 let mut c = vec![0.0f32; n];
                 for i in 0..n {
                     let idx = t * n + i;
-                    let sp = if rec.in_grad[idx] { np.surrogate.grad(rec.u[idx], theta) } else { 0.0 };
+                    let sp =
+                        if rec.in_grad[idx] { np.surrogate.grad(rec.u[idx], theta) } else { 0.0 };
                     g[l][i] = adjoint_step(&np.lif, sp, dlds[l][i], rec.spiked[idx], g[l][i]);
                     c[i] = (1.0 - alpha) * g[l][i];
                 }
@@ -230,13 +232,23 @@ impl DenseEngine {
     }
 }
 
-fn apply(opt: &Optimizer, step: u32, p: &mut LayerParams, g: &LayerParams, m: Option<&mut LayerParams>, v: Option<&mut LayerParams>) {
+fn apply(
+    opt: &Optimizer,
+    step: u32,
+    p: &mut LayerParams,
+    g: &LayerParams,
+    m: Option<&mut LayerParams>,
+    v: Option<&mut LayerParams>,
+) {
     match (m, v) {
         (Some(m), Some(v)) => {
             opt.step(step, &mut p.weight, &g.weight, &mut m.weight, &mut v.weight);
-            if let (Some(pr), Some(gr), Some(mr), Some(vr)) =
-                (p.recurrent.as_mut(), g.recurrent.as_ref(), m.recurrent.as_mut(), v.recurrent.as_mut())
-            {
+            if let (Some(pr), Some(gr), Some(mr), Some(vr)) = (
+                p.recurrent.as_mut(),
+                g.recurrent.as_ref(),
+                m.recurrent.as_mut(),
+                v.recurrent.as_mut(),
+            ) {
                 opt.step(step, pr, gr, mr, vr);
             }
         }

@@ -25,9 +25,9 @@ use crate::config::ModelConfig;
 use crate::model::{OptimState, Params};
 use crate::plan::{LayerPlan, Plan};
 use anyhow::{anyhow, ensure, Result};
+use spiketile_core::spikes::append;
 use spiketile_core::{
-    LayerMerge, NeuronParams, Optimizer, OptimizerKind, SpikeView, Tile, TileConfig, TileError,
-    TileStats,
+    NeuronParams, Optimizer, OptimizerKind, SpikeView, Tile, TileConfig, TileError, TileStats,
 };
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
@@ -82,11 +82,14 @@ pub struct TiledEngine {
 
 /// Per-thread scratch, allocated once per batch.
 struct Scratch {
+    /// `dL/dS` being summed, `[sample][position]`.
     acc: Vec<f32>,
+    /// Layer buffers being merged, `[sample][position]`.
     merged: Vec<u16>,
-    keep_s: Vec<usize>,
-    keep_n: Vec<usize>,
-    fill: Vec<usize>,
+    /// Merge length per sample, then spike count per sample.
+    lens: Vec<usize>,
+    /// Kept spikes then kept near-threshold ids, `[pass][tile][sample]`.
+    keep: Vec<usize>,
 }
 
 /// What every thread runs in one batch.
@@ -125,8 +128,11 @@ impl TiledEngine {
                         optimizer: optimizer.kind,
                     };
                     let words = tc.footprint().map_err(|e| anyhow!("{e}"))?.arena() / 4;
-                    let mut home =
-                        TileHome { cfg: tc, arena: vec![0u32; words].into(), stats: TileStats::default() };
+                    let mut home = TileHome {
+                        cfg: tc,
+                        arena: vec![0u32; words].into(),
+                        stats: TileStats::default(),
+                    };
                     home.tile(np).map_err(|e| anyhow!("building a tile: {e}"))?;
                     homes.push(home);
                 }
@@ -196,14 +202,15 @@ impl TiledEngine {
 
     /// The schedule every thread runs for one batch.
     fn run_thread(&self, tid: usize, ctx: &BatchCtx<'_>) {
-        let max_cap = self.layers.iter().map(|l| l.plan.capacity).max().unwrap_or(1);
-        let max_p = self.layers.iter().map(LayerRt::p).max().unwrap_or(1);
+        let max_cm =
+            self.layers.iter().map(|l| l.plan.capacity * l.plan.micro_batch).max().unwrap_or(1);
+        let max_pm = self.layers.iter().map(|l| l.p() * l.plan.micro_batch).max().unwrap_or(1);
+        let max_m = self.layers.iter().map(|l| l.plan.micro_batch).max().unwrap_or(1);
         let mut sc = Scratch {
-            acc: vec![0.0; max_cap],
-            merged: vec![0; max_cap],
-            keep_s: vec![0; max_p],
-            keep_n: vec![0; max_p],
-            fill: vec![0; max_p],
+            acc: vec![0.0; max_cm],
+            merged: vec![0; max_cm],
+            lens: vec![0; 2 * max_m],
+            keep: vec![0; 2 * max_pm],
         };
         let t_steps = self.cfg.time_steps;
         let tile_units: Vec<(usize, usize)> = self
@@ -269,7 +276,8 @@ impl TiledEngine {
     /// Safety: the caller's phase does not write it.
     unsafe fn layer_buf(&self, l: usize, b: usize, t: usize) -> SpikeView<'_> {
         let cap = self.layers[l].plan.capacity;
-        let slot = unsafe { self.layers[l].buf.slice((b * self.cfg.time_steps + t) * (cap + 2), cap + 2) };
+        let slot =
+            unsafe { self.layers[l].buf.slice((b * self.cfg.time_steps + t) * (cap + 2), cap + 2) };
         SpikeView { ids: &slot[2..2 + slot[1] as usize], n_spikes: slot[0] as usize }
     }
 
@@ -278,7 +286,13 @@ impl TiledEngine {
         unsafe { &mut self.layers[l].tiles.slice_mut(index, 1)[0] }
     }
 
-    fn forward_compute(&self, input: &InputBatch, l: usize, ti: usize, t: usize) -> Result<(), TileError> {
+    fn forward_compute(
+        &self,
+        input: &InputBatch,
+        l: usize,
+        ti: usize,
+        t: usize,
+    ) -> Result<(), TileError> {
         let lr = &self.layers[l];
         let r = ti / lr.p();
         // Safety: tile (l, r, p) belongs to this unit alone in this phase.
@@ -299,43 +313,62 @@ impl TiledEngine {
             tile.forward(t, bl, src, rec)?;
         }
         let stats = tile.stats();
-        drop(tile);
         home.stats.add(&stats);
         Ok(())
     }
 
-    fn forward_exchange(&self, batch: usize, l: usize, r: usize, t: usize, sc: &mut Scratch) -> Result<(), TileError> {
+    /// Merges replica `(l, r)`'s tile buffers of step `t` into the layer buffers (all samples at
+    /// once, each tile attached once per pass) and commits what the layer kept.
+    fn forward_exchange(
+        &self,
+        batch: usize,
+        l: usize,
+        r: usize,
+        t: usize,
+        sc: &mut Scratch,
+    ) -> Result<(), TileError> {
         let lr = &self.layers[l];
         let (p_count, cap) = (lr.p(), lr.plan.capacity);
-        for (bl, b) in lr.plan.samples_of(r, batch).enumerate() {
-            let mut merge = LayerMerge::new(&mut sc.merged[..cap]);
+        let samples = lr.plan.samples_of(r, batch);
+        let m = samples.len();
+        let merged = &mut sc.merged[..m * cap];
+        let (lens, n_spikes) = sc.lens.split_at_mut(m);
+        lens.fill(0);
+        for pass in 0..2 {
             for p in 0..p_count {
                 // Safety: this unit owns the tiles of replica (l, r) in this phase.
                 let home = unsafe { self.home(l, r * p_count + p) };
                 let first = home.cfg.first_neuron;
                 let tile = home.tile(self.params)?;
-                sc.keep_s[p] = merge.push_spikes(tile.out_buffer(t, bl).spikes(), first);
+                for bl in 0..m {
+                    let view = tile.out_buffer(t, bl);
+                    let ids = if pass == 0 { view.spikes() } else { view.near() };
+                    let taken = append(&mut merged[bl * cap..(bl + 1) * cap], lens[bl], ids, first);
+                    lens[bl] += taken;
+                    sc.keep[(pass * p_count + p) * m + bl] = taken;
+                }
             }
-            for p in 0..p_count {
-                let home = unsafe { self.home(l, r * p_count + p) };
-                let first = home.cfg.first_neuron;
-                let tile = home.tile(self.params)?;
-                sc.keep_n[p] = merge.push_near(tile.out_buffer(t, bl).near(), first);
+            if pass == 0 {
+                n_spikes[..m].copy_from_slice(lens);
             }
-            let (ns, ng) = merge.finish();
-            for p in 0..p_count {
-                let home = unsafe { self.home(l, r * p_count + p) };
-                let mut tile = home.tile(self.params)?;
-                tile.commit(t, bl, sc.keep_s[p], sc.keep_n[p])?;
-                let stats = tile.stats();
-                drop(tile);
-                home.stats.add(&stats);
+        }
+        for p in 0..p_count {
+            let home = unsafe { self.home(l, r * p_count + p) };
+            let mut tile = home.tile(self.params)?;
+            for bl in 0..m {
+                tile.commit(t, bl, sc.keep[p * m + bl], sc.keep[(p_count + p) * m + bl])?;
             }
+            let stats = tile.stats();
+            home.stats.add(&stats);
+        }
+        for (bl, b) in samples.enumerate() {
             // Safety: sample b's slot of layer l at step t is this unit's alone.
-            let slot = unsafe { lr.buf.slice_mut((b * self.cfg.time_steps + t) * (cap + 2), cap + 2) };
-            slot[0] = ns as u16;
+            let slot =
+                unsafe { lr.buf.slice_mut((b * self.cfg.time_steps + t) * (cap + 2), cap + 2) };
+            let ng = lens[bl];
+            slot[0] = n_spikes[bl] as u16;
             slot[1] = ng as u16;
-            slot[2..2 + ng].copy_from_slice(&sc.merged[..ng]);
+            slot[2..2 + ng].copy_from_slice(&merged[bl * cap..bl * cap + ng]);
         }
         Ok(())
     }
@@ -360,20 +393,31 @@ impl TiledEngine {
     /// Writes `dL/dS_l[t-1]` into the tiles of replica `(l, r)` (for `t = T`: the loss alone at
     /// `T-1`). Sum order: recurrent partials (tile order), next layer's partials (tile order),
     /// then the loss.
-    fn backward_exchange(&self, batch: usize, l: usize, r: usize, t: usize, sc: &mut Scratch) -> Result<(), TileError> {
+    fn backward_exchange(
+        &self,
+        batch: usize,
+        l: usize,
+        r: usize,
+        t: usize,
+        sc: &mut Scratch,
+    ) -> Result<(), TileError> {
         let lr = &self.layers[l];
         let (p_count, cap, m) = (lr.p(), lr.plan.capacity, lr.plan.micro_batch);
         let last = l + 1 == self.layers.len();
         let c = self.cfg.classes;
-        for (bl, b) in lr.plan.samples_of(r, batch).enumerate() {
+        let samples = lr.plan.samples_of(r, batch);
+        let n = samples.len();
+        for (bl, b) in samples.clone().enumerate() {
             // Safety: layer buffers are read-only in backward phases.
             let buf = unsafe { self.layer_buf(l, b, t - 1) };
-            let acc = &mut sc.acc[..buf.n_grad()];
+            let acc = &mut sc.acc[bl * cap..bl * cap + buf.n_grad()];
             acc.fill(0.0);
             if t < self.cfg.time_steps {
                 if lr.plan.recurrent {
                     for p in 0..p_count {
-                        let part = unsafe { lr.part_rec.slice(((r * p_count + p) * m + bl) * cap, acc.len()) };
+                        let part = unsafe {
+                            lr.part_rec.slice(((r * p_count + p) * m + bl) * cap, acc.len())
+                        };
                         acc.iter_mut().zip(part).for_each(|(a, x)| *a += x);
                     }
                 }
@@ -382,7 +426,9 @@ impl TiledEngine {
                     let (np, nm, ncap) = (nx.p(), nx.plan.micro_batch, nx.plan.in_capacity);
                     let (nr, nbl) = (b / nm, b % nm);
                     for p in 0..np {
-                        let part = unsafe { nx.part_src.slice(((nr * np + p) * nm + nbl) * ncap, acc.len()) };
+                        let part = unsafe {
+                            nx.part_src.slice(((nr * np + p) * nm + nbl) * ncap, acc.len())
+                        };
                         acc.iter_mut().zip(part).for_each(|(a, x)| *a += x);
                     }
                 }
@@ -391,16 +437,19 @@ impl TiledEngine {
                 let d = unsafe { self.dldc.slice(b * c, c) };
                 acc.iter_mut().zip(buf.ids).for_each(|(a, &k)| *a += d[k as usize]);
             }
-            sc.fill[..p_count].fill(0);
-            for p in 0..p_count {
-                // Safety: this unit owns the tiles of replica (l, r) in this phase.
-                let home = unsafe { self.home(l, r * p_count + p) };
-                let mut tile = home.tile(self.params)?;
+        }
+        for p in 0..p_count {
+            // Safety: this unit owns the tiles of replica (l, r) in this phase.
+            let home = unsafe { self.home(l, r * p_count + p) };
+            let mut tile = home.tile(self.params)?;
+            for (bl, b) in samples.clone().enumerate().take(n) {
+                let buf = unsafe { self.layer_buf(l, b, t - 1) };
                 let dst = tile.dlds_mut(bl);
-                for (&id, &a) in buf.ids.iter().zip(acc.iter()) {
+                let mut k = 0;
+                for (&id, &a) in buf.ids.iter().zip(&sc.acc[bl * cap..]) {
                     if lr.owner[id as usize] as usize == p {
-                        dst[sc.fill[p]] = a;
-                        sc.fill[p] += 1;
+                        dst[k] = a;
+                        k += 1;
                     }
                 }
             }
@@ -408,7 +457,13 @@ impl TiledEngine {
         Ok(())
     }
 
-    fn backward_compute(&self, batch: usize, l: usize, ti: usize, t: usize) -> Result<(), TileError> {
+    fn backward_compute(
+        &self,
+        batch: usize,
+        l: usize,
+        ti: usize,
+        t: usize,
+    ) -> Result<(), TileError> {
         let lr = &self.layers[l];
         let (p_count, m) = (lr.p(), lr.plan.micro_batch);
         let r = ti / p_count;
@@ -552,7 +607,8 @@ impl Engine for TiledEngine {
                     let cfg = home.cfg;
                     let Ok(tile) = home.tile(np) else { continue };
                     let st = tile.optimizer_state();
-                    let (n, f, cols, rows) = (cfg.neurons, cfg.first_neuron, cfg.inputs, cfg.layer_width);
+                    let (n, f, cols, rows) =
+                        (cfg.neurons, cfg.first_neuron, cfg.inputs, cfg.layer_width);
                     let nw = cols * n;
                     let nv = if cfg.recurrent { rows * n } else { 0 };
                     copy_out(&st[..nw], n, f, cols, &mut m.layers[l].weight);
@@ -581,7 +637,10 @@ impl Engine for TiledEngine {
                 lr.plan.width,
                 lr.plan.inputs
             );
-            ensure!(lp.recurrent.is_some() == lr.plan.recurrent, "layer {l}: recurrent weights mismatch");
+            ensure!(
+                lp.recurrent.is_some() == lr.plan.recurrent,
+                "layer {l}: recurrent weights mismatch"
+            );
             for home in lr.tiles.get_mut() {
                 let cfg = home.cfg;
                 let mut tile = home.tile(np).map_err(|e| anyhow!("{e}"))?;
@@ -599,9 +658,17 @@ impl Engine for TiledEngine {
                         if !st.is_empty() {
                             copy_in(&m.layers[l].weight, n, f, cfg.inputs, &mut st[..nw]);
                             copy_in(&v.layers[l].weight, n, f, cfg.inputs, &mut st[nw..2 * nw]);
-                            if let (Some(mr), Some(vr)) = (&m.layers[l].recurrent, &v.layers[l].recurrent) {
+                            if let (Some(mr), Some(vr)) =
+                                (&m.layers[l].recurrent, &v.layers[l].recurrent)
+                            {
                                 copy_in(mr, n, f, cfg.layer_width, &mut st[2 * nw..2 * nw + nv]);
-                                copy_in(vr, n, f, cfg.layer_width, &mut st[2 * nw + nv..2 * nw + 2 * nv]);
+                                copy_in(
+                                    vr,
+                                    n,
+                                    f,
+                                    cfg.layer_width,
+                                    &mut st[2 * nw + nv..2 * nw + 2 * nv],
+                                );
                             }
                         }
                     }

@@ -34,6 +34,7 @@ pub fn small_config(hidden: &[usize], recurrent: bool) -> ModelConfig {
         optimizer: "adam".into(),
         lr: 1e-2,
         batch_size: 8,
+        init_gain: spiketile::model::INIT_GAIN,
         max_neurons_per_tile: None,
         max_samples_per_tile: None,
     }

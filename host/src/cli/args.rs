@@ -1,0 +1,121 @@
+//! Flags shared by `train`, `plan` and `bench`: the model (SPEC §5).
+
+use crate::config::ModelConfig;
+use anyhow::{bail, Result};
+use clap::{Args, ValueEnum};
+
+/// Which engine runs the model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum EngineKind {
+    /// The bulk-synchronous tile engine (default).
+    Tiled,
+    /// The plain dense reference engine (slow; for checking).
+    Dense,
+}
+
+/// Model and optimisation flags.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Hidden layer widths, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "256")]
+    pub hidden: Vec<usize>,
+    /// Hidden layers get recurrent weights (SPEC §1.4).
+    #[arg(long)]
+    pub recurrent: bool,
+    /// Time steps per sample.
+    #[arg(long, default_value_t = 100)]
+    pub time_steps: usize,
+    /// Seconds of each sample binned onto the time steps.
+    #[arg(long, default_value_t = 1.4)]
+    pub duration: f32,
+    /// Membrane decay per step.
+    #[arg(long, default_value_t = 0.95)]
+    pub alpha: f32,
+    /// Firing threshold.
+    #[arg(long, default_value_t = 1.0)]
+    pub threshold: f32,
+    /// SuperSpike surrogate steepness.
+    #[arg(long, default_value_t = 10.0)]
+    pub beta: f32,
+    /// Loss on output spike counts.
+    #[arg(long, default_value = "ce-count", value_parser = ["ce-count", "mse-count"])]
+    pub loss: String,
+    /// Spike buffer capacity as a fraction of each layer's width (1 = exact mode).
+    #[arg(long, default_value_t = 0.1)]
+    pub max_activity: f64,
+    /// Gradient window under threshold; `inf` for exact mode.
+    #[arg(long, default_value = "0.1", value_parser = parse_window)]
+    pub window: f32,
+    /// Optimizer.
+    #[arg(long, default_value = "adam", value_parser = ["adam", "sgd"])]
+    pub optimizer: String,
+    /// Learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f32,
+    /// Samples per optimizer step.
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Scale of the initial weights: U(-a, a) with a = gain / sqrt(fan-in).
+    #[arg(long, default_value_t = crate::model::INIT_GAIN)]
+    pub init_gain: f32,
+    /// Planner limit: at most this many neurons per tile.
+    #[arg(long)]
+    pub max_neurons_per_tile: Option<usize>,
+    /// Planner limit: at most this many samples per tile.
+    #[arg(long)]
+    pub max_samples_per_tile: Option<usize>,
+    /// Worker threads (default: all cores). Results do not depend on it.
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Engine.
+    #[arg(long, value_enum, default_value_t = EngineKind::Tiled)]
+    pub engine: EngineKind,
+}
+
+fn parse_window(s: &str) -> Result<f32, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "inf" | "infinity" => Ok(f32::INFINITY),
+        t => match t.parse::<f32>() {
+            Ok(w) if w >= 0.0 => Ok(w),
+            _ => Err(format!("{s:?} is not a window: give a number >= 0 or `inf`")),
+        },
+    }
+}
+
+impl ModelArgs {
+    /// The model configuration for data with `inputs` channels and `classes` classes.
+    pub fn config(&self, inputs: usize, classes: usize) -> Result<ModelConfig> {
+        let cfg = ModelConfig {
+            inputs,
+            hidden: self.hidden.clone(),
+            classes,
+            recurrent: self.recurrent,
+            time_steps: self.time_steps,
+            duration: self.duration,
+            alpha: self.alpha,
+            threshold: self.threshold,
+            beta: self.beta,
+            loss: self.loss.clone(),
+            max_activity: self.max_activity,
+            window: self.window,
+            optimizer: self.optimizer.clone(),
+            lr: self.lr,
+            batch_size: self.batch_size,
+            init_gain: self.init_gain,
+            max_neurons_per_tile: self.max_neurons_per_tile,
+            max_samples_per_tile: self.max_samples_per_tile,
+        };
+        if self.hidden.is_empty() {
+            bail!("--hidden needs at least one width");
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Worker threads: the flag, or all cores.
+    pub fn threads(&self) -> usize {
+        self.threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .max(1)
+    }
+}

@@ -1,0 +1,240 @@
+//! `spiketile bench`: training throughput on random input of a given activity.
+
+use super::args::ModelArgs;
+use super::train::make_engine;
+use crate::atomic::write_atomic;
+use crate::config::ModelConfig;
+use crate::data::BinnedSample;
+use crate::engine::{InputBatch, LayerStats};
+use crate::model::Params;
+use anyhow::{bail, Result};
+use clap::{Args, ValueEnum};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// What a sweep varies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Sweep {
+    /// Input activity 1 %, 2 %, 5 %, 10 %, 20 %.
+    Activity,
+    /// Hidden width 256, 1024, 4096 (one hidden layer).
+    Hidden,
+    /// 1 thread up to all cores.
+    Threads,
+}
+
+/// Arguments of `spiketile bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Model flags (as for `train`).
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Input channels (SHD: 700).
+    #[arg(long, default_value_t = 700)]
+    pub inputs: usize,
+    /// Output classes (SHD: 20).
+    #[arg(long, default_value_t = 20)]
+    pub classes: usize,
+    /// Fraction of input channels spiking per step.
+    #[arg(long, default_value_t = 0.05)]
+    pub activity: f64,
+    /// Timed training steps (batches).
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// Seed of the weights and the random input.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Run a sweep instead of one measurement.
+    #[arg(long, value_enum)]
+    pub sweep: Option<Sweep>,
+    /// CSV file for the sweep's rows.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// One measurement.
+#[derive(Clone, Debug)]
+pub struct BenchResult {
+    /// Training samples per second.
+    pub samples_per_s: f64,
+    /// Per layer (hidden..., output) statistics over the timed steps.
+    pub layers: Vec<LayerStats>,
+    /// Tiles in the plan.
+    pub tiles: usize,
+    /// Bytes of tile memory.
+    pub tile_bytes: usize,
+    /// Weights in the model.
+    pub weights: usize,
+    /// Peak resident memory of the process so far (bytes), if known.
+    pub peak_rss: Option<u64>,
+}
+
+/// Peak resident set size of this process (Linux `VmHWM`).
+pub fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Random binned samples: every channel spikes with probability `activity` at every step.
+pub fn random_batch(cfg: &ModelConfig, activity: f64, rng: &mut ChaCha8Rng) -> Vec<BinnedSample> {
+    (0..cfg.batch_size)
+        .map(|_| {
+            let mut offsets = vec![0u32];
+            let mut ids = Vec::new();
+            for _ in 0..cfg.time_steps {
+                for c in 0..cfg.inputs {
+                    if rng.gen_bool(activity) {
+                        ids.push(c as u16);
+                    }
+                }
+                offsets.push(ids.len() as u32);
+            }
+            BinnedSample { offsets, ids, label: rng.gen_range(0..cfg.classes) as u16 }
+        })
+        .collect()
+}
+
+/// Measures training throughput of `cfg` with `threads` on input of `activity`.
+pub fn measure(
+    args: &BenchArgs,
+    cfg: &ModelConfig,
+    threads: usize,
+    activity: f64,
+) -> Result<BenchResult> {
+    if !(0.0..=1.0).contains(&activity) {
+        bail!("--activity must be in [0, 1]");
+    }
+    let params = Params::init(cfg, args.seed);
+    let plan = crate::plan::Plan::new(cfg)?;
+    let mut engine = make_engine(args.model.engine, cfg, &params, threads)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(args.seed ^ 0xBE4C);
+    let batches: Vec<InputBatch> = (0..args.steps.max(1) + args.warmup)
+        .map(|_| {
+            let samples = random_batch(cfg, activity, &mut rng);
+            let refs: Vec<&BinnedSample> = samples.iter().collect();
+            InputBatch::new(&refs, cfg.time_steps, cfg.capacity(cfg.inputs))
+        })
+        .collect();
+    for b in &batches[..args.warmup] {
+        engine.run_batch(b, true)?;
+    }
+    let mut layers = vec![LayerStats::default(); cfg.hidden.len() + 1];
+    let started = Instant::now();
+    for b in &batches[args.warmup..] {
+        let r = engine.run_batch(b, true)?;
+        for (acc, s) in layers.iter_mut().zip(&r.layers) {
+            acc.add(s);
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let samples = (batches.len() - args.warmup) * cfg.batch_size;
+    Ok(BenchResult {
+        samples_per_s: samples as f64 / seconds,
+        layers,
+        tiles: plan.tiles(),
+        tile_bytes: plan.total_bytes(),
+        weights: params.count(),
+        peak_rss: peak_rss(),
+    })
+}
+
+fn describe(r: &BenchResult) -> String {
+    let act: Vec<String> = r
+        .layers
+        .iter()
+        .enumerate()
+        .map(|(l, s)| {
+            let name =
+                if l + 1 == r.layers.len() { "output".into() } else { format!("hidden{}", l + 1) };
+            format!("{name} {:.2}% (overflow {})", 100.0 * s.activity(), s.overflow)
+        })
+        .collect();
+    format!(
+        "{:.0} samples/s  activity: {}  tiles {}  tile memory {:.1} MiB  peak RSS {}",
+        r.samples_per_s,
+        act.join(", "),
+        r.tiles,
+        r.tile_bytes as f64 / (1 << 20) as f64,
+        r.peak_rss.map_or("?".into(), |b| format!("{:.1} MiB", b as f64 / (1 << 20) as f64)),
+    )
+}
+
+/// Runs `spiketile bench`.
+pub fn run(args: BenchArgs) -> Result<()> {
+    let base = args.model.config(args.inputs, args.classes)?;
+    let threads = args.model.threads();
+    let Some(sweep) = args.sweep else {
+        eprintln!(
+            "bench: {}-{}-{}, T {}, batch {}, {}, input activity {}, {} threads, {} timed steps",
+            base.inputs,
+            base.hidden.iter().map(|h| h.to_string()).collect::<Vec<_>>().join("-"),
+            base.classes,
+            base.time_steps,
+            base.batch_size,
+            base.optimizer,
+            args.activity,
+            threads,
+            args.steps
+        );
+        let r = measure(&args, &base, threads, args.activity)?;
+        println!("{}", describe(&r));
+        return Ok(());
+    };
+    let points: Vec<(ModelConfig, usize, f64, String)> = match sweep {
+        Sweep::Activity => [0.01, 0.02, 0.05, 0.1, 0.2]
+            .iter()
+            .map(|&a| (base.clone(), threads, a, format!("{a}")))
+            .collect(),
+        Sweep::Hidden => [256usize, 1024, 4096]
+            .iter()
+            .map(|&h| {
+                (
+                    ModelConfig { hidden: vec![h], ..base.clone() },
+                    threads,
+                    args.activity,
+                    h.to_string(),
+                )
+            })
+            .collect(),
+        Sweep::Threads => {
+            (1..=threads.max(2)).map(|t| (base.clone(), t, args.activity, t.to_string())).collect()
+        }
+    };
+    let mut csv = String::from(
+        "sweep,value,hidden,input_activity,threads,samples_per_s,weights,weight_updates_per_s,hidden_activity,output_activity,overflow,tiles,tile_bytes,peak_rss_bytes\n",
+    );
+    for (cfg, t, a, value) in points {
+        let r = measure(&args, &cfg, t, a)?;
+        eprintln!("{sweep:?} = {value}: {}", describe(&r));
+        let hidden_act = r.layers.first().map_or(0.0, LayerStats::activity);
+        let out_act = r.layers.last().map_or(0.0, LayerStats::activity);
+        let overflow: u64 = r.layers.iter().map(|s| s.overflow).sum();
+        writeln!(
+            csv,
+            "{:?},{value},{},{a},{t},{:.1},{},{:.4e},{:.5},{:.5},{overflow},{},{},{}",
+            sweep,
+            cfg.hidden.iter().map(|h| h.to_string()).collect::<Vec<_>>().join("-"),
+            r.samples_per_s,
+            r.weights,
+            r.samples_per_s * r.weights as f64,
+            hidden_act,
+            out_act,
+            r.tiles,
+            r.tile_bytes,
+            r.peak_rss.unwrap_or(0),
+        )?;
+    }
+    match &args.out {
+        Some(path) => write_atomic(path, csv.as_bytes())?,
+        None => print!("{csv}"),
+    }
+    Ok(())
+}

@@ -1,0 +1,240 @@
+//! `spiketile train`: train on a file or on the built-in dataset.
+
+use super::args::{EngineKind, ModelArgs};
+use super::dataset::{bin_all, builtin, load_file};
+use crate::checkpoint::Checkpoint;
+use crate::config::ModelConfig;
+use crate::engine::dense::{DenseEngine, SpikeFn};
+use crate::engine::tiled::TiledEngine;
+use crate::engine::Engine;
+use crate::model::Params;
+use crate::snapshot::{params_from_tensors, Progress, RunConfig, Snapshot};
+use crate::train::{TrainOptions, Trainer};
+use anyhow::{bail, ensure, Context, Result};
+use clap::Args;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Arguments of `spiketile train`.
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// Model and optimisation.
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// SHD-layout HDF5 training file (default: the built-in synthetic dataset).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// SHD-layout HDF5 file evaluated after every epoch (default with the built-in data: its
+    /// held-apart test split).
+    #[arg(long)]
+    pub test_data: Option<PathBuf>,
+    /// Treat non-finite or negative event times in data files as errors.
+    #[arg(long)]
+    pub strict: bool,
+    /// Epochs to train.
+    #[arg(long, default_value_t = 3)]
+    pub epochs: usize,
+    /// Stop after this many optimizer steps in total.
+    #[arg(long)]
+    pub max_steps: Option<u64>,
+    /// Batches in file order instead of shuffled.
+    #[arg(long)]
+    pub no_shuffle: bool,
+    /// Seed of all randomness (initial weights, data order, built-in data).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Start from the weights in this safetensors file (`layers.*` tensors; any tool may write it).
+    #[arg(long, conflicts_with = "resume")]
+    pub init: Option<PathBuf>,
+    /// Write the final checkpoint here (also on Ctrl-C).
+    #[arg(long)]
+    pub save: Option<PathBuf>,
+    /// Continue the run saved in this checkpoint exactly (model, seed and data order from it).
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Write per-epoch metrics as JSON lines here.
+    #[arg(long)]
+    pub metrics: Option<PathBuf>,
+    /// Training samples of the built-in dataset.
+    #[arg(long, default_value_t = 2000)]
+    pub train_samples: usize,
+    /// Test samples of the built-in dataset.
+    #[arg(long, default_value_t = 500)]
+    pub test_samples: usize,
+    /// No per-epoch lines, no progress bar.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// Builds the engine of `kind`.
+pub fn make_engine(
+    kind: EngineKind,
+    cfg: &ModelConfig,
+    params: &Params,
+    threads: usize,
+) -> Result<Box<dyn Engine>> {
+    Ok(match kind {
+        EngineKind::Tiled => Box::new(TiledEngine::new(cfg, params, threads)?),
+        EngineKind::Dense => Box::new(DenseEngine::new(cfg, params.clone(), SpikeFn::Heaviside)?),
+    })
+}
+
+fn stop_flag() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let f = flag.clone();
+    // A second Ctrl-C while the first is handled exits at once.
+    let _ = ctrlc::set_handler(move || {
+        if f.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\nCtrl-C: stopping after this batch (press again to quit now)");
+    });
+    flag
+}
+
+/// Runs `spiketile train`.
+pub fn run(args: TrainArgs) -> Result<()> {
+    let resumed = match &args.resume {
+        Some(path) => Some(
+            Snapshot::from_checkpoint(&Checkpoint::load(path)?)
+                .with_context(|| format!("resuming from {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let seed = resumed.as_ref().map_or(args.seed, |s| s.run.seed);
+    let time_steps = resumed.as_ref().map_or(args.model.time_steps, |s| s.run.model.time_steps);
+    let duration = resumed.as_ref().map_or(args.model.duration, |s| s.run.model.duration);
+    let (train_set, test_set) = match &args.data {
+        Some(path) => {
+            let train = load_file(path, None, None, args.strict)?;
+            let test = match &args.test_data {
+                Some(t) => {
+                    Some(load_file(t, Some(train.channels), Some(train.classes), args.strict)?)
+                }
+                None => None,
+            };
+            (train, test)
+        }
+        None => {
+            ensure!(
+                args.test_data.is_none(),
+                "--test-data needs --data (the built-in data has its own test split)"
+            );
+            let (train, test) = builtin(seed, args.train_samples, args.test_samples);
+            (train, Some(test))
+        }
+    };
+    ensure!(!train_set.samples.is_empty(), "{}: no training samples", train_set.name);
+    let (run, params, optim, progress) = match resumed {
+        Some(s) => {
+            let m = &s.run.model;
+            ensure!(
+                m.inputs == train_set.channels && m.classes == train_set.classes,
+                "the checkpoint's model has {} inputs and {} classes, {} has {} channels and {} classes",
+                m.inputs, m.classes, train_set.name, train_set.channels, train_set.classes
+            );
+            (s.run, s.params, Some(s.optim), s.progress)
+        }
+        None => {
+            let (cfg, params) = initial(&args, train_set.channels, train_set.classes, seed)?;
+            let run = RunConfig { model: cfg, seed, shuffle: !args.no_shuffle };
+            (run, params, None, Progress { seed, ..Progress::default() })
+        }
+    };
+    let cfg = run.model.clone();
+    let train = bin_all(&train_set, time_steps, duration);
+    let test = test_set.as_ref().map(|t| bin_all(t, time_steps, duration));
+    let threads = args.model.threads();
+    let mut engine = make_engine(args.model.engine, &cfg, &params, threads)?;
+    if let Some(o) = &optim {
+        engine.set_state(&params, Some(o))?;
+    }
+    if !args.quiet {
+        eprintln!(
+            "training {}-{}-{}{} on {} ({} samples{}), T = {}, batch {}, {} {} lr {}, max activity {}, window {}, {} threads, engine {:?}",
+            cfg.inputs,
+            cfg.hidden.iter().map(|h| h.to_string()).collect::<Vec<_>>().join("-"),
+            cfg.classes,
+            if cfg.recurrent { " (recurrent)" } else { "" },
+            train_set.name,
+            train.len(),
+            test.as_ref().map_or(String::new(), |t| format!(", {} test", t.len())),
+            cfg.time_steps,
+            cfg.batch_size,
+            cfg.optimizer,
+            cfg.loss,
+            cfg.lr,
+            cfg.max_activity,
+            cfg.window,
+            threads,
+            args.model.engine,
+        );
+    }
+    let opts = TrainOptions {
+        epochs: args.epochs,
+        max_steps: args.max_steps,
+        metrics: args.metrics.clone(),
+        save: args.save.clone(),
+        progress: !args.quiet && std::io::stderr().is_terminal(),
+        verbose: !args.quiet,
+    };
+    let stop = stop_flag();
+    let mut trainer = Trainer { run, engine, progress };
+    let metrics = trainer.run(&train, test.as_deref(), &opts, &stop)?;
+    if let Some(last) = metrics.last() {
+        println!(
+            "final: step {} loss {:.4} train accuracy {:.2}%{}",
+            last.step,
+            last.loss,
+            100.0 * last.train_acc,
+            last.test_acc.map_or(String::new(), |a| format!(" test accuracy {:.2}%", 100.0 * a))
+        );
+    } else if !stop.load(Ordering::Relaxed) {
+        println!(
+            "nothing to do: the run is already at epoch {} / step {}",
+            trainer.progress.epoch, trainer.progress.step
+        );
+    }
+    if let Some(p) = &args.save {
+        if !args.quiet {
+            eprintln!("checkpoint written to {}", p.display());
+        }
+    }
+    Ok(())
+}
+
+/// The model configuration and initial weights: from `--init` (architecture from the tensor
+/// shapes) or drawn from the seed.
+fn initial(
+    args: &TrainArgs,
+    channels: usize,
+    classes: usize,
+    seed: u64,
+) -> Result<(ModelConfig, Params)> {
+    match &args.init {
+        Some(path) => {
+            let ck = Checkpoint::load(path)?;
+            let (params, inputs, hidden, out, recurrent) =
+                params_from_tensors(&ck).with_context(|| format!("--init {}", path.display()))?;
+            if inputs != channels || out != classes {
+                bail!(
+                    "--init {}: the weights are for {inputs} inputs and {out} classes, the data has \
+                     {channels} channels and {classes} classes",
+                    path.display()
+                );
+            }
+            let mut model = args.model.clone();
+            model.hidden = hidden;
+            model.recurrent = recurrent;
+            let cfg = model.config(channels, classes)?;
+            Ok((cfg, params))
+        }
+        None => {
+            let cfg = args.model.config(channels, classes)?;
+            let params = Params::init(&cfg, seed);
+            Ok((cfg, params))
+        }
+    }
+}
