@@ -33,6 +33,13 @@ pub struct ModelConfig {
     /// Gradient window under threshold (`inf` for exact mode; stored as a string in JSON).
     #[serde(with = "window_json")]
     pub window: f32,
+    /// Buffer capacity of the output layer as a fraction of its width (default 1: the readout
+    /// keeps every spike).
+    #[serde(default = "one")]
+    pub output_max_activity: f64,
+    /// Gradient window of the output layer (default `inf`: the surrogate everywhere).
+    #[serde(with = "window_json", default = "infinite")]
+    pub output_window: f32,
     /// `adam` or `sgd`.
     pub optimizer: String,
     /// Learning rate.
@@ -71,6 +78,9 @@ impl ModelConfig {
         if !(self.max_activity > 0.0 && self.max_activity <= 1.0) {
             bail!("--max-activity must be in (0, 1] (got {})", self.max_activity);
         }
+        if !(self.output_max_activity > 0.0 && self.output_max_activity <= 1.0) {
+            bail!("--output-max-activity must be in (0, 1] (got {})", self.output_max_activity);
+        }
         if !(self.lr.is_finite() && self.lr >= 0.0) {
             bail!("--lr must be a finite non-negative number");
         }
@@ -82,8 +92,10 @@ impl ModelConfig {
         }
         self.loss_kind()?;
         self.optimizer_kind()?;
-        if let Err(e) = self.neuron_params().validate() {
-            bail!("{e} (check --alpha, --threshold, --beta, --window)");
+        for l in 1..self.widths().len() {
+            if let Err(e) = self.layer_params(l).validate() {
+                bail!("{e} (check --alpha, --threshold, --beta, --window, --output-window)");
+            }
         }
         Ok(())
     }
@@ -99,12 +111,28 @@ impl ModelConfig {
     /// Buffer capacity of a layer of width `n`: `ceil(max_activity * n)`, at least 1.
     /// (A tolerance of 1e-9 keeps e.g. `0.1 * 700` at 70 despite binary rounding.)
     pub fn capacity(&self, n: usize) -> usize {
-        ((self.max_activity * n as f64 - 1e-9).ceil() as usize).clamp(1, n)
+        fraction_of(self.max_activity, n)
     }
 
-    /// Whether the configuration is exact mode (nothing dropped, surrogate everywhere).
-    pub fn is_exact(&self) -> bool {
-        self.max_activity >= 1.0 && self.window == f32::INFINITY
+    /// Buffer capacity of layer `l` of [`ModelConfig::widths`] (0 = the input; the last = the
+    /// output layer, which uses `output_max_activity`).
+    pub fn layer_capacity(&self, l: usize) -> usize {
+        let widths = self.widths();
+        if l + 1 == widths.len() {
+            fraction_of(self.output_max_activity, widths[l])
+        } else {
+            self.capacity(widths[l])
+        }
+    }
+
+    /// Neuron parameters of layer `l >= 1` of [`ModelConfig::widths`] (the output layer uses
+    /// `output_window`).
+    pub fn layer_params(&self, l: usize) -> NeuronParams {
+        let mut p = self.neuron_params();
+        if l + 1 == self.widths().len() {
+            p.window = self.output_window;
+        }
+        p
     }
 
     /// The loss.
@@ -133,7 +161,7 @@ impl ModelConfig {
         })
     }
 
-    /// Neuron parameters (the same for every layer).
+    /// Neuron parameters of the hidden layers.
     pub fn neuron_params(&self) -> NeuronParams {
         NeuronParams {
             lif: LifParams { alpha: self.alpha, theta: self.threshold },
@@ -143,8 +171,20 @@ impl ModelConfig {
     }
 }
 
+fn one() -> f64 {
+    1.0
+}
+
+fn infinite() -> f32 {
+    f32::INFINITY
+}
+
 fn default_init_gain() -> f32 {
     crate::model::INIT_GAIN
+}
+
+fn fraction_of(fraction: f64, n: usize) -> usize {
+    ((fraction * n as f64 - 1e-9).ceil() as usize).clamp(1, n)
 }
 
 /// JSON has no infinity: the window is written as a string (`"inf"` or a number's text).
@@ -176,6 +216,8 @@ pub(crate) fn test_config() -> ModelConfig {
         loss: "ce-count".into(),
         max_activity: 1.0,
         window: f32::INFINITY,
+        output_max_activity: 1.0,
+        output_window: f32::INFINITY,
         optimizer: "adam".into(),
         lr: 1e-2,
         batch_size: 8,

@@ -70,9 +70,10 @@ impl Params {
     }
 }
 
-/// Scale of the initial weights (see [`Params::init`]). With `(1 - alpha) = 0.05` scaling the
-/// input current, this puts hidden layers in a regime where a few percent of neurons fire.
-pub const INIT_GAIN: f32 = 8.0;
+/// Default scale of the initial weights (see [`Params::init`]). With `(1 - alpha) = 0.05`
+/// scaling the input current, this makes a few percent of the hidden neurons fire on SHD-like
+/// input (measured: 2.4 % hidden activity on the built-in data after the first epoch).
+pub const INIT_GAIN: f32 = 32.0;
 
 /// Optimizer state: Adam's moments shaped like the parameters (empty for SGD), and the step.
 #[derive(Clone, Debug, PartialEq)]

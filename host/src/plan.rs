@@ -78,8 +78,8 @@ impl Plan {
                 recurrent,
                 batch: 1,
                 time_steps: cfg.time_steps,
-                in_capacity: cfg.capacity(widths[l - 1]),
-                layer_capacity: cfg.capacity(widths[l]),
+                in_capacity: cfg.layer_capacity(l - 1),
+                layer_capacity: cfg.layer_capacity(l),
                 optimizer,
             };
             let limits = (cfg.max_neurons_per_tile, cfg.max_samples_per_tile);

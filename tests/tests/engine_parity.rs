@@ -85,6 +85,8 @@ fn sparse_mode_tiled_equals_dense() {
     let mut cfg = small_config(&[12, 9], true);
     cfg.max_activity = 0.5;
     cfg.window = 1.5;
+    cfg.output_max_activity = 0.5;
+    cfg.output_window = 1.5;
     let d = train_both(&cfg, 2, 3);
     assert!(d < 1e-5, "relative weight difference {d}");
 }

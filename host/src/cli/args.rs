@@ -46,11 +46,18 @@ pub struct ModelArgs {
     /// Gradient window under threshold; `inf` for exact mode.
     #[arg(long, default_value = "0.1", value_parser = parse_window)]
     pub window: f32,
+    /// Spike buffer capacity of the output layer as a fraction of its width (1 = every output
+    /// spike counts; the readout is small).
+    #[arg(long, default_value_t = 1.0)]
+    pub output_max_activity: f64,
+    /// Gradient window of the output layer; `inf` (default) = surrogate at every output neuron.
+    #[arg(long, default_value = "inf", value_parser = parse_window)]
+    pub output_window: f32,
     /// Optimizer.
     #[arg(long, default_value = "adam", value_parser = ["adam", "sgd"])]
     pub optimizer: String,
     /// Learning rate.
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = 5e-3)]
     pub lr: f32,
     /// Samples per optimizer step.
     #[arg(long, default_value_t = 64)]
@@ -98,6 +105,8 @@ impl ModelArgs {
             loss: self.loss.clone(),
             max_activity: self.max_activity,
             window: self.window,
+            output_max_activity: self.output_max_activity,
+            output_window: self.output_window,
             optimizer: self.optimizer.clone(),
             lr: self.lr,
             batch_size: self.batch_size,

@@ -34,7 +34,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub strict: bool,
     /// Epochs to train.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 6)]
     pub epochs: usize,
     /// Stop after this many optimizer steps in total.
     #[arg(long)]

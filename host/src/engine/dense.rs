@@ -55,7 +55,6 @@ impl DenseEngine {
 
     fn forward(&self, input: &InputBatch, b: usize, stats: &mut [LayerStats]) -> Vec<Record> {
         let cfg = &self.cfg;
-        let np: NeuronParams = cfg.neuron_params();
         let t_steps = cfg.time_steps;
         let widths = cfg.widths();
         let mut recs: Vec<Record> = Vec::new();
@@ -69,7 +68,8 @@ impl DenseEngine {
         recs.push(Record { s: s0, u: Vec::new(), spiked: Vec::new(), in_grad: Vec::new() });
         for (l, p) in self.params.layers.iter().enumerate() {
             let (n, n_in) = (p.rows, p.cols);
-            let cap = cfg.capacity(n);
+            let cap = cfg.layer_capacity(l + 1);
+            let np: NeuronParams = cfg.layer_params(l + 1);
             let mut rec = Record {
                 s: vec![0.0; t_steps * n],
                 u: vec![0.0; t_steps * n],
@@ -145,6 +145,7 @@ impl DenseEngine {
         let cfg = &self.cfg;
         let np = cfg.neuron_params();
         let (alpha, theta) = (np.lif.alpha, np.lif.theta);
+
         let t_steps = cfg.time_steps;
         let n_layers = self.params.layers.len();
         // dlds[l] = dL/dS_l at the step being processed; g[l] = dL/du_l at the step after it.

@@ -48,6 +48,8 @@ impl TileHome {
 /// A layer at run time: its plan, tiles and exchange buffers.
 struct LayerRt {
     plan: LayerPlan,
+    /// Neuron parameters of the layer.
+    params: NeuronParams,
     /// `[r * P + p]`.
     tiles: Shared<TileHome>,
     /// Global neuron id → tile index `p` within a replica.
@@ -70,7 +72,6 @@ impl LayerRt {
 pub struct TiledEngine {
     cfg: ModelConfig,
     plan: Plan,
-    params: NeuronParams,
     optimizer: Optimizer,
     layers: Vec<LayerRt>,
     /// Output counts `[b][class]` and `dL/dc`.
@@ -106,12 +107,12 @@ impl TiledEngine {
     /// Plans `cfg` and builds every tile with `params` as weights.
     pub fn new(cfg: &ModelConfig, params: &Params, threads: usize) -> Result<Self> {
         let plan = Plan::new(cfg)?;
-        let np = cfg.neuron_params();
         let b = cfg.batch_size;
         let t_steps = cfg.time_steps;
         let optimizer = cfg.optimizer()?;
         let mut layers = Vec::new();
-        for lp in &plan.layers {
+        for (li, lp) in plan.layers.iter().enumerate() {
+            let np = cfg.layer_params(li + 1);
             let mut homes = Vec::with_capacity(lp.tiles());
             for _ in 0..lp.replicas {
                 for &(first, n) in &lp.splits {
@@ -144,6 +145,7 @@ impl TiledEngine {
             let (r, p, m) = (lp.replicas, lp.splits.len(), lp.micro_batch);
             layers.push(LayerRt {
                 plan: lp.clone(),
+                params: np,
                 tiles: Shared::from_vec(homes),
                 owner,
                 buf: Shared::new(b * t_steps * (lp.capacity + 2)),
@@ -154,7 +156,6 @@ impl TiledEngine {
         let mut engine = TiledEngine {
             cfg: cfg.clone(),
             plan,
-            params: np,
             optimizer,
             layers,
             counts: Shared::new(b * cfg.classes),
@@ -297,7 +298,7 @@ impl TiledEngine {
         let r = ti / lr.p();
         // Safety: tile (l, r, p) belongs to this unit alone in this phase.
         let home = unsafe { self.home(l, ti) };
-        let mut tile = home.tile(self.params)?;
+        let mut tile = home.tile(self.layers[l].params)?;
         for (bl, b) in lr.plan.samples_of(r, input.len).enumerate() {
             // Safety: layer buffers of step t-1 are not written in this phase.
             let src = match (t, l) {
@@ -339,7 +340,7 @@ impl TiledEngine {
                 // Safety: this unit owns the tiles of replica (l, r) in this phase.
                 let home = unsafe { self.home(l, r * p_count + p) };
                 let first = home.cfg.first_neuron;
-                let tile = home.tile(self.params)?;
+                let tile = home.tile(self.layers[l].params)?;
                 for bl in 0..m {
                     let view = tile.out_buffer(t, bl);
                     let ids = if pass == 0 { view.spikes() } else { view.near() };
@@ -354,7 +355,7 @@ impl TiledEngine {
         }
         for p in 0..p_count {
             let home = unsafe { self.home(l, r * p_count + p) };
-            let mut tile = home.tile(self.params)?;
+            let mut tile = home.tile(self.layers[l].params)?;
             for bl in 0..m {
                 tile.commit(t, bl, sc.keep[p * m + bl], sc.keep[(p_count + p) * m + bl])?;
             }
@@ -441,7 +442,7 @@ impl TiledEngine {
         for p in 0..p_count {
             // Safety: this unit owns the tiles of replica (l, r) in this phase.
             let home = unsafe { self.home(l, r * p_count + p) };
-            let mut tile = home.tile(self.params)?;
+            let mut tile = home.tile(self.layers[l].params)?;
             for (bl, b) in samples.clone().enumerate().take(n) {
                 let buf = unsafe { self.layer_buf(l, b, t - 1) };
                 let dst = tile.dlds_mut(bl);
@@ -469,7 +470,7 @@ impl TiledEngine {
         let r = ti / p_count;
         // Safety: tile (l, r, p) and its partial out-buffers belong to this unit alone.
         let home = unsafe { self.home(l, ti) };
-        let mut tile = home.tile(self.params)?;
+        let mut tile = home.tile(self.layers[l].params)?;
         for (bl, _) in lr.plan.samples_of(r, batch).enumerate() {
             tile.backward_with(t, bl, l > 0)?;
             if l > 0 {
@@ -495,7 +496,7 @@ impl TiledEngine {
         let (p_count, replicas) = (lr.p(), lr.plan.replicas);
         // Safety: the column's tiles belong to this unit alone in this phase.
         let mut tiles: Vec<Tile<'_>> = (0..replicas)
-            .map(|r| unsafe { self.home(l, r * p_count + p) }.tile(self.params))
+            .map(|r| unsafe { self.home(l, r * p_count + p) }.tile(self.layers[l].params))
             .collect::<Result<_, _>>()?;
         if let Some((first, rest)) = tiles.split_first_mut() {
             for other in rest.iter() {
@@ -581,9 +582,8 @@ impl Engine for TiledEngine {
 
     fn params(&mut self) -> Params {
         let mut out = Params::zeros(&self.cfg);
-        let np = self.params;
         for (lr, lp) in self.layers.iter_mut().zip(out.layers.iter_mut()) {
-            let p_count = lr.p();
+            let (p_count, np) = (lr.p(), lr.params);
             for home in lr.tiles.get_mut().iter_mut().take(p_count) {
                 let (n, f) = (home.cfg.neurons, home.cfg.first_neuron);
                 let Ok(tile) = home.tile(np) else { continue };
@@ -599,10 +599,9 @@ impl Engine for TiledEngine {
     fn optim_state(&mut self) -> OptimState {
         let adam = self.optimizer.kind == OptimizerKind::Adam;
         let (mut m, mut v) = (Params::zeros(&self.cfg), Params::zeros(&self.cfg));
-        let np = self.params;
         if adam {
             for (l, lr) in self.layers.iter_mut().enumerate() {
-                let p_count = lr.p();
+                let (p_count, np) = (lr.p(), lr.params);
                 for home in lr.tiles.get_mut().iter_mut().take(p_count) {
                     let cfg = home.cfg;
                     let Ok(tile) = home.tile(np) else { continue };
@@ -627,8 +626,8 @@ impl Engine for TiledEngine {
 
     fn set_state(&mut self, params: &Params, optim: Option<&OptimState>) -> Result<()> {
         ensure!(params.layers.len() == self.layers.len(), "layer count differs from the model");
-        let np = self.params;
         for (l, (lr, lp)) in self.layers.iter_mut().zip(&params.layers).enumerate() {
+            let np = lr.params;
             ensure!(
                 lp.rows == lr.plan.width && lp.cols == lr.plan.inputs,
                 "layer {l} weights are {}x{}, the model needs {}x{}",

@@ -31,6 +31,8 @@ pub fn small_config(hidden: &[usize], recurrent: bool) -> ModelConfig {
         loss: "ce-count".into(),
         max_activity: 1.0,
         window: f32::INFINITY,
+        output_max_activity: 1.0,
+        output_window: f32::INFINITY,
         optimizer: "adam".into(),
         lr: 1e-2,
         batch_size: 8,

@@ -1,0 +1,322 @@
+//! The CLI contract (SPEC §5): every subcommand, checkpoints, resume, `--init`, determinism.
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+use spiketile::checkpoint::{Checkpoint, Tensor};
+use std::path::Path;
+
+/// A tiny model on a tiny built-in dataset, so debug builds run it in a second or two.
+const TINY: &[&str] = &[
+    "--hidden",
+    "12",
+    "--time-steps",
+    "20",
+    "--batch-size",
+    "8",
+    "--train-samples",
+    "40",
+    "--test-samples",
+    "20",
+];
+
+fn spiketile() -> Command {
+    Command::cargo_bin("spiketile").unwrap()
+}
+
+fn train(dir: &Path, extra: &[&str]) -> assert_cmd::assert::Assert {
+    spiketile().current_dir(dir).arg("train").args(TINY).args(["--quiet"]).args(extra).assert()
+}
+
+fn tensors(path: &Path) -> std::collections::BTreeMap<String, Tensor> {
+    Checkpoint::load(path).unwrap().tensors
+}
+
+#[test]
+fn train_on_builtin_data_writes_checkpoint_and_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    train(dir.path(), &["--epochs", "2", "--save", "run.safetensors", "--metrics", "m.jsonl"])
+        .success()
+        .stdout(
+            predicate::str::contains("final: step 10")
+                .and(predicate::str::contains("test accuracy")),
+        );
+    let ck = Checkpoint::load(&dir.path().join("run.safetensors")).unwrap();
+    assert_eq!(ck.tensors["layers.0.weight"].shape, vec![12, 700]);
+    assert_eq!(ck.tensors["layers.1.weight"].shape, vec![20, 12]);
+    assert!(ck.tensors.contains_key("optim.m.layers.0.weight"));
+    assert_eq!(ck.meta("spiketile.step"), Some("10"));
+    let metrics = std::fs::read_to_string(dir.path().join("m.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 2);
+    for line in metrics.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(v["loss"].as_f64().unwrap().is_finite());
+        assert_eq!(v["layers"].as_array().unwrap().len(), 3);
+    }
+}
+
+#[test]
+fn results_do_not_depend_on_thread_count() {
+    let dir = tempfile::tempdir().unwrap();
+    train(dir.path(), &["--max-steps", "3", "--threads", "1", "--save", "a.safetensors"]).success();
+    train(dir.path(), &["--max-steps", "3", "--threads", "2", "--save", "b.safetensors"]).success();
+    let (a, b) =
+        (tensors(&dir.path().join("a.safetensors")), tensors(&dir.path().join("b.safetensors")));
+    assert!(a == b, "1 and 2 threads give different weights");
+}
+
+#[test]
+fn resume_continues_bit_identically() {
+    let dir = tempfile::tempdir().unwrap();
+    // 40 samples / batch 8 = 5 steps per epoch: stopping at step 7 is mid-epoch.
+    train(dir.path(), &["--epochs", "3", "--max-steps", "12", "--save", "full.safetensors"])
+        .success();
+    train(dir.path(), &["--epochs", "3", "--max-steps", "7", "--save", "half.safetensors"])
+        .success();
+    spiketile()
+        .current_dir(dir.path())
+        .args(["train", "--quiet", "--train-samples", "40", "--test-samples", "20"])
+        .args(["--epochs", "3", "--max-steps", "12", "--resume", "half.safetensors"])
+        .args(["--save", "resumed.safetensors"])
+        .assert()
+        .success();
+    let full = tensors(&dir.path().join("full.safetensors"));
+    let resumed = tensors(&dir.path().join("resumed.safetensors"));
+    assert!(full == resumed, "resumed run differs from the uninterrupted one");
+    assert!(
+        full != tensors(&dir.path().join("half.safetensors")),
+        "training must move the weights"
+    );
+}
+
+#[test]
+fn init_from_a_tensors_only_file_takes_the_architecture_from_shapes() {
+    let dir = tempfile::tempdir().unwrap();
+    // Written as another tool would: plain safetensors, no metadata, shapes [N_l, N_{l-1}].
+    let w0: Vec<u8> =
+        (0..9 * 700).flat_map(|i| ((i % 13) as f32 * 0.05 - 0.3).to_le_bytes()).collect();
+    let w1: Vec<u8> =
+        (0..20 * 9).flat_map(|i| ((i % 7) as f32 * 0.3 - 0.9).to_le_bytes()).collect();
+    let views = vec![
+        (
+            "layers.0.weight",
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![9, 700], &w0)
+                .unwrap(),
+        ),
+        (
+            "layers.1.weight",
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![20, 9], &w1)
+                .unwrap(),
+        ),
+    ];
+    let bytes = safetensors::serialize(views, &None).unwrap();
+    std::fs::write(dir.path().join("foreign.safetensors"), bytes).unwrap();
+    train(
+        dir.path(),
+        &["--init", "foreign.safetensors", "--max-steps", "1", "--save", "out.safetensors"],
+    )
+    .success();
+    let out = tensors(&dir.path().join("out.safetensors"));
+    assert_eq!(
+        out["layers.0.weight"].shape,
+        vec![9, 700],
+        "hidden width comes from the file, not --hidden"
+    );
+}
+
+#[test]
+fn sgd_step_changes_weights_by_lr_times_gradient() {
+    // The external contract: one SGD step from --init reveals the gradient as (w0 - w1) / lr.
+    let dir = tempfile::tempdir().unwrap();
+    train(dir.path(), &["--max-steps", "1", "--save", "w0.safetensors", "--lr", "0"]).success();
+    let w0 = tensors(&dir.path().join("w0.safetensors"));
+    let ck = Checkpoint::load(&dir.path().join("w0.safetensors")).unwrap();
+    let mut plain = Checkpoint::new();
+    for (k, v) in &ck.tensors {
+        if k.starts_with("layers.") {
+            plain.tensors.insert(k.clone(), v.clone());
+        }
+    }
+    plain.save(&dir.path().join("init.safetensors")).unwrap();
+    for lr in ["0.5", "1"] {
+        let out = format!("sgd{lr}.safetensors");
+        spiketile()
+            .current_dir(dir.path())
+            .arg("train")
+            .args(TINY)
+            .args(["--quiet", "--init", "init.safetensors", "--optimizer", "sgd", "--lr", lr])
+            .args(["--max-steps", "1", "--no-shuffle", "--save", &out])
+            .assert()
+            .success();
+    }
+    let a = tensors(&dir.path().join("sgd0.5.safetensors"));
+    let b = tensors(&dir.path().join("sgd1.safetensors"));
+    let name = "layers.1.weight";
+    let (mut moved, mut worst) = (0, 0.0f32);
+    for ((x0, xa), xb) in w0[name].data.iter().zip(&a[name].data).zip(&b[name].data) {
+        let (ga, gb) = ((x0 - xa) / 0.5, x0 - xb);
+        moved += usize::from(ga != 0.0);
+        worst = worst.max((ga - gb).abs());
+    }
+    assert!(moved > 0, "one SGD step must move the output weights");
+    assert!(worst < 1e-5, "gradient implied by lr 0.5 and lr 1 differ by {worst}");
+}
+
+#[test]
+fn eval_writes_predictions_csv() {
+    let dir = tempfile::tempdir().unwrap();
+    train(dir.path(), &["--max-steps", "2", "--save", "c.safetensors"]).success();
+    spiketile()
+        .current_dir(dir.path())
+        .args(["eval", "--checkpoint", "c.safetensors", "--test-samples", "20"])
+        .args(["--predictions", "p.csv"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("accuracy"));
+    let csv = std::fs::read_to_string(dir.path().join("p.csv")).unwrap();
+    let mut lines = csv.lines();
+    let header = lines.next().unwrap();
+    assert!(header.starts_with("index,label,prediction,count_0,count_1"));
+    assert!(header.ends_with(",count_19"));
+    let rows: Vec<&str> = lines.collect();
+    assert_eq!(rows.len(), 20);
+    for (i, row) in rows.iter().enumerate() {
+        let f: Vec<u64> = row.split(',').map(|x| x.parse().unwrap()).collect();
+        assert_eq!(f.len(), 23);
+        assert_eq!(f[0], i as u64);
+        let counts = &f[3..];
+        let best =
+            counts.iter().enumerate().max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(&a.0))).unwrap().0;
+        assert_eq!(f[2], best as u64, "prediction is the argmax, ties to the lowest index");
+    }
+}
+
+#[test]
+fn plan_spreads_a_large_model_over_thousands_of_tiles() {
+    let out = spiketile()
+        .args(["plan", "--hidden", "4096,4096", "--batch-size", "64"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let text = String::from_utf8(out).unwrap();
+    let total = text.lines().find(|l| l.starts_with("total:")).unwrap();
+    let tiles: usize = total.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(tiles > 1000, "{text}");
+    for line in text.lines().filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit())) {
+        let bytes: usize = line.split_whitespace().nth(7).unwrap().parse().unwrap();
+        assert!(bytes <= 638_976, "{line}");
+    }
+}
+
+#[test]
+fn unplannable_model_says_why() {
+    spiketile()
+        .args([
+            "plan",
+            "--inputs",
+            "60000",
+            "--hidden",
+            "4",
+            "--time-steps",
+            "3000",
+            "--max-activity",
+            "1",
+        ])
+        .assert()
+        .failure()
+        .stderr(
+            predicate::str::contains("cannot be planned")
+                .and(predicate::str::contains("--time-steps")),
+        );
+}
+
+#[test]
+fn bench_reports_throughput_and_activity() {
+    spiketile()
+        .args([
+            "bench",
+            "--hidden",
+            "32",
+            "--time-steps",
+            "20",
+            "--batch-size",
+            "8",
+            "--steps",
+            "1",
+        ])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("samples/s").and(predicate::str::contains("hidden1")));
+}
+
+#[test]
+fn bad_flags_are_refused_with_the_flag_named() {
+    spiketile()
+        .args(["train", "--max-activity", "0"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("--max-activity"));
+    spiketile()
+        .args(["train", "--window=-1"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("window"));
+    spiketile()
+        .args(["train", "--hidden", "0"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("--hidden"));
+}
+
+fn write_bad(dir: &Path, name: &str, f: impl FnOnce(&mut Checkpoint)) {
+    let ck_path = dir.join("good.safetensors");
+    let mut ck = Checkpoint::load(&ck_path).unwrap();
+    f(&mut ck);
+    ck.save(&dir.join(name)).unwrap();
+}
+
+#[test]
+fn bad_checkpoints_are_refused_and_nothing_is_overwritten() {
+    let dir = tempfile::tempdir().unwrap();
+    train(dir.path(), &["--max-steps", "1", "--save", "good.safetensors"]).success();
+    write_bad(dir.path(), "missing.safetensors", |ck| {
+        ck.tensors.remove("layers.1.weight");
+    });
+    write_bad(dir.path(), "shape.safetensors", |ck| {
+        let t = ck.tensors.get_mut("layers.1.weight").unwrap();
+        t.shape = vec![t.shape[1], t.shape[0]];
+    });
+    let good = std::fs::read(dir.path().join("good.safetensors")).unwrap();
+    std::fs::write(dir.path().join("truncated.safetensors"), &good[..good.len() / 2]).unwrap();
+    // A float64 tensor, as another tool might write by mistake.
+    let w: Vec<u8> = (0..20 * 12).flat_map(|_| 0.5f64.to_le_bytes()).collect();
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F64, vec![20, 12], &w).unwrap();
+    std::fs::write(
+        dir.path().join("dtype.safetensors"),
+        safetensors::serialize(vec![("layers.0.weight", view)], &None).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("out.safetensors"), b"precious").unwrap();
+    for (file, msg) in [
+        ("missing.safetensors", "layers.1.weight"),
+        ("shape.safetensors", "shape"),
+        ("truncated.safetensors", "truncated.safetensors"),
+        ("dtype.safetensors", "F64"),
+    ] {
+        spiketile()
+            .current_dir(dir.path())
+            .args(["eval", "--checkpoint", file, "--test-samples", "4"])
+            .assert()
+            .failure()
+            .stderr(predicate::str::contains(msg));
+        spiketile()
+            .current_dir(dir.path())
+            .args(["train", "--quiet", "--resume", file, "--save", "out.safetensors"])
+            .assert()
+            .failure()
+            .stderr(predicate::str::contains("error"));
+        assert_eq!(std::fs::read(dir.path().join("out.safetensors")).unwrap(), b"precious");
+    }
+}
