@@ -201,8 +201,9 @@ mod window_json {
     }
 }
 
-#[cfg(test)]
-pub(crate) fn test_config() -> ModelConfig {
+/// A small exact-mode model (20 inputs, one hidden layer of 12, 4 classes, T = 30) for tests.
+#[doc(hidden)]
+pub fn test_config() -> ModelConfig {
     ModelConfig {
         inputs: 20,
         hidden: vec![12],

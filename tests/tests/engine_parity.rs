@@ -10,7 +10,9 @@ use spiketile::engine::Engine;
 use spiketile::model::Params;
 
 fn scaled_init(cfg: &ModelConfig, seed: u64, gain: f32) -> Params {
-    let mut p = Params::init(cfg, seed);
+    // Relative to a fixed gain of 8 (not the CLI default), so the regime stays put.
+    let cfg = ModelConfig { init_gain: 8.0, ..cfg.clone() };
+    let mut p = Params::init(&cfg, seed);
     for l in p.layers.iter_mut() {
         l.weight.iter_mut().for_each(|w| *w *= gain);
     }

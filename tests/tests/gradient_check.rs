@@ -111,6 +111,8 @@ fn config(hidden: &[usize], recurrent: bool, loss: &str) -> ModelConfig {
     cfg.loss = loss.into();
     cfg.time_steps = 25;
     cfg.beta = 1.0;
+    // Fixed here (not the CLI default) so that the regime this test was tuned for stays put.
+    cfg.init_gain = 8.0;
     cfg
 }
 

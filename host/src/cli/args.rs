@@ -128,3 +128,14 @@ impl ModelArgs {
             .max(1)
     }
 }
+
+/// The data shape for commands that run without data (`plan`, `bench`).
+#[derive(Args, Debug, Clone)]
+pub struct ShapeArgs {
+    /// Input channels (SHD: 700).
+    #[arg(long, default_value_t = 700)]
+    pub inputs: usize,
+    /// Output classes (SHD: 20).
+    #[arg(long, default_value_t = 20)]
+    pub classes: usize,
+}

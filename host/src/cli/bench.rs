@@ -1,6 +1,6 @@
 //! `spiketile bench`: training throughput on random input of a given activity.
 
-use super::args::ModelArgs;
+use super::args::{ModelArgs, ShapeArgs};
 use super::train::make_engine;
 use crate::atomic::write_atomic;
 use crate::config::ModelConfig;
@@ -32,12 +32,9 @@ pub struct BenchArgs {
     /// Model flags (as for `train`).
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Input channels (SHD: 700).
-    #[arg(long, default_value_t = 700)]
-    pub inputs: usize,
-    /// Output classes (SHD: 20).
-    #[arg(long, default_value_t = 20)]
-    pub classes: usize,
+    /// Data shape.
+    #[command(flatten)]
+    pub shape: ShapeArgs,
     /// Fraction of input channels spiking per step.
     #[arg(long, default_value_t = 0.05)]
     pub activity: f64,
@@ -169,7 +166,7 @@ fn describe(r: &BenchResult) -> String {
 
 /// Runs `spiketile bench`.
 pub fn run(args: BenchArgs) -> Result<()> {
-    let base = args.model.config(args.inputs, args.classes)?;
+    let base = args.model.config(args.shape.inputs, args.shape.classes)?;
     let threads = args.model.threads();
     let Some(sweep) = args.sweep else {
         eprintln!(

@@ -18,28 +18,7 @@ impl Lcg {
 
 /// A small exact-mode model.
 pub fn small_config(hidden: &[usize], recurrent: bool) -> ModelConfig {
-    ModelConfig {
-        inputs: 20,
-        hidden: hidden.to_vec(),
-        classes: 4,
-        recurrent,
-        time_steps: 30,
-        duration: 1.0,
-        alpha: 0.9,
-        threshold: 1.0,
-        beta: 10.0,
-        loss: "ce-count".into(),
-        max_activity: 1.0,
-        window: f32::INFINITY,
-        output_max_activity: 1.0,
-        output_window: f32::INFINITY,
-        optimizer: "adam".into(),
-        lr: 1e-2,
-        batch_size: 8,
-        init_gain: spiketile::model::INIT_GAIN,
-        max_neurons_per_tile: None,
-        max_samples_per_tile: None,
-    }
+    ModelConfig { hidden: hidden.to_vec(), recurrent, ..spiketile::config::test_config() }
 }
 
 /// `n` random binned samples with about `activity` of the inputs spiking per step.

@@ -1,0 +1,88 @@
+//! Criterion benches of the hot kernels of one tile: the forward step (sparse accumulate, membrane
+//! update, buffer construction), buffer construction alone, the backward step, and Adam.
+//!
+//! `cargo bench -p spiketile --bench kernels` (add `-- --quick` for a short run).
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use spiketile_core::spikes::build_into;
+use spiketile_core::{NeuronParams, Optimizer, OptimizerKind, SpikeView, Tile, TileConfig};
+
+/// A tile of the W workload's hidden layer (700 inputs, 256-wide layer, 5 % input activity).
+fn config() -> TileConfig {
+    TileConfig {
+        neurons: 18,
+        first_neuron: 0,
+        layer_width: 256,
+        inputs: 700,
+        recurrent: false,
+        batch: 16,
+        time_steps: 100,
+        in_capacity: 70,
+        layer_capacity: 26,
+        optimizer: OptimizerKind::Adam,
+    }
+}
+
+fn input_spikes(rng: &mut ChaCha8Rng) -> Vec<u16> {
+    (0..700u16).filter(|_| rng.gen_bool(0.05)).take(70).collect()
+}
+
+fn kernels(c: &mut Criterion) {
+    let cfg = config();
+    let mut arena = vec![0u32; cfg.footprint().unwrap().arena() / 4];
+    let mut tile =
+        Tile::new(cfg, NeuronParams::default(), bytemuck::cast_slice_mut(&mut arena)).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    for w in tile.weights_mut() {
+        *w = rng.gen_range(-1.2..1.2);
+    }
+    let inputs: Vec<Vec<u16>> = (0..cfg.time_steps).map(|_| input_spikes(&mut rng)).collect();
+    c.bench_function("tile forward step (18 neurons, 35 input spikes)", |b| {
+        let mut t = 0;
+        b.iter(|| {
+            let ids = &inputs[t % cfg.time_steps];
+            let view = SpikeView::new(ids, ids.len()).unwrap();
+            let r = tile.forward(t % cfg.time_steps, 0, view, SpikeView::EMPTY).unwrap();
+            tile.commit_all(t % cfg.time_steps, 0).unwrap();
+            t += 1;
+            black_box(r)
+        })
+    });
+    for s in 0..cfg.time_steps {
+        for b in 0..cfg.batch {
+            let ids = &inputs[s];
+            tile.forward(s, b, SpikeView::new(ids, ids.len()).unwrap(), SpikeView::EMPTY).unwrap();
+            tile.commit_all(s, b).unwrap();
+        }
+    }
+    c.bench_function("tile backward step (18 neurons, 35 input spikes)", |b| {
+        let mut t = cfg.time_steps;
+        b.iter(|| {
+            t = if t == 0 { cfg.time_steps - 1 } else { t - 1 };
+            let n = tile.out_buffer(t, 0).n_grad();
+            tile.dlds_mut(0)[..n].fill(0.01);
+            tile.backward(t, 0).unwrap();
+        })
+    });
+    let u: Vec<f32> = (0..256).map(|_| rng.gen_range(-1.0..1.2)).collect();
+    c.bench_function("buffer construction (256 neurons, capacity 26)", |b| {
+        let mut ids = [0u16; 26];
+        b.iter(|| black_box(build_into(black_box(&u), 1.0, 0.1, &mut ids)))
+    });
+    let n = 700 * 18;
+    let (mut w, g) = (vec![0.1f32; n], vec![0.01f32; n]);
+    let (mut m, mut v) = (vec![0.0f32; n], vec![0.0f32; n]);
+    let opt = Optimizer::adam(1e-3);
+    c.bench_function("adam step (12,600 weights)", |b| {
+        let mut step = 0;
+        b.iter(|| {
+            step += 1;
+            opt.step(step, &mut w, &g, &mut m, &mut v);
+        })
+    });
+}
+
+criterion_group!(benches, kernels);
+criterion_main!(benches);
