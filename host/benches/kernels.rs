@@ -3,6 +3,9 @@
 //!
 //! `cargo bench -p spiketile --bench kernels` (add `-- --quick` for a short run).
 
+// criterion_group! generates an undocumented public function.
+#![allow(missing_docs)]
+
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
