@@ -14,5 +14,6 @@ pub mod data;
 pub mod engine;
 pub mod model;
 pub mod plan;
+pub mod plot;
 pub mod snapshot;
 pub mod train;

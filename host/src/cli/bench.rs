@@ -53,6 +53,13 @@ pub struct BenchArgs {
     /// CSV file for the sweep's rows.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Write an execution trace of the first timed steps here (Chrome trace-event JSON: open it
+    /// in ui.perfetto.dev, or run `spiketile trace summary FILE`). Tiled engine only.
+    #[arg(long, conflicts_with = "sweep")]
+    pub trace: Option<PathBuf>,
+    /// Timed steps (batches) traced with --trace.
+    #[arg(long, default_value_t = 2, requires = "trace")]
+    pub trace_steps: usize,
 }
 
 /// One measurement.
@@ -123,6 +130,7 @@ pub fn measure(
     for b in &batches[..args.warmup] {
         engine.run_batch(b, true)?;
     }
+    super::trace::start(engine.as_mut(), args.trace.as_deref(), args.trace_steps)?;
     let mut layers = vec![LayerStats::default(); cfg.hidden.len() + 1];
     let started = Instant::now();
     for b in &batches[args.warmup..] {
@@ -132,6 +140,7 @@ pub fn measure(
         }
     }
     let seconds = started.elapsed().as_secs_f64();
+    super::trace::finish(engine.as_mut(), args.trace.as_deref())?;
     let samples = (batches.len() - args.warmup) * cfg.batch_size;
     Ok(BenchResult {
         samples_per_s: samples as f64 / seconds,

@@ -1,11 +1,14 @@
-//! `spiketile data`: inspect a dataset file, or write the synthetic dataset in the SHD layout.
+//! `spiketile data`: inspect a dataset (an SHD file, or an N-MNIST / DVS Gesture directory), or
+//! write the synthetic dataset in the SHD layout.
 //!
-//! Both subcommands read or write HDF5 and so need the `hdf5` cargo feature; without it they exist
-//! and fail with a message saying how to rebuild.
+//! Reading or writing HDF5 needs the `hdf5` cargo feature; without it `synth` and `inspect` of an
+//! SHD file exist and fail with a message saying how to rebuild. Dataset directories need nothing.
 
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
+
+use super::dataset::{FormatArgs, SplitArg};
 
 /// Arguments of `spiketile data`.
 #[derive(Args, Debug)]
@@ -18,8 +21,9 @@ pub struct DataArgs {
 /// `data` subcommands.
 #[derive(Subcommand, Debug)]
 pub enum DataCommand {
-    /// Print statistics of an SHD-layout HDF5 file: samples, class histogram, channels used,
-    /// events per sample and durations, events past --duration, and warnings.
+    /// Print statistics of an SHD-layout HDF5 file or of a split of an N-MNIST / DVS Gesture
+    /// directory: samples, class histogram, channels used, events per sample and durations,
+    /// events past --duration, and warnings.
     Inspect(InspectArgs),
     /// Write the built-in synthetic dataset as PREFIX_train.h5 and PREFIX_test.h5 (SHD layout).
     Synth(SynthArgs),
@@ -28,8 +32,14 @@ pub enum DataCommand {
 /// Arguments of `spiketile data inspect`.
 #[derive(Args, Debug)]
 pub struct InspectArgs {
-    /// The SHD-layout HDF5 file.
+    /// The SHD-layout HDF5 file, or an N-MNIST / DVS Gesture directory.
     pub file: PathBuf,
+    /// Dataset format, pooling and polarity handling.
+    #[command(flatten)]
+    pub format: FormatArgs,
+    /// Which split of a dataset directory to inspect (default: train).
+    #[arg(long, value_enum)]
+    pub split: Option<SplitArg>,
     /// Seconds mapped onto the time steps; events at or past it are counted as dropped.
     #[arg(long, default_value_t = 1.4)]
     pub duration: f32,
@@ -79,12 +89,38 @@ fn output_paths(prefix: &std::path::Path) -> (PathBuf, PathBuf) {
     (with("_train.h5"), with("_test.h5"))
 }
 
-#[cfg(feature = "hdf5")]
+/// `data inspect`: an SHD file goes to [`inspect_shd`], a dataset directory is loaded here.
 fn inspect(a: InspectArgs) -> anyhow::Result<()> {
-    use crate::data::{inspect, shd};
+    use super::dataset::load_dataset;
+    use crate::data::inspect;
     if !(a.duration.is_finite() && a.duration > 0.0) {
         anyhow::bail!("--duration must be a positive number of seconds, got {}", a.duration);
     }
+    let kind = a.format.resolve(&a.file)?;
+    if !kind.is_directory() {
+        if a.split.is_some() {
+            anyhow::bail!(
+                "--split applies to dataset directories (N-MNIST, DVS Gesture), not to SHD files"
+            );
+        }
+        if a.format.downsample.is_some() || a.format.merge_polarity {
+            anyhow::bail!(
+                "{}: --downsample and --merge-polarity apply to camera datasets (--format nmnist \
+                 or dvsgesture), not to SHD files",
+                a.file.display()
+            );
+        }
+        return inspect_shd(a);
+    }
+    let split = a.split.unwrap_or(SplitArg::Train).into();
+    let data = load_dataset(&a.file, split, &a.format, a.channels, a.classes, a.strict)?;
+    print!("{}", inspect::inspect(&data, a.duration));
+    Ok(())
+}
+
+#[cfg(feature = "hdf5")]
+fn inspect_shd(a: InspectArgs) -> anyhow::Result<()> {
+    use crate::data::{inspect, shd};
     let opts = shd::LoadOptions { channels: a.channels, classes: a.classes, strict: a.strict };
     let (data, report) = shd::load(&a.file, &opts)?;
     for w in report.warnings() {
@@ -142,7 +178,7 @@ fn no_hdf5(what: &str) -> anyhow::Error {
 }
 
 #[cfg(not(feature = "hdf5"))]
-fn inspect(a: InspectArgs) -> anyhow::Result<()> {
+fn inspect_shd(a: InspectArgs) -> anyhow::Result<()> {
     let _ = a;
     Err(no_hdf5("inspect"))
 }

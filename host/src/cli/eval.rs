@@ -1,7 +1,7 @@
 //! `spiketile eval`: predictions of a checkpoint on a dataset, as CSV.
 
 use super::args::ModelArgs;
-use super::dataset::{bin_all, builtin, load_file};
+use super::dataset::{bin_all, builtin, load_dataset, FormatArgs, SplitArg};
 use super::train::make_engine;
 use crate::atomic::write_atomic;
 use crate::checkpoint::{Checkpoint, META_VERSION};
@@ -19,9 +19,16 @@ pub struct EvalArgs {
     /// architecture comes from the shapes and everything else from the model flags).
     #[arg(long)]
     pub checkpoint: PathBuf,
-    /// SHD-layout HDF5 file (default: the built-in dataset's test split).
+    /// SHD-layout HDF5 file, or an N-MNIST / DVS Gesture directory (default: the built-in
+    /// dataset's test split).
     #[arg(long)]
     pub data: Option<PathBuf>,
+    /// Dataset format, pooling and polarity handling of --data (as used for training).
+    #[command(flatten)]
+    pub format: FormatArgs,
+    /// Which split of a dataset directory to evaluate (default: test).
+    #[arg(long, value_enum)]
+    pub split: Option<SplitArg>,
     /// Write `index,label,prediction,count_0,...` per sample here.
     #[arg(long)]
     pub predictions: Option<PathBuf>,
@@ -54,8 +61,22 @@ pub fn run(args: EvalArgs) -> Result<()> {
         (model.config(inputs, classes)?, params, 0)
     };
     let data = match &args.data {
-        Some(path) => load_file(path, Some(cfg.inputs), None, args.strict)?,
-        None => builtin(args.seed.unwrap_or(seed), 0, args.test_samples).1,
+        Some(path) => {
+            if args.split.is_some() && !args.format.resolve(path)?.is_directory() {
+                bail!(
+                    "--split applies to dataset directories (N-MNIST, DVS Gesture), not to SHD \
+                     files"
+                );
+            }
+            let split = args.split.unwrap_or(SplitArg::Test).into();
+            load_dataset(path, split, &args.format, Some(cfg.inputs), None, args.strict)?
+        }
+        None => {
+            if args.format != FormatArgs::default() || args.split.is_some() {
+                bail!("--format, --downsample, --merge-polarity and --split need --data");
+            }
+            builtin(args.seed.unwrap_or(seed), 0, args.test_samples).1
+        }
     };
     if data.channels != cfg.inputs {
         bail!("{} has {} channels, the model has {} inputs", data.name, data.channels, cfg.inputs);

@@ -1,4 +1,5 @@
-//! The `spiketile` command line (SPEC §5): `train`, `eval`, `plan`, `bench`, `data`.
+//! The `spiketile` command line (SPEC §5): `train`, `eval`, `plan`, `bench`, `data`, `trace`,
+//! `plot`.
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -9,6 +10,8 @@ pub mod data;
 pub mod dataset;
 pub mod eval;
 pub mod plan;
+pub mod plot;
+pub mod trace;
 pub mod train;
 
 /// Train sparse spiking neural networks on 624 KiB tiles, bulk-synchronously, on a CPU.
@@ -33,6 +36,10 @@ pub enum Command {
     Bench(Box<bench::BenchArgs>),
     /// Inspect or write event datasets.
     Data(data::DataArgs),
+    /// Summarise execution traces written by `train --trace` / `bench --trace`.
+    Trace(trace::TraceArgs),
+    /// Draw pictures (PNG and SVG): metrics of a run, spike rasters, benchmark sweeps.
+    Plot(plot::PlotArgs),
 }
 
 /// Parses the command line, runs it, and turns errors into a message and a non-zero exit.
@@ -44,6 +51,8 @@ pub fn main() -> ExitCode {
         Command::Plan(args) => plan::run(*args),
         Command::Bench(args) => bench::run(*args),
         Command::Data(args) => data::run(args),
+        Command::Trace(args) => trace::run(args),
+        Command::Plot(args) => plot::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,9 +1,10 @@
 //! `spiketile train`: train on a file or on the built-in dataset.
 
 use super::args::{EngineKind, ModelArgs};
-use super::dataset::{bin_all, builtin, load_file};
+use super::dataset::{bin_all, builtin, load_dataset, FormatArgs};
 use crate::checkpoint::Checkpoint;
 use crate::config::ModelConfig;
+use crate::data::camera::Split;
 use crate::engine::dense::{DenseEngine, SpikeFn};
 use crate::engine::tiled::TiledEngine;
 use crate::engine::Engine;
@@ -23,13 +24,17 @@ pub struct TrainArgs {
     /// Model and optimisation.
     #[command(flatten)]
     pub model: ModelArgs,
-    /// SHD-layout HDF5 training file (default: the built-in synthetic dataset).
+    /// SHD-layout HDF5 training file, or an N-MNIST / DVS Gesture directory (its training split)
+    /// (default: the built-in synthetic dataset).
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// SHD-layout HDF5 file evaluated after every epoch (default with the built-in data: its
-    /// held-apart test split).
+    /// SHD-layout HDF5 file (or dataset directory: its test split) evaluated after every epoch
+    /// (default with the built-in data or a dataset directory: its test split).
     #[arg(long)]
     pub test_data: Option<PathBuf>,
+    /// Dataset format, pooling and polarity handling of --data and --test-data.
+    #[command(flatten)]
+    pub format: FormatArgs,
     /// Treat non-finite or negative event times in data files as errors.
     #[arg(long)]
     pub strict: bool,
@@ -66,6 +71,13 @@ pub struct TrainArgs {
     /// No per-epoch lines, no progress bar.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Write an execution trace of the first training steps here (Chrome trace-event JSON: open
+    /// it in ui.perfetto.dev, or run `spiketile trace summary FILE`). Tiled engine only.
+    #[arg(long)]
+    pub trace: Option<PathBuf>,
+    /// Training steps (batches) traced with --trace.
+    #[arg(long, default_value_t = 2, requires = "trace")]
+    pub trace_steps: usize,
 }
 
 /// Builds the engine of `kind`.
@@ -108,11 +120,17 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let duration = resumed.as_ref().map_or(args.model.duration, |s| s.run.model.duration);
     let (train_set, test_set) = match &args.data {
         Some(path) => {
-            let train = load_file(path, None, None, args.strict)?;
-            let test = match &args.test_data {
-                Some(t) => {
-                    Some(load_file(t, Some(train.channels), Some(train.classes), args.strict)?)
-                }
+            let f = &args.format;
+            let train = load_dataset(path, Split::Train, f, None, None, args.strict)?;
+            let (channels, classes) = (Some(train.channels), Some(train.classes));
+            // A dataset directory holds its own test split: the default test data.
+            let test_path = match &args.test_data {
+                Some(t) => Some(t),
+                None if f.resolve(path)?.is_directory() => Some(path),
+                None => None,
+            };
+            let test = match test_path {
+                Some(t) => Some(load_dataset(t, Split::Test, f, channels, classes, args.strict)?),
                 None => None,
             };
             (train, test)
@@ -121,6 +139,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
             ensure!(
                 args.test_data.is_none(),
                 "--test-data needs --data (the built-in data has its own test split)"
+            );
+            ensure!(
+                args.format == FormatArgs::default(),
+                "--format, --downsample and --merge-polarity need --data"
             );
             let (train, test) = builtin(seed, args.train_samples, args.test_samples);
             (train, Some(test))
@@ -151,6 +173,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     if let Some(o) = &optim {
         engine.set_state(&params, Some(o))?;
     }
+    super::trace::start(engine.as_mut(), args.trace.as_deref(), args.trace_steps)?;
     if !args.quiet {
         eprintln!(
             "training {}-{}-{}{} on {} ({} samples{}), T = {}, batch {}, {} {} lr {}, max activity {}, window {}, {} threads, engine {:?}",
@@ -183,6 +206,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let stop = stop_flag();
     let mut trainer = Trainer { run, engine, progress };
     let metrics = trainer.run(&train, test.as_deref(), &opts, &stop)?;
+    super::trace::finish(trainer.engine.as_mut(), args.trace.as_deref())?;
     if let Some(last) = metrics.last() {
         println!(
             "final: step {} loss {:.4} train accuracy {:.2}%{}",

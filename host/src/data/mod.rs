@@ -1,10 +1,14 @@
 //! Event datasets: samples as sparse `(time, channel)` events, and their binning into time steps.
 //!
-//! Every loader (the built-in [`synthetic`] generator, the SHD HDF5 reader behind the `hdf5` feature)
+//! Every loader (the built-in [`synthetic`] generator, the SHD HDF5 reader behind the `hdf5` feature,
+//! the [`nmnist`] and [`dvsgesture`] event-camera readers with their shared [`camera`] channel map)
 //! produces an [`EventDataset`]; [`bin_sample`] turns one sample into per-step sorted channel lists
 //! (SPEC §4) only when it is batched, so a loaded dataset stays sparse in memory.
 
+pub mod camera;
+pub mod dvsgesture;
 pub mod inspect;
+pub mod nmnist;
 #[cfg(feature = "hdf5")]
 pub mod shd;
 pub mod synthetic;

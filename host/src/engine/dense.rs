@@ -8,6 +8,7 @@
 
 use super::{batch_loss, BatchResult, Engine, InputBatch, LayerStats};
 use crate::config::ModelConfig;
+use crate::data::BinnedSample;
 use crate::model::{LayerParams, OptimState, Params};
 use anyhow::{ensure, Result};
 use spiketile_core::lif::{adjoint_step, membrane_step};
@@ -225,6 +226,35 @@ impl DenseEngine {
             self.backward(recs, &dldc[b * c..(b + 1) * c], &mut grads);
         }
         Ok((loss, grads, BatchResult { loss_sum: loss, counts, layers: stats }))
+    }
+
+    /// The spikes of one binned sample through the network, `[layer][t] -> ids`: layer 0 is the
+    /// input as the network sees it (truncated to the input capacity), then every hidden layer
+    /// and the output layer (the spikes each layer passes on).
+    pub fn spike_raster(&self, sample: &BinnedSample) -> Vec<Vec<Vec<u16>>> {
+        let cfg = &self.cfg;
+        let input = InputBatch::new(&[sample], cfg.time_steps, cfg.capacity(cfg.inputs));
+        let mut stats = vec![LayerStats::default(); self.params.layers.len()];
+        let recs = self.forward(&input, 0, &mut stats);
+        let widths = cfg.widths();
+        recs.iter()
+            .enumerate()
+            .map(|(l, rec)| {
+                let n = widths[l];
+                (0..cfg.time_steps)
+                    .map(|t| {
+                        let fired = |i: &usize| {
+                            if l == 0 {
+                                rec.s[t * n + i] > 0.0
+                            } else {
+                                rec.spiked[t * n + i]
+                            }
+                        };
+                        (0..n).filter(fired).map(|i| i as u16).collect()
+                    })
+                    .collect()
+            })
+            .collect()
     }
 
     /// Parameters, mutable (finite-difference tests perturb them).

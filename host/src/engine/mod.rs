@@ -9,11 +9,12 @@ pub mod barrier;
 pub mod dense;
 mod shared;
 pub mod tiled;
+pub mod trace;
 
 use crate::config::ModelConfig;
 use crate::data::BinnedSample;
 use crate::model::{OptimState, Params};
-use anyhow::Result;
+use anyhow::{bail, Result};
 use spiketile_core::SpikeView;
 
 /// The input spikes of a batch: per sample and step the data's spike ids truncated to the input
@@ -122,6 +123,16 @@ pub trait Engine: Send {
     fn set_state(&mut self, params: &Params, optim: Option<&OptimState>) -> Result<()>;
     /// The model configuration.
     fn config(&self) -> &ModelConfig;
+    /// Records an execution trace ([`trace`]) of the next `batches` training batches. Only the
+    /// tiled engine has phases to trace; the others say so.
+    fn start_trace(&mut self, batches: usize) -> Result<()> {
+        let _ = batches;
+        bail!("execution traces need the tiled engine (--engine tiled)")
+    }
+    /// The trace recorded since [`Engine::start_trace`] (and stops tracing), if any.
+    fn take_trace(&mut self) -> Option<trace::ExecTrace> {
+        None
+    }
 }
 
 /// Sums per-sample losses and writes `dL/dc` (scaled by `1 / batch`) for every sample.

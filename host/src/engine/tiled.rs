@@ -17,9 +17,14 @@
 //! No region is written by two units of one phase or read by a unit while another writes it, so
 //! results are bit-identical for any number of threads; sums over tiles and replicas run in a
 //! fixed order.
+//!
+//! With [`Engine::start_trace`], the next training batches record an execution trace
+//! ([`super::trace`]): each worker appends one span per phase and one per barrier wait to its own
+//! preallocated buffer. Tracing changes no result, and costs one branch per phase when off.
 
 use super::barrier::SpinBarrier;
 use super::shared::Shared;
+use super::trace::{ExecTrace, Pass, PhaseKind, Recorder, TraceBuffers, TraceMeta, NO_STEP};
 use super::{batch_loss, BatchResult, Engine, InputBatch, LayerStats};
 use crate::config::ModelConfig;
 use crate::model::{OptimState, Params};
@@ -31,6 +36,7 @@ use spiketile_core::{
 };
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
+use std::time::Instant;
 
 /// One tile's home: its configuration, arena and spike counts.
 struct TileHome {
@@ -79,6 +85,8 @@ pub struct TiledEngine {
     dldc: Shared<f32>,
     threads: usize,
     step: u32,
+    /// Execution trace being recorded, if any.
+    trace: Option<Box<TraceBuffers>>,
 }
 
 /// Per-thread scratch, allocated once per batch.
@@ -162,6 +170,7 @@ impl TiledEngine {
             dldc: Shared::new(b * cfg.classes),
             threads: threads.max(1),
             step: 0,
+            trace: None,
         };
         engine.set_state(params, None)?;
         Ok(engine)
@@ -184,17 +193,43 @@ impl TiledEngine {
     }
 
     /// Runs one phase: takes units from the phase's counter until none are left, then waits.
-    fn phase(&self, ctx: &BatchCtx<'_>, phase: &mut usize, units: usize, mut f: impl FnMut(usize)) {
+    /// With a recorder, records the phase (`kind`, `pass`, step `t`) and the wait as two spans.
+    #[inline]
+    fn phase(
+        &self,
+        ctx: &BatchCtx<'_>,
+        phase: &mut usize,
+        units: usize,
+        rec: &mut Option<Recorder<'_>>,
+        (kind, pass, t): (PhaseKind, Pass, u32),
+        mut f: impl FnMut(usize),
+    ) {
         let counter = &ctx.counters[*phase];
         *phase += 1;
+        let mut ran = 0u32;
         loop {
             let i = counter.fetch_add(1, Ordering::Relaxed);
             if i >= units {
                 break;
             }
             f(i);
+            ran += 1;
         }
-        ctx.barrier.wait();
+        match rec {
+            None => ctx.barrier.wait(),
+            Some(r) => {
+                let worked = Instant::now();
+                ctx.barrier.wait();
+                let synced = Instant::now();
+                r.push(kind, pass, t, ran, units as u32, worked);
+                r.push(PhaseKind::Sync, pass, t, 0, units as u32, synced);
+            }
+        }
+    }
+
+    /// Spans one thread records in one training batch (at most).
+    fn trace_spans(&self) -> usize {
+        8 * self.cfg.time_steps + 8
     }
 
     fn n_phases(&self) -> usize {
@@ -202,7 +237,7 @@ impl TiledEngine {
     }
 
     /// The schedule every thread runs for one batch.
-    fn run_thread(&self, tid: usize, ctx: &BatchCtx<'_>) {
+    fn run_thread(&self, tid: usize, ctx: &BatchCtx<'_>, mut rec: Option<Recorder<'_>>) {
         let max_cm =
             self.layers.iter().map(|l| l.plan.capacity * l.plan.micro_batch).max().unwrap_or(1);
         let max_pm = self.layers.iter().map(|l| l.p() * l.plan.micro_batch).max().unwrap_or(1);
@@ -232,41 +267,57 @@ impl TiledEngine {
             .enumerate()
             .flat_map(|(l, lr)| (0..lr.p()).map(move |p| (l, p)))
             .collect();
+        use PhaseKind::{Compute, Exchange, Loss, Sync, Update};
+        let (fwd, bwd) = (Pass::Forward, Pass::Backward);
         let mut ph = 0;
+        if let Some(r) = rec.as_mut() {
+            r.restart(Instant::now());
+        }
         for t in 0..t_steps {
-            self.phase(ctx, &mut ph, tile_units.len(), |i| {
+            self.phase(ctx, &mut ph, tile_units.len(), &mut rec, (Compute, fwd, t as u32), |i| {
                 let (l, ti) = tile_units[i];
                 Self::record(ctx, self.forward_compute(ctx.input, l, ti, t));
             });
-            self.phase(ctx, &mut ph, replica_units.len(), |i| {
+            let traced = (Exchange, fwd, t as u32);
+            self.phase(ctx, &mut ph, replica_units.len(), &mut rec, traced, |i| {
                 let (l, r) = replica_units[i];
                 Self::record(ctx, self.forward_exchange(ctx.input.len, l, r, t, &mut sc));
             });
         }
         if tid == 0 {
             let _ = ctx.loss.set(self.loss(ctx.input).map_err(|e| format!("{e:#}")));
+            if let Some(r) = rec.as_mut() {
+                r.push(Loss, fwd, NO_STEP, 1, 1, Instant::now());
+            }
         }
         ctx.barrier.wait();
+        if let Some(r) = rec.as_mut() {
+            r.push(Sync, fwd, NO_STEP, 0, 1, Instant::now());
+        }
         if !ctx.train {
             return;
         }
-        self.phase(ctx, &mut ph, replica_units.len(), |i| {
+        // Backward exchange `t` brings dL/dS of step `t - 1`: it is traced as part of step t - 1.
+        let last = t_steps as u32 - 1;
+        self.phase(ctx, &mut ph, replica_units.len(), &mut rec, (Exchange, bwd, last), |i| {
             let (l, r) = replica_units[i];
             Self::record(ctx, self.backward_exchange(ctx.input.len, l, r, t_steps, &mut sc));
         });
         for t in (0..t_steps).rev() {
-            self.phase(ctx, &mut ph, tile_units.len(), |i| {
+            self.phase(ctx, &mut ph, tile_units.len(), &mut rec, (Compute, bwd, t as u32), |i| {
                 let (l, ti) = tile_units[i];
                 Self::record(ctx, self.backward_compute(ctx.input.len, l, ti, t));
             });
             if t > 0 {
-                self.phase(ctx, &mut ph, replica_units.len(), |i| {
+                let traced = (Exchange, bwd, t as u32 - 1);
+                self.phase(ctx, &mut ph, replica_units.len(), &mut rec, traced, |i| {
                     let (l, r) = replica_units[i];
                     Self::record(ctx, self.backward_exchange(ctx.input.len, l, r, t, &mut sc));
                 });
             }
         }
-        self.phase(ctx, &mut ph, column_units.len(), |i| {
+        let traced = (Update, Pass::Update, NO_STEP);
+        self.phase(ctx, &mut ph, column_units.len(), &mut rec, traced, |i| {
             let (l, p) = column_units[i];
             Self::record(ctx, self.update(l, p));
         });
@@ -556,14 +607,30 @@ impl Engine for TiledEngine {
             error: OnceLock::new(),
             loss: OnceLock::new(),
         };
+        // Tracing: the buffers leave the engine for the batch, one recorder per thread.
+        let mut trace = self.trace.take_if(|tr| train && tr.active());
+        let mut recorders: Vec<Option<Recorder<'_>>> = match trace.as_deref_mut() {
+            Some(tr) => {
+                let step = self.step + 1;
+                let start = tr.begin(self.threads, self.trace_spans(), step);
+                tr.recorders(self.threads, step, start).into_iter().map(Some).collect()
+            }
+            None => (0..self.threads).map(|_| None).collect(),
+        };
         let this = &*self;
         std::thread::scope(|s| {
-            for tid in 1..this.threads {
+            let mut recs = recorders.drain(..);
+            let rec0 = recs.next().flatten();
+            for (tid, rec) in (1..this.threads).zip(recs) {
                 let ctx = &ctx;
-                s.spawn(move || this.run_thread(tid, ctx));
+                s.spawn(move || this.run_thread(tid, ctx, rec));
             }
-            this.run_thread(0, &ctx);
+            this.run_thread(0, &ctx, rec0);
         });
+        drop(recorders);
+        if trace.is_some() {
+            self.trace = trace;
+        }
         if let Some(e) = ctx.error.get() {
             return Err(anyhow!("tile error: {e}"));
         }
@@ -683,6 +750,23 @@ impl Engine for TiledEngine {
 
     fn config(&self) -> &ModelConfig {
         &self.cfg
+    }
+
+    fn start_trace(&mut self, batches: usize) -> Result<()> {
+        let meta = TraceMeta {
+            layers: self.layers.len(),
+            tiles: self.plan.tiles(),
+            threads: self.threads,
+            time_steps: self.cfg.time_steps,
+            batch_size: self.cfg.batch_size,
+            steps: Vec::new(),
+        };
+        self.trace = Some(Box::new(TraceBuffers::new(batches, meta)));
+        Ok(())
+    }
+
+    fn take_trace(&mut self) -> Option<ExecTrace> {
+        self.trace.take().map(|tr| tr.finish())
     }
 }
 
