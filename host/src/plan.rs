@@ -175,11 +175,18 @@ fn plan_layer(
         Some(p) => Ok(p),
         None => {
             let one = TileConfig { neurons: 1, batch: 1, ..base }.footprint()?;
+            // Number layers as the plan table does: 0 = the first hidden layer.
+            let narrower = if l == 1 {
+                "fewer input channels (e.g. --downsample for camera data)"
+            } else {
+                "a narrower previous layer"
+            };
             bail!(
-                "layer {l} ({} inputs -> {} neurons) cannot be planned: one neuron with one sample \
+                "layer {} ({} inputs -> {} neurons) cannot be planned: one neuron with one sample \
                  needs {} bytes (weights {}, gradients {}, optimizer {}, backward history {}, \
                  exchange {}) but a tile has {TILE_SRAM_BYTES}; use fewer --time-steps, a smaller \
-                 --max-activity, a narrower previous layer, or --optimizer sgd",
+                 --max-activity, {narrower}, or --optimizer sgd",
+                l - 1,
                 base.inputs,
                 base.layer_width,
                 one.total(),

@@ -164,8 +164,12 @@ fn describe(r: &BenchResult) -> String {
         })
         .collect();
     format!(
-        "{:.0} samples/s  activity: {}  tiles {}  tile memory {:.1} MiB  peak RSS {}",
-        r.samples_per_s,
+        "{} samples/s  activity: {}  tiles {}  tile memory {:.1} MiB  peak RSS {}",
+        if r.samples_per_s < 10.0 {
+            format!("{:.2}", r.samples_per_s)
+        } else {
+            format!("{:.0}", r.samples_per_s)
+        },
         act.join(", "),
         r.tiles,
         r.tile_bytes as f64 / (1 << 20) as f64,
