@@ -1,27 +1,12 @@
 //! The CLI contract (SPEC §5): every subcommand, checkpoints, resume, `--init`, determinism.
 
-use assert_cmd::Command;
+mod common;
+
+use common::{spiketile, TINY};
+
 use predicates::prelude::*;
 use spiketile::checkpoint::{Checkpoint, Tensor};
 use std::path::Path;
-
-/// A tiny model on a tiny built-in dataset, so debug builds run it in a second or two.
-const TINY: &[&str] = &[
-    "--hidden",
-    "12",
-    "--time-steps",
-    "20",
-    "--batch-size",
-    "8",
-    "--train-samples",
-    "40",
-    "--test-samples",
-    "20",
-];
-
-fn spiketile() -> Command {
-    Command::cargo_bin("spiketile").unwrap()
-}
 
 fn train(dir: &Path, extra: &[&str]) -> assert_cmd::assert::Assert {
     spiketile().current_dir(dir).arg("train").args(TINY).args(["--quiet"]).args(extra).assert()

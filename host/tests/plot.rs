@@ -1,26 +1,12 @@
 //! `spiketile plot`: every picture is written as a decodable, non-blank PNG and an SVG; bad input
 //! gives a clear error and a non-zero exit.
 
-use assert_cmd::Command;
+mod common;
+
+use common::{spiketile, TINY};
+
 use predicates::prelude::*;
 use std::path::Path;
-
-const TINY: &[&str] = &[
-    "--hidden",
-    "12",
-    "--time-steps",
-    "20",
-    "--batch-size",
-    "8",
-    "--train-samples",
-    "40",
-    "--test-samples",
-    "20",
-];
-
-fn spiketile() -> Command {
-    Command::cargo_bin("spiketile").unwrap()
-}
 
 /// Decodes `PREFIX.png` (checks its size and that it is not blank) and checks `PREFIX.svg`.
 fn check_pictures(dir: &Path, prefix: &str, size: (u32, u32)) {

@@ -2,29 +2,15 @@
 //! trace-event JSON, spans are known phases, a thread's spans do not overlap and add up to its
 //! time, tracing changes no result, and bad files give clear errors.
 
-use assert_cmd::Command;
+mod common;
+
+use common::{spiketile, TINY};
+
 use predicates::prelude::*;
 use serde_json::Value;
 use spiketile::checkpoint::Checkpoint;
 use std::collections::BTreeMap;
 use std::path::Path;
-
-const TINY: &[&str] = &[
-    "--hidden",
-    "12",
-    "--time-steps",
-    "20",
-    "--batch-size",
-    "8",
-    "--train-samples",
-    "40",
-    "--test-samples",
-    "20",
-];
-
-fn spiketile() -> Command {
-    Command::cargo_bin("spiketile").unwrap()
-}
 
 /// A span: (name, cat, tid, ts, dur, step).
 type Span = (String, String, u64, f64, f64, u64);

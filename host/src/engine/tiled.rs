@@ -199,7 +199,6 @@ impl TiledEngine {
         &self,
         ctx: &BatchCtx<'_>,
         tid: usize,
-        phase: &mut usize,
         units: usize,
         rec: &mut Option<Recorder<'_>>,
         (kind, pass, t): (PhaseKind, Pass, u32),
@@ -208,7 +207,6 @@ impl TiledEngine {
         // Static round-robin: unit i always runs on thread i % threads, so a tile's memory stays
         // in one core's cache from step to step (measured: ~10 % faster than taking units from
         // a shared counter on the W workload).
-        *phase += 1;
         let mut ran = 0u32;
         let mut i = tid;
         while i < units {
@@ -266,25 +264,16 @@ impl TiledEngine {
             .collect();
         use PhaseKind::{Compute, Exchange, Loss, Sync, Update};
         let (fwd, bwd) = (Pass::Forward, Pass::Backward);
-        let mut ph = 0;
         if let Some(r) = rec.as_mut() {
             r.restart(Instant::now());
         }
         for t in 0..t_steps {
-            self.phase(
-                ctx,
-                tid,
-                &mut ph,
-                tile_units.len(),
-                &mut rec,
-                (Compute, fwd, t as u32),
-                |i| {
-                    let (l, ti) = tile_units[i];
-                    Self::record(ctx, self.forward_compute(ctx.input, l, ti, t));
-                },
-            );
+            self.phase(ctx, tid, tile_units.len(), &mut rec, (Compute, fwd, t as u32), |i| {
+                let (l, ti) = tile_units[i];
+                Self::record(ctx, self.forward_compute(ctx.input, l, ti, t));
+            });
             let traced = (Exchange, fwd, t as u32);
-            self.phase(ctx, tid, &mut ph, replica_units.len(), &mut rec, traced, |i| {
+            self.phase(ctx, tid, replica_units.len(), &mut rec, traced, |i| {
                 let (l, r) = replica_units[i];
                 Self::record(ctx, self.forward_exchange(ctx.input.len, l, r, t, &mut sc));
             });
@@ -304,33 +293,25 @@ impl TiledEngine {
         }
         // Backward exchange `t` brings dL/dS of step `t - 1`: it is traced as part of step t - 1.
         let last = t_steps as u32 - 1;
-        self.phase(ctx, tid, &mut ph, replica_units.len(), &mut rec, (Exchange, bwd, last), |i| {
+        self.phase(ctx, tid, replica_units.len(), &mut rec, (Exchange, bwd, last), |i| {
             let (l, r) = replica_units[i];
             Self::record(ctx, self.backward_exchange(ctx.input.len, l, r, t_steps, &mut sc));
         });
         for t in (0..t_steps).rev() {
-            self.phase(
-                ctx,
-                tid,
-                &mut ph,
-                tile_units.len(),
-                &mut rec,
-                (Compute, bwd, t as u32),
-                |i| {
-                    let (l, ti) = tile_units[i];
-                    Self::record(ctx, self.backward_compute(ctx.input.len, l, ti, t));
-                },
-            );
+            self.phase(ctx, tid, tile_units.len(), &mut rec, (Compute, bwd, t as u32), |i| {
+                let (l, ti) = tile_units[i];
+                Self::record(ctx, self.backward_compute(ctx.input.len, l, ti, t));
+            });
             if t > 0 {
                 let traced = (Exchange, bwd, t as u32 - 1);
-                self.phase(ctx, tid, &mut ph, replica_units.len(), &mut rec, traced, |i| {
+                self.phase(ctx, tid, replica_units.len(), &mut rec, traced, |i| {
                     let (l, r) = replica_units[i];
                     Self::record(ctx, self.backward_exchange(ctx.input.len, l, r, t, &mut sc));
                 });
             }
         }
         let traced = (Update, Pass::Update, NO_STEP);
-        self.phase(ctx, tid, &mut ph, column_units.len(), &mut rec, traced, |i| {
+        self.phase(ctx, tid, column_units.len(), &mut rec, traced, |i| {
             let (l, p) = column_units[i];
             Self::record(ctx, self.update(l, p));
         });

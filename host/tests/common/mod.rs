@@ -1,0 +1,25 @@
+//! Helpers shared by the CLI tests: the binary and a tiny model on a tiny built-in dataset, so
+//! debug builds run a training command in a second or two.
+
+#![allow(dead_code)]
+
+use assert_cmd::Command;
+
+/// Model and data flags of a tiny run.
+pub const TINY: &[&str] = &[
+    "--hidden",
+    "12",
+    "--time-steps",
+    "20",
+    "--batch-size",
+    "8",
+    "--train-samples",
+    "40",
+    "--test-samples",
+    "20",
+];
+
+/// The `spiketile` binary of this build.
+pub fn spiketile() -> Command {
+    Command::cargo_bin("spiketile").unwrap()
+}
