@@ -127,6 +127,16 @@ impl TileStats {
     }
 }
 
+/// Weights a tile reads instead of its own (see [`Tile::forward_shared`]): incoming `w` and
+/// recurrent `v`, laid out like [`Tile::weights`] and [`Tile::recurrent`].
+#[derive(Clone, Copy, Debug)]
+pub struct SharedWeights<'w> {
+    /// Incoming weights, input-major.
+    pub w: &'w [f32],
+    /// Recurrent weights (empty if not recurrent).
+    pub v: &'w [f32],
+}
+
 /// One tile: configuration, parameters and the slices of its arena.
 #[derive(Debug)]
 pub struct Tile<'a> {
@@ -335,6 +345,15 @@ impl<'a> Tile<'a> {
         self.stats = TileStats::default();
     }
 
+    fn check_shared(&self, shared: &Option<SharedWeights<'_>>) -> Result<(), TileError> {
+        match shared {
+            Some(sh) if sh.w.len() != self.w.len() || sh.v.len() != self.v.len() => {
+                Err(TileError::BadInput)
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn check_tb(&self, t: usize, b: usize) -> Result<(), TileError> {
         if t < self.cfg.time_steps && b < self.cfg.batch {
             Ok(())
@@ -372,7 +391,25 @@ impl<'a> Tile<'a> {
         input: SpikeView<'_>,
         rec: SpikeView<'_>,
     ) -> Result<BuildResult, TileError> {
+        self.forward_shared(t, b, input, rec, None)
+    }
+
+    /// [`Tile::forward`], reading the weights from `shared` instead of the tile's own copy.
+    ///
+    /// For drivers that run the replicas of one tile (identical weights, bit for bit, since every
+    /// replica applies the same summed gradient) on one core: reading one copy keeps it in cache.
+    /// The result is identical to [`Tile::forward`] with equal weights. `BadInput` if the shapes
+    /// differ from the tile's.
+    pub fn forward_shared(
+        &mut self,
+        t: usize,
+        b: usize,
+        input: SpikeView<'_>,
+        rec: SpikeView<'_>,
+        shared: Option<SharedWeights<'_>>,
+    ) -> Result<BuildResult, TileError> {
         self.check_tb(t, b)?;
+        self.check_shared(&shared)?;
         let cfg = self.cfg;
         let rec_ok = if cfg.recurrent {
             Self::valid(&rec, cfg.layer_capacity, cfg.layer_width)
@@ -390,13 +427,17 @@ impl<'a> Tile<'a> {
             store(&mut self.rec_hist[s..s + cfg.layer_capacity + 2], rec);
         }
         self.cur.fill(0.0);
+        let (w, v): (&[f32], &[f32]) = match &shared {
+            Some(sh) => (sh.w, sh.v),
+            None => (self.w, self.v),
+        };
         for &j in input.spikes() {
             let j = j as usize;
-            add_row(self.cur, &self.w[j * n..(j + 1) * n]);
+            add_row(self.cur, &w[j * n..(j + 1) * n]);
         }
         for &j in rec.spikes() {
             let j = j as usize;
-            add_row(self.cur, &self.v[j * n..(j + 1) * n]);
+            add_row(self.cur, &v[j * n..(j + 1) * n]);
         }
         let u = &mut self.u[b * n..(b + 1) * n];
         if t == 0 {
@@ -510,7 +551,21 @@ impl<'a> Tile<'a> {
         b: usize,
         source_partials: bool,
     ) -> Result<(), TileError> {
+        self.backward_shared(t, b, source_partials, None)
+    }
+
+    /// [`Tile::backward_with`], reading the weights (for the partial `dL/dS`) from `shared`
+    /// instead of the tile's own copy; see [`Tile::forward_shared`]. Gradients go to the tile's
+    /// own memory as always.
+    pub fn backward_shared(
+        &mut self,
+        t: usize,
+        b: usize,
+        source_partials: bool,
+        shared: Option<SharedWeights<'_>>,
+    ) -> Result<(), TileError> {
         self.check_tb(t, b)?;
+        self.check_shared(&shared)?;
         let cfg = self.cfg;
         let n = cfg.neurons;
         let kt = cfg.own_capacity();
@@ -542,11 +597,15 @@ impl<'a> Tile<'a> {
             let j = j as usize;
             add_row(&mut self.dw[j * n..(j + 1) * n], self.c);
         }
+        let (w, v): (&[f32], &[f32]) = match &shared {
+            Some(sh) => (sh.w, sh.v),
+            None => (self.w, self.v),
+        };
         if source_partials {
             let p = &mut self.src_partials[b * cfg.in_capacity..];
             for (p, &j) in p.iter_mut().zip(input.ids) {
                 let j = j as usize;
-                *p = dot(&self.w[j * n..(j + 1) * n], self.c);
+                *p = dot(&w[j * n..(j + 1) * n], self.c);
             }
         }
         if cfg.recurrent {
@@ -558,7 +617,7 @@ impl<'a> Tile<'a> {
             let p = &mut self.rec_partials[b * cfg.layer_capacity..];
             for (p, &j) in p.iter_mut().zip(rec.ids) {
                 let j = j as usize;
-                *p = dot(&self.v[j * n..(j + 1) * n], self.c);
+                *p = dot(&v[j * n..(j + 1) * n], self.c);
             }
         }
         Ok(())

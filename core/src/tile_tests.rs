@@ -335,3 +335,34 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn shared_weights_give_the_same_result_and_wrong_shapes_are_refused() {
+    let cfg = small_cfg();
+    let (mut a1, mut a2) = (
+        vec![0u32; cfg.footprint().unwrap().arena() / 4],
+        vec![0u32; cfg.footprint().unwrap().arena() / 4],
+    );
+    let mut own =
+        Tile::new(cfg, NeuronParams::default(), bytemuck::cast_slice_mut(&mut a1)).unwrap();
+    let mut other =
+        Tile::new(cfg, NeuronParams::default(), bytemuck::cast_slice_mut(&mut a2)).unwrap();
+    let mut r = Lcg(5);
+    let w: Vec<f32> = (0..own.weights().len()).map(|_| r.next() * 40.0 - 10.0).collect();
+    let v: Vec<f32> = (0..own.recurrent().len()).map(|_| r.next() * 10.0 - 5.0).collect();
+    own.weights_mut().copy_from_slice(&w);
+    own.recurrent_mut().copy_from_slice(&v);
+    let input = SpikeView::new(&[0, 3, 7, 12], 4).unwrap();
+    let rec = SpikeView::new(&[1, 4], 2).unwrap();
+    for t in 0..3 {
+        let a = own.forward(t, 1, input, rec).unwrap();
+        let shared = SharedWeights { w: &w, v: &v };
+        let b = other.forward_shared(t, 1, input, rec, Some(shared)).unwrap();
+        assert_eq!(a, b);
+        own.commit_all(t, 1).unwrap();
+        other.commit_all(t, 1).unwrap();
+        assert_eq!(own.out_buffer(t, 1), other.out_buffer(t, 1));
+    }
+    let short = SharedWeights { w: &w[1..], v: &v };
+    assert_eq!(other.forward_shared(3, 1, input, rec, Some(short)), Err(TileError::BadInput));
+}

@@ -8,11 +8,11 @@
 //!
 //! | phase | unit | writes | reads |
 //! |---|---|---|---|
-//! | forward compute `t` | tile `(l, r, p)` | its arena | layer buffers of `t-1` |
+//! | forward compute `t` | tile column `(l, p)`: its replicas in turn | their arenas | layer buffers of `t-1`, replica 0's weights |
 //! | forward exchange `t` | replica `(l, r)` | its tiles (commit), layer buffer `l` of its samples at `t` | its tiles |
 //! | loss | thread 0 | counts, `dL/dc` | output layer buffers |
 //! | backward exchange `t` | replica `(l, r)` | its tiles' `dL/dS` in-buffers | partials of `l+1` and `l`, `dL/dc` |
-//! | backward compute `t` | tile `(l, r, p)` | its arena, its partial out-buffers | its arena |
+//! | backward compute `t` | tile column `(l, p)` | their arenas, their partial out-buffers | their arenas, replica 0's weights |
 //! | update | tile column `(l, p)` | the tiles `(l, *, p)` | the same |
 //!
 //! No region is written by two units of one phase or read by a unit while another writes it, so
@@ -33,7 +33,8 @@ use crate::plan::{LayerPlan, Plan};
 use anyhow::{anyhow, ensure, Result};
 use spiketile_core::spikes::append;
 use spiketile_core::{
-    NeuronParams, Optimizer, OptimizerKind, SpikeView, Tile, TileConfig, TileError, TileStats,
+    NeuronParams, Optimizer, OptimizerKind, SharedWeights, SpikeView, Tile, TileConfig, TileError,
+    TileStats,
 };
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -244,12 +245,6 @@ impl TiledEngine {
             keep: vec![0; 2 * max_pm],
         };
         let t_steps = self.cfg.time_steps;
-        let tile_units: Vec<(usize, usize)> = self
-            .layers
-            .iter()
-            .enumerate()
-            .flat_map(|(l, lr)| (0..lr.plan.tiles()).map(move |i| (l, i)))
-            .collect();
         let replica_units: Vec<(usize, usize)> = self
             .layers
             .iter()
@@ -268,9 +263,9 @@ impl TiledEngine {
             r.restart(Instant::now());
         }
         for t in 0..t_steps {
-            self.phase(ctx, tid, tile_units.len(), &mut rec, (Compute, fwd, t as u32), |i| {
-                let (l, ti) = tile_units[i];
-                Self::record(ctx, self.forward_compute(ctx.input, l, ti, t));
+            self.phase(ctx, tid, column_units.len(), &mut rec, (Compute, fwd, t as u32), |i| {
+                let (l, p) = column_units[i];
+                Self::record(ctx, self.forward_compute(ctx.input, l, p, t));
             });
             let traced = (Exchange, fwd, t as u32);
             self.phase(ctx, tid, replica_units.len(), &mut rec, traced, |i| {
@@ -298,9 +293,9 @@ impl TiledEngine {
             Self::record(ctx, self.backward_exchange(ctx.input.len, l, r, t_steps, &mut sc));
         });
         for t in (0..t_steps).rev() {
-            self.phase(ctx, tid, tile_units.len(), &mut rec, (Compute, bwd, t as u32), |i| {
-                let (l, ti) = tile_units[i];
-                Self::record(ctx, self.backward_compute(ctx.input.len, l, ti, t));
+            self.phase(ctx, tid, column_units.len(), &mut rec, (Compute, bwd, t as u32), |i| {
+                let (l, p) = column_units[i];
+                Self::record(ctx, self.backward_compute(ctx.input.len, l, p, t));
             });
             if t > 0 {
                 let traced = (Exchange, bwd, t as u32 - 1);
@@ -332,18 +327,45 @@ impl TiledEngine {
         unsafe { &mut self.layers[l].tiles.slice_mut(index, 1)[0] }
     }
 
+    /// Forward compute of step `t` for tile column `(l, p)`: every replica's tile in turn,
+    /// replicas after the first reading the first replica's weights (bit-identical by
+    /// construction), so one copy of the weights stays in this core's cache.
     fn forward_compute(
         &self,
         input: &InputBatch,
         l: usize,
-        ti: usize,
+        p: usize,
         t: usize,
     ) -> Result<(), TileError> {
         let lr = &self.layers[l];
-        let r = ti / lr.p();
-        // Safety: tile (l, r, p) belongs to this unit alone in this phase.
-        let home = unsafe { self.home(l, ti) };
-        let mut tile = home.tile(self.layers[l].params)?;
+        let p_count = lr.p();
+        // Safety: the tiles of column (l, p) belong to this unit alone in this phase.
+        let home0 = unsafe { self.home(l, p) };
+        let mut tile0 = home0.tile(lr.params)?;
+        self.forward_replica(input, l, 0, t, &mut tile0, None)?;
+        for r in 1..lr.plan.replicas {
+            let home = unsafe { self.home(l, r * p_count + p) };
+            let mut tile = home.tile(lr.params)?;
+            let shared = SharedWeights { w: tile0.weights(), v: tile0.recurrent() };
+            self.forward_replica(input, l, r, t, &mut tile, Some(shared))?;
+            let stats = tile.stats();
+            home.stats.add(&stats);
+        }
+        let stats = tile0.stats();
+        home0.stats.add(&stats);
+        Ok(())
+    }
+
+    fn forward_replica(
+        &self,
+        input: &InputBatch,
+        l: usize,
+        r: usize,
+        t: usize,
+        tile: &mut Tile<'_>,
+        shared: Option<SharedWeights<'_>>,
+    ) -> Result<(), TileError> {
+        let lr = &self.layers[l];
         for (bl, b) in lr.plan.samples_of(r, input.len).enumerate() {
             // Safety: layer buffers of step t-1 are not written in this phase.
             let src = match (t, l) {
@@ -356,10 +378,8 @@ impl TiledEngine {
             } else {
                 SpikeView::EMPTY
             };
-            tile.forward(t, bl, src, rec)?;
+            tile.forward_shared(t, bl, src, rec, shared)?;
         }
-        let stats = tile.stats();
-        home.stats.add(&stats);
         Ok(())
     }
 
@@ -503,24 +523,47 @@ impl TiledEngine {
         Ok(())
     }
 
+    /// Backward compute of step `t` for tile column `(l, p)`, replicas sharing the first
+    /// replica's weights as in [`Self::forward_compute`].
     fn backward_compute(
         &self,
         batch: usize,
         l: usize,
-        ti: usize,
+        p: usize,
         t: usize,
     ) -> Result<(), TileError> {
         let lr = &self.layers[l];
-        let (p_count, m) = (lr.p(), lr.plan.micro_batch);
-        let r = ti / p_count;
-        // Safety: tile (l, r, p) and its partial out-buffers belong to this unit alone.
-        let home = unsafe { self.home(l, ti) };
-        let mut tile = home.tile(self.layers[l].params)?;
+        let p_count = lr.p();
+        // Safety: the tiles of column (l, p) and their partial out-buffers belong to this unit.
+        let mut tile0 = unsafe { self.home(l, p) }.tile(lr.params)?;
+        self.backward_replica(batch, l, 0, p, t, &mut tile0, None)?;
+        for r in 1..lr.plan.replicas {
+            let mut tile = unsafe { self.home(l, r * p_count + p) }.tile(lr.params)?;
+            let shared = SharedWeights { w: tile0.weights(), v: tile0.recurrent() };
+            self.backward_replica(batch, l, r, p, t, &mut tile, Some(shared))?;
+        }
+        Ok(())
+    }
+
+    fn backward_replica(
+        &self,
+        batch: usize,
+        l: usize,
+        r: usize,
+        p: usize,
+        t: usize,
+        tile: &mut Tile<'_>,
+        shared: Option<SharedWeights<'_>>,
+    ) -> Result<(), TileError> {
+        let lr = &self.layers[l];
+        let m = lr.plan.micro_batch;
+        let ti = r * lr.p() + p;
         for (bl, _) in lr.plan.samples_of(r, batch).enumerate() {
-            tile.backward_with(t, bl, l > 0)?;
+            tile.backward_shared(t, bl, l > 0, shared)?;
             if l > 0 {
                 let k = lr.plan.in_capacity;
                 let n = tile.in_buffer(t, bl).n_grad();
+                // Safety: tile ti's partial out-buffer belongs to this unit alone.
                 let dst = unsafe { lr.part_src.slice_mut((ti * m + bl) * k, n) };
                 dst.copy_from_slice(&tile.src_partials(bl)[..n]);
             }
