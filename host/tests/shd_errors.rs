@@ -2,30 +2,18 @@
 //! that names the file, the sample when there is one, and the problem (SPEC §4).
 #![cfg(feature = "hdf5")]
 
+mod common;
+
+use common::hdf5::put;
+
 use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
 use half::f16;
 use hdf5::types::VarLenArray;
-use hdf5::{File, H5Type};
+use hdf5::File;
 use predicates::prelude::*;
 use tempfile::TempDir;
-
-/// Writes `data` as dataset `name` (`group/leaf` creates the group).
-fn put<T: H5Type>(file: &File, name: &str, data: &[T]) {
-    let (group, leaf) = match name.rsplit_once('/') {
-        Some((g, leaf)) => {
-            let group = if file.link_exists(g) {
-                file.group(g).unwrap()
-            } else {
-                file.create_group(g).unwrap()
-            };
-            (group, leaf)
-        }
-        None => (file.group("/").unwrap(), name),
-    };
-    group.new_dataset_builder().with_data(data).create(leaf).unwrap();
-}
 
 fn vlen<T: Copy>(rows: &[&[T]]) -> Vec<VarLenArray<T>> {
     rows.iter().map(|r| VarLenArray::from_slice(r)).collect()

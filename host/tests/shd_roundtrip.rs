@@ -2,6 +2,10 @@
 //! atomic writes, and `spiketile data synth` (SPEC §4).
 #![cfg(feature = "hdf5")]
 
+mod common;
+
+use common::hdf5::put;
+
 use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
@@ -152,21 +156,6 @@ fn bad_writes_leave_nothing_behind() {
     assert!(shd::write(&path, &bad).is_err());
     assert_eq!(std::fs::read(&path).unwrap(), before);
     assert_eq!(listing(dir.path()), vec!["bad.h5"]);
-}
-
-fn put<T: H5Type>(file: &File, name: &str, data: &[T]) {
-    let (group, leaf) = match name.rsplit_once('/') {
-        Some((g, leaf)) => {
-            let group = if file.link_exists(g) {
-                file.group(g).unwrap()
-            } else {
-                file.create_group(g).unwrap()
-            };
-            (group, leaf)
-        }
-        None => (file.group("/").unwrap(), name),
-    };
-    group.new_dataset_builder().with_data(data).create(leaf).unwrap();
 }
 
 fn create(path: &Path) -> File {

@@ -343,6 +343,22 @@ fn read_units_chunk<T: Id>(
     Ok(out)
 }
 
+/// `$f::<T>(args)` with `T` the Rust integer type of the on-disk `IntKind`.
+macro_rules! with_int_type {
+    ($kind:expr, $f:ident($($arg:expr),*)) => {
+        match $kind {
+            IntKind::U8 => $f::<u8>($($arg),*),
+            IntKind::U16 => $f::<u16>($($arg),*),
+            IntKind::U32 => $f::<u32>($($arg),*),
+            IntKind::U64 => $f::<u64>($($arg),*),
+            IntKind::I8 => $f::<i8>($($arg),*),
+            IntKind::I16 => $f::<i16>($($arg),*),
+            IntKind::I32 => $f::<i32>($($arg),*),
+            IntKind::I64 => $f::<i64>($($arg),*),
+        }
+    };
+}
+
 fn read_units(
     ds: &Dataset,
     kind: IntKind,
@@ -351,16 +367,7 @@ fn read_units(
     limit: usize,
     given: bool,
 ) -> anyhow::Result<Vec<Vec<u16>>> {
-    match kind {
-        IntKind::U8 => read_units_chunk::<u8>(ds, path, range, limit, given),
-        IntKind::U16 => read_units_chunk::<u16>(ds, path, range, limit, given),
-        IntKind::U32 => read_units_chunk::<u32>(ds, path, range, limit, given),
-        IntKind::U64 => read_units_chunk::<u64>(ds, path, range, limit, given),
-        IntKind::I8 => read_units_chunk::<i8>(ds, path, range, limit, given),
-        IntKind::I16 => read_units_chunk::<i16>(ds, path, range, limit, given),
-        IntKind::I32 => read_units_chunk::<i32>(ds, path, range, limit, given),
-        IntKind::I64 => read_units_chunk::<i64>(ds, path, range, limit, given),
-    }
+    with_int_type!(kind, read_units_chunk(ds, path, range, limit, given))
 }
 
 fn read_labels_chunk<T: Id>(
@@ -397,16 +404,7 @@ fn read_labels(
     limit: usize,
     given: bool,
 ) -> anyhow::Result<Vec<u16>> {
-    match kind {
-        IntKind::U8 => read_labels_chunk::<u8>(ds, path, range, limit, given),
-        IntKind::U16 => read_labels_chunk::<u16>(ds, path, range, limit, given),
-        IntKind::U32 => read_labels_chunk::<u32>(ds, path, range, limit, given),
-        IntKind::U64 => read_labels_chunk::<u64>(ds, path, range, limit, given),
-        IntKind::I8 => read_labels_chunk::<i8>(ds, path, range, limit, given),
-        IntKind::I16 => read_labels_chunk::<i16>(ds, path, range, limit, given),
-        IntKind::I32 => read_labels_chunk::<i32>(ds, path, range, limit, given),
-        IntKind::I64 => read_labels_chunk::<i64>(ds, path, range, limit, given),
-    }
+    with_int_type!(kind, read_labels_chunk(ds, path, range, limit, given))
 }
 
 fn check_count(path: &Path, what: &str, n: Option<usize>) -> anyhow::Result<Option<usize>> {

@@ -5,6 +5,9 @@
 
 use assert_cmd::Command;
 
+#[cfg(feature = "hdf5")]
+pub mod hdf5;
+
 /// Model and data flags of a tiny run.
 pub const TINY: &[&str] = &[
     "--hidden",
