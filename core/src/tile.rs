@@ -137,6 +137,23 @@ pub struct SharedWeights<'w> {
     pub v: &'w [f32],
 }
 
+/// Gradient buffers a tile accumulates into instead of its own (see [`Tile::backward_shared`]),
+/// laid out like [`Tile::grads`].
+#[derive(Debug)]
+pub struct SharedGrads<'g> {
+    /// `dL/dW`, input-major.
+    pub dw: &'g mut [f32],
+    /// `dL/dV` (empty if not recurrent).
+    pub dv: &'g mut [f32],
+}
+
+impl SharedGrads<'_> {
+    /// A shorter-lived borrow of the same buffers.
+    pub fn reborrow(&mut self) -> SharedGrads<'_> {
+        SharedGrads { dw: &mut *self.dw, dv: &mut *self.dv }
+    }
+}
+
 /// One tile: configuration, parameters and the slices of its arena.
 #[derive(Debug)]
 pub struct Tile<'a> {
@@ -327,6 +344,12 @@ impl<'a> Tile<'a> {
     /// Optimizer state, mutable (for checkpoints).
     pub fn optimizer_state_mut(&mut self) -> &mut [f32] {
         self.opt
+    }
+
+    /// The tile's weights to share with its replicas and its gradient buffers for them to
+    /// accumulate into (see [`Tile::forward_shared`], [`Tile::backward_shared`]).
+    pub fn split_for_replicas(&mut self) -> (SharedWeights<'_>, SharedGrads<'_>) {
+        (SharedWeights { w: self.w, v: self.v }, SharedGrads { dw: self.dw, dv: self.dv })
     }
 
     /// Sets every gradient to zero.
@@ -551,21 +574,28 @@ impl<'a> Tile<'a> {
         b: usize,
         source_partials: bool,
     ) -> Result<(), TileError> {
-        self.backward_shared(t, b, source_partials, None)
+        self.backward_shared(t, b, source_partials, None, None)
     }
 
     /// [`Tile::backward_with`], reading the weights (for the partial `dL/dS`) from `shared`
-    /// instead of the tile's own copy; see [`Tile::forward_shared`]. Gradients go to the tile's
-    /// own memory as always.
+    /// instead of the tile's own copy (see [`Tile::forward_shared`]) and, with `grads`,
+    /// accumulating the weight gradients there instead of in the tile's own memory (so that the
+    /// replicas of a tile sum into one buffer). `BadInput` if a shape differs from the tile's.
     pub fn backward_shared(
         &mut self,
         t: usize,
         b: usize,
         source_partials: bool,
         shared: Option<SharedWeights<'_>>,
+        grads: Option<SharedGrads<'_>>,
     ) -> Result<(), TileError> {
         self.check_tb(t, b)?;
         self.check_shared(&shared)?;
+        if let Some(gr) = &grads {
+            if gr.dw.len() != self.dw.len() || gr.dv.len() != self.dv.len() {
+                return Err(TileError::BadInput);
+            }
+        }
         let cfg = self.cfg;
         let n = cfg.neurons;
         let kt = cfg.own_capacity();
@@ -593,9 +623,13 @@ impl<'a> Tile<'a> {
             *c = one_minus * x;
         }
         let input = slot_view(&self.in_hist[self.in_slot(t, b)..]);
+        let (dw, dv): (&mut [f32], &mut [f32]) = match grads {
+            Some(gr) => (gr.dw, gr.dv),
+            None => (&mut *self.dw, &mut *self.dv),
+        };
         for &j in input.spikes() {
             let j = j as usize;
-            add_row(&mut self.dw[j * n..(j + 1) * n], self.c);
+            add_row(&mut dw[j * n..(j + 1) * n], self.c);
         }
         let (w, v): (&[f32], &[f32]) = match &shared {
             Some(sh) => (sh.w, sh.v),
@@ -609,10 +643,11 @@ impl<'a> Tile<'a> {
             }
         }
         if cfg.recurrent {
-            let rec = slot_view(&self.rec_hist[self.rec_slot(t, b)..]);
+            let rec_slot = (b * cfg.time_steps + t) * (cfg.layer_capacity + 2);
+            let rec = slot_view(&self.rec_hist[rec_slot..]);
             for &j in rec.spikes() {
                 let j = j as usize;
-                add_row(&mut self.dv[j * n..(j + 1) * n], self.c);
+                add_row(&mut dv[j * n..(j + 1) * n], self.c);
             }
             let p = &mut self.rec_partials[b * cfg.layer_capacity..];
             for (p, &j) in p.iter_mut().zip(rec.ids) {

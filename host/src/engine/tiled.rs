@@ -33,8 +33,8 @@ use crate::plan::{LayerPlan, Plan};
 use anyhow::{anyhow, ensure, Result};
 use spiketile_core::spikes::append;
 use spiketile_core::{
-    NeuronParams, Optimizer, OptimizerKind, SharedWeights, SpikeView, Tile, TileConfig, TileError,
-    TileStats,
+    NeuronParams, Optimizer, OptimizerKind, SharedGrads, SharedWeights, SpikeView, Tile,
+    TileConfig, TileError, TileStats,
 };
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -523,8 +523,9 @@ impl TiledEngine {
         Ok(())
     }
 
-    /// Backward compute of step `t` for tile column `(l, p)`, replicas sharing the first
-    /// replica's weights as in [`Self::forward_compute`].
+    /// Backward compute of step `t` for tile column `(l, p)`: replicas after the first read the
+    /// first replica's weights and accumulate their weight gradients into its buffers, so one
+    /// copy of each stays in this core's cache (the update needs only their sum).
     fn backward_compute(
         &self,
         batch: usize,
@@ -536,11 +537,12 @@ impl TiledEngine {
         let p_count = lr.p();
         // Safety: the tiles of column (l, p) and their partial out-buffers belong to this unit.
         let mut tile0 = unsafe { self.home(l, p) }.tile(lr.params)?;
-        self.backward_replica(batch, l, 0, p, t, &mut tile0, None)?;
+        self.backward_replica(batch, l, 0, p, t, &mut tile0, None, None)?;
+        let (shared, mut grads) = tile0.split_for_replicas();
         for r in 1..lr.plan.replicas {
             let mut tile = unsafe { self.home(l, r * p_count + p) }.tile(lr.params)?;
-            let shared = SharedWeights { w: tile0.weights(), v: tile0.recurrent() };
-            self.backward_replica(batch, l, r, p, t, &mut tile, Some(shared))?;
+            let g = Some(grads.reborrow());
+            self.backward_replica(batch, l, r, p, t, &mut tile, Some(shared), g)?;
         }
         Ok(())
     }
@@ -554,12 +556,13 @@ impl TiledEngine {
         t: usize,
         tile: &mut Tile<'_>,
         shared: Option<SharedWeights<'_>>,
+        mut grads: Option<SharedGrads<'_>>,
     ) -> Result<(), TileError> {
         let lr = &self.layers[l];
         let m = lr.plan.micro_batch;
         let ti = r * lr.p() + p;
         for (bl, _) in lr.plan.samples_of(r, batch).enumerate() {
-            tile.backward_shared(t, bl, l > 0, shared)?;
+            tile.backward_shared(t, bl, l > 0, shared, grads.as_mut().map(SharedGrads::reborrow))?;
             if l > 0 {
                 let k = lr.plan.in_capacity;
                 let n = tile.in_buffer(t, bl).n_grad();
