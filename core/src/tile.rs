@@ -39,6 +39,7 @@
 //! ```
 
 use crate::budget::{pad4, Regions};
+use crate::rows::{accumulate_rows, scatter_add};
 use crate::spikes::{build_into, BuildResult, SpikeView};
 use crate::{Footprint, NeuronParams, Optimizer, OptimizerKind, TileError};
 use bytemuck::Pod;
@@ -197,13 +198,6 @@ fn store(slot: &mut [u16], view: SpikeView<'_>) {
     slot[0] = view.n_spikes as u16;
     slot[1] = view.ids.len() as u16;
     slot[2..2 + view.ids.len()].copy_from_slice(view.ids);
-}
-
-#[inline]
-fn add_row(acc: &mut [f32], row: &[f32]) {
-    for (a, r) in acc.iter_mut().zip(row) {
-        *a += *r;
-    }
 }
 
 #[inline]
@@ -385,16 +379,23 @@ impl<'a> Tile<'a> {
         }
     }
 
+    /// Index of step `t`, sample `b` in the histories: step-major, so that one step of every
+    /// sample is one contiguous stretch of memory (streamed forward, then backward).
+    #[inline]
+    fn step_index(&self, t: usize, b: usize) -> usize {
+        t * self.cfg.batch + b
+    }
+
     fn out_slot(&self, t: usize, b: usize) -> usize {
-        (b * self.cfg.time_steps + t) * (self.cfg.own_capacity() + 2)
+        self.step_index(t, b) * (self.cfg.own_capacity() + 2)
     }
 
     fn in_slot(&self, t: usize, b: usize) -> usize {
-        (b * self.cfg.time_steps + t) * (self.cfg.in_capacity + 2)
+        self.step_index(t, b) * (self.cfg.in_capacity + 2)
     }
 
     fn rec_slot(&self, t: usize, b: usize) -> usize {
-        (b * self.cfg.time_steps + t) * (self.cfg.layer_capacity + 2)
+        self.step_index(t, b) * (self.cfg.layer_capacity + 2)
     }
 
     fn valid(view: &SpikeView<'_>, cap: usize, width: usize) -> bool {
@@ -449,24 +450,21 @@ impl<'a> Tile<'a> {
             let s = self.rec_slot(t, b);
             store(&mut self.rec_hist[s..s + cfg.layer_capacity + 2], rec);
         }
-        self.cur.fill(0.0);
         let (w, v): (&[f32], &[f32]) = match &shared {
             Some(sh) => (sh.w, sh.v),
             None => (self.w, self.v),
         };
-        for &j in input.spikes() {
-            let j = j as usize;
-            add_row(self.cur, &w[j * n..(j + 1) * n]);
+        accumulate_rows(self.cur, w, input.spikes(), true);
+        if cfg.recurrent {
+            accumulate_rows(self.cur, v, rec.spikes(), false);
         }
-        for &j in rec.spikes() {
-            let j = j as usize;
-            add_row(self.cur, &v[j * n..(j + 1) * n]);
-        }
+        let step = self.step_index(t, b);
+        let prev_step = step.wrapping_sub(cfg.batch);
         let u = &mut self.u[b * n..(b + 1) * n];
         if t == 0 {
             u.fill(0.0);
         } else {
-            let s = (b * cfg.time_steps + t - 1) * (cfg.own_capacity() + 2);
+            let s = prev_step * (cfg.own_capacity() + 2);
             let prev = slot_view(&self.out_hist[s..]);
             for &i in prev.spikes() {
                 u[i as usize] = 0.0;
@@ -478,12 +476,12 @@ impl<'a> Tile<'a> {
             *u = alpha * *u + one_minus * x;
         }
         let kt = cfg.own_capacity();
-        let s = (b * cfg.time_steps + t) * (kt + 2);
+        let s = step * (kt + 2);
         let slot = &mut self.out_hist[s..s + kt + 2];
         let r = build_into(u, self.params.lif.theta, self.params.window, &mut slot[2..]);
         slot[0] = r.n_spikes as u16;
         slot[1] = r.n_grad as u16;
-        let uh = &mut self.u_hist[(b * cfg.time_steps + t) * kt..][..kt];
+        let uh = &mut self.u_hist[step * kt..][..kt];
         for (dst, &i) in uh.iter_mut().zip(&slot[2..2 + r.n_grad]) {
             *dst = u[i as usize];
         }
@@ -523,8 +521,9 @@ impl<'a> Tile<'a> {
         keep_near: usize,
     ) -> Result<(), TileError> {
         self.check_tb(t, b)?;
-        let s = self.out_slot(t, b);
+        let step = self.step_index(t, b);
         let kt = self.cfg.own_capacity();
+        let s = step * (kt + 2);
         let slot = &mut self.out_hist[s..s + kt + 2];
         let (ns, ng) = (slot[0] as usize, slot[1] as usize);
         if keep_spikes > ns || keep_near > ng - ns {
@@ -532,7 +531,7 @@ impl<'a> Tile<'a> {
         }
         if keep_spikes < ns {
             slot.copy_within(2 + ns..2 + ns + keep_near, 2 + keep_spikes);
-            let uh = &mut self.u_hist[(b * self.cfg.time_steps + t) * kt..][..kt];
+            let uh = &mut self.u_hist[step * kt..][..kt];
             uh.copy_within(ns..ns + keep_near, keep_spikes);
         }
         slot[0] = keep_spikes as u16;
@@ -601,6 +600,7 @@ impl<'a> Tile<'a> {
         let kt = cfg.own_capacity();
         let alpha = self.params.lif.alpha;
         let theta = self.params.lif.theta;
+        let step = self.step_index(t, b);
         let g = &mut self.g[b * n..(b + 1) * n];
         if t + 1 == cfg.time_steps {
             g.fill(0.0);
@@ -608,11 +608,11 @@ impl<'a> Tile<'a> {
         for x in g.iter_mut() {
             *x *= alpha;
         }
-        let out = slot_view(&self.out_hist[(b * cfg.time_steps + t) * (kt + 2)..]);
+        let out = slot_view(&self.out_hist[step * (kt + 2)..]);
         for &i in out.spikes() {
             g[i as usize] = 0.0;
         }
-        let uh = &self.u_hist[(b * cfg.time_steps + t) * kt..];
+        let uh = &self.u_hist[step * kt..];
         let dlds = &self.dlds[b * kt..];
         for (k, &i) in out.ids.iter().enumerate() {
             let sp = self.params.surrogate.grad(uh[k], theta);
@@ -622,15 +622,12 @@ impl<'a> Tile<'a> {
         for (c, &x) in self.c.iter_mut().zip(g.iter()) {
             *c = one_minus * x;
         }
-        let input = slot_view(&self.in_hist[self.in_slot(t, b)..]);
+        let input = slot_view(&self.in_hist[step * (cfg.in_capacity + 2)..]);
         let (dw, dv): (&mut [f32], &mut [f32]) = match grads {
             Some(gr) => (gr.dw, gr.dv),
             None => (&mut *self.dw, &mut *self.dv),
         };
-        for &j in input.spikes() {
-            let j = j as usize;
-            add_row(&mut dw[j * n..(j + 1) * n], self.c);
-        }
+        scatter_add(dw, self.c, input.spikes());
         let (w, v): (&[f32], &[f32]) = match &shared {
             Some(sh) => (sh.w, sh.v),
             None => (self.w, self.v),
@@ -643,12 +640,9 @@ impl<'a> Tile<'a> {
             }
         }
         if cfg.recurrent {
-            let rec_slot = (b * cfg.time_steps + t) * (cfg.layer_capacity + 2);
+            let rec_slot = step * (cfg.layer_capacity + 2);
             let rec = slot_view(&self.rec_hist[rec_slot..]);
-            for &j in rec.spikes() {
-                let j = j as usize;
-                add_row(&mut dv[j * n..(j + 1) * n], self.c);
-            }
+            scatter_add(dv, self.c, rec.spikes());
             let p = &mut self.rec_partials[b * cfg.layer_capacity..];
             for (p, &j) in p.iter_mut().zip(rec.ids) {
                 let j = j as usize;

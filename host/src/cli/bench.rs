@@ -89,13 +89,15 @@ pub fn peak_rss() -> Option<u64> {
 
 /// Random binned samples: every channel spikes with probability `activity` at every step.
 pub fn random_batch(cfg: &ModelConfig, activity: f64, rng: &mut ChaCha8Rng) -> Vec<BinnedSample> {
+    // The same stream as `rng.gen_bool(activity)`, without re-validating `activity` per draw.
+    let spike = rand::distributions::Bernoulli::new(activity.clamp(0.0, 1.0)).expect("in [0, 1]");
     (0..cfg.batch_size)
         .map(|_| {
             let mut offsets = vec![0u32];
             let mut ids = Vec::new();
             for _ in 0..cfg.time_steps {
                 for c in 0..cfg.inputs {
-                    if rng.gen_bool(activity) {
+                    if rng.sample(spike) {
                         ids.push(c as u16);
                     }
                 }

@@ -18,7 +18,8 @@ use anyhow::{bail, Result};
 use spiketile_core::SpikeView;
 
 /// The input spikes of a batch: per sample and step the data's spike ids truncated to the input
-/// capacity (lowest ids kept, drops counted), laid out as `[n_spikes, n_grad, ids..]` slots.
+/// capacity (lowest ids kept, drops counted), laid out as `[n_spikes, n_grad, ids..]` slots,
+/// step-major (all samples of step `t` are contiguous).
 #[derive(Clone, Debug, Default)]
 pub struct InputBatch {
     /// Samples in the batch.
@@ -44,7 +45,7 @@ impl InputBatch {
             for t in 0..time_steps {
                 let ids = s.step(t);
                 let keep = ids.len().min(capacity);
-                let dst = &mut slots[(b * time_steps + t) * slot..][..slot];
+                let dst = &mut slots[(t * samples.len() + b) * slot..][..slot];
                 dst[0] = keep as u16;
                 dst[1] = keep as u16;
                 dst[2..2 + keep].copy_from_slice(&ids[..keep]);
@@ -65,7 +66,7 @@ impl InputBatch {
 
     /// `S_0[t]` of sample `b`.
     pub fn step(&self, b: usize, t: usize) -> SpikeView<'_> {
-        let slot = &self.slots[(b * self.time_steps + t) * (self.capacity + 2)..];
+        let slot = &self.slots[(t * self.len + b) * (self.capacity + 2)..];
         SpikeView { ids: &slot[2..2 + slot[1] as usize], n_spikes: slot[0] as usize }
     }
 }

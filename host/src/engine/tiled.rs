@@ -61,7 +61,7 @@ struct LayerRt {
     tiles: Shared<TileHome>,
     /// Global neuron id → tile index `p` within a replica.
     owner: Vec<u16>,
-    /// Layer buffers `[b][t][cap + 2]`, global ids.
+    /// Layer buffers `[t][b][cap + 2]`, global ids.
     buf: Shared<u16>,
     /// Partial `dL/dS` of the source layer from each tile: `[r][p][m][in_cap]`.
     part_src: Shared<f32>,
@@ -318,7 +318,7 @@ impl TiledEngine {
     unsafe fn layer_buf(&self, l: usize, b: usize, t: usize) -> SpikeView<'_> {
         let cap = self.layers[l].plan.capacity;
         let slot =
-            unsafe { self.layers[l].buf.slice((b * self.cfg.time_steps + t) * (cap + 2), cap + 2) };
+            unsafe { self.layers[l].buf.slice((t * self.cfg.batch_size + b) * (cap + 2), cap + 2) };
         SpikeView { ids: &slot[2..2 + slot[1] as usize], n_spikes: slot[0] as usize }
     }
 
@@ -430,7 +430,7 @@ impl TiledEngine {
         for (bl, b) in samples.enumerate() {
             // Safety: sample b's slot of layer l at step t is this unit's alone.
             let slot =
-                unsafe { lr.buf.slice_mut((b * self.cfg.time_steps + t) * (cap + 2), cap + 2) };
+                unsafe { lr.buf.slice_mut((t * self.cfg.batch_size + b) * (cap + 2), cap + 2) };
             let ng = lens[bl];
             slot[0] = n_spikes[bl] as u16;
             slot[1] = ng as u16;
