@@ -7,6 +7,7 @@
 
 pub mod barrier;
 pub mod dense;
+pub mod schedule;
 mod shared;
 pub mod tiled;
 pub mod trace;

@@ -2,17 +2,20 @@
 //!
 //! Every layer is planned onto tiles ([`crate::plan`]); each tile is a 4-byte-aligned arena of
 //! exactly its footprint that the core's [`Tile`] re-attaches to whenever it runs. One batch is a
-//! fixed sequence of *phases* separated by a [`SpinBarrier`]; inside a phase, worker thread `k`
-//! runs the work units `k, k + threads, ...` (the same units every step, so a tile's memory stays
-//! in one core's cache):
+//! fixed sequence of *phases* separated by a [`SpinBarrier`]; inside a phase, every worker thread
+//! runs the work units [`super::schedule::assign`] gave it (the same units every step, so a
+//! tile's memory stays in one core's cache). The replicas of a tile column `(l, p)` are split into
+//! at most [`REPLICA_GROUPS`] contiguous *groups* `(l, p, g)`; a group's first replica is its
+//! leader, whose weights the others read and whose gradient buffers they accumulate into (their
+//! weights are bit-identical, so reading one copy keeps it in cache):
 //!
 //! | phase | unit | writes | reads |
 //! |---|---|---|---|
-//! | forward compute `t` | tile column `(l, p)`: its replicas in turn | their arenas | layer buffers of `t-1`, replica 0's weights |
+//! | forward compute `t` | replica group `(l, p, g)`: its replicas in turn | their arenas | layer buffers of `t-1`, the leader's weights |
 //! | forward exchange `t` | replica `(l, r)` | its tiles (commit), layer buffer `l` of its samples at `t` | its tiles |
 //! | loss | thread 0 | counts, `dL/dc` | output layer buffers |
 //! | backward exchange `t` | replica `(l, r)` | its tiles' `dL/dS` in-buffers | partials of `l+1` and `l`, `dL/dc` |
-//! | backward compute `t` | tile column `(l, p)` | their arenas, their partial out-buffers | their arenas, replica 0's weights |
+//! | backward compute `t` | replica group `(l, p, g)` | their arenas, the leader's gradients, their partial out-buffers | their arenas, the leader's weights |
 //! | update | tile column `(l, p)` | the tiles `(l, *, p)` | the same |
 //!
 //! No region is written by two units of one phase or read by a unit while another writes it, so
@@ -24,6 +27,7 @@
 //! preallocated buffer. Tracing changes no result, and costs one branch per phase when off.
 
 use super::barrier::SpinBarrier;
+use super::schedule;
 use super::shared::Shared;
 use super::trace::{ExecTrace, Pass, PhaseKind, Recorder, TraceBuffers, TraceMeta, NO_STEP};
 use super::{batch_loss, BatchResult, Engine, InputBatch, LayerStats};
@@ -36,8 +40,15 @@ use spiketile_core::{
     NeuronParams, Optimizer, OptimizerKind, SharedGrads, SharedWeights, SpikeView, Tile,
     TileConfig, TileError, TileStats,
 };
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Instant;
+
+/// Replica groups per tile column (fewer if the layer has fewer replicas). Fixed, not derived
+/// from the thread count, because the groups decide the order in which gradients are summed:
+/// results stay bit-identical for any number of threads. Two groups let two threads share a
+/// column's work when the columns do not divide evenly among the threads.
+pub const REPLICA_GROUPS: usize = 2;
 
 /// One tile's home: its configuration, arena and spike counts.
 struct TileHome {
@@ -73,6 +84,28 @@ impl LayerRt {
     fn p(&self) -> usize {
         self.plan.splits.len()
     }
+
+    fn groups(&self) -> usize {
+        self.plan.replicas.min(REPLICA_GROUPS)
+    }
+
+    /// The replicas of group `g`; the first is its leader.
+    fn group(&self, g: usize) -> std::ops::Range<usize> {
+        let (r, k) = (self.plan.replicas, self.groups());
+        g * r / k..(g + 1) * r / k
+    }
+}
+
+/// The work units of a batch and which of them each thread runs.
+struct Units {
+    /// Replica units `(l, r)` (exchange phases).
+    replica: Vec<(usize, usize)>,
+    /// Replica-group units `(l, p, g)` (compute phases).
+    group: Vec<(usize, usize, usize)>,
+    /// Column units `(l, p)` (update).
+    column: Vec<(usize, usize)>,
+    /// Per thread: indices into the three lists above.
+    mine: Vec<[Vec<usize>; 3]>,
 }
 
 /// The tiled bulk-synchronous engine.
@@ -88,6 +121,9 @@ pub struct TiledEngine {
     step: u32,
     /// Execution trace being recorded, if any.
     trace: Option<Box<TraceBuffers>>,
+    /// Nanoseconds each replica-group unit spent computing in the last training batch: the
+    /// schedule's cost estimate for the next one (zeros: no measurement yet).
+    unit_ns: Vec<AtomicU64>,
 }
 
 /// Per-thread scratch, allocated once per batch.
@@ -105,9 +141,9 @@ struct Scratch {
 /// What every thread runs in one batch.
 struct BatchCtx<'a> {
     input: &'a InputBatch,
+    units: Units,
     train: bool,
     barrier: SpinBarrier,
-    threads: usize,
     error: OnceLock<TileError>,
     loss: OnceLock<Result<f64, String>>,
 }
@@ -172,7 +208,10 @@ impl TiledEngine {
             threads: threads.max(1),
             step: 0,
             trace: None,
+            unit_ns: Vec::new(),
         };
+        let groups = engine.layers.iter().map(|lr| lr.p() * lr.groups()).sum();
+        engine.unit_ns = (0..groups).map(|_| AtomicU64::new(0)).collect();
         engine.set_state(params, None)?;
         Ok(engine)
     }
@@ -193,28 +232,24 @@ impl TiledEngine {
         }
     }
 
-    /// Runs one phase: takes units from the phase's counter until none are left, then waits.
+    /// Runs one phase: this thread's units `mine` (of `units`), then waits at the barrier.
     /// With a recorder, records the phase (`kind`, `pass`, step `t`) and the wait as two spans.
     #[inline]
     fn phase(
         &self,
         ctx: &BatchCtx<'_>,
-        tid: usize,
-        units: usize,
+        (mine, units): (&[usize], usize),
         rec: &mut Option<Recorder<'_>>,
         (kind, pass, t): (PhaseKind, Pass, u32),
         mut f: impl FnMut(usize),
     ) {
-        // Static round-robin: unit i always runs on thread i % threads, so a tile's memory stays
-        // in one core's cache from step to step (measured: ~10 % faster than taking units from
-        // a shared counter on the W workload).
-        let mut ran = 0u32;
-        let mut i = tid;
-        while i < units {
+        // Static assignment: a unit always runs on the same thread, so a tile's memory stays in
+        // one core's cache from step to step (measured: ~10 % faster than taking units from a
+        // shared counter on the W workload).
+        for &i in mine {
             f(i);
-            ran += 1;
-            i += ctx.threads;
         }
+        let ran = mine.len() as u32;
         match rec {
             None => ctx.barrier.wait(),
             Some(r) => {
@@ -225,6 +260,13 @@ impl TiledEngine {
                 r.push(PhaseKind::Sync, pass, t, 0, units as u32, synced);
             }
         }
+    }
+
+    /// Adds the time since `started` to replica-group unit `i`'s cost.
+    #[inline]
+    fn charge(&self, i: usize, started: Instant) {
+        let ns = started.elapsed().as_nanos() as u64;
+        self.unit_ns[i].fetch_add(ns.max(1), Ordering::Relaxed);
     }
 
     /// Spans one thread records in one training batch (at most).
@@ -245,31 +287,26 @@ impl TiledEngine {
             keep: vec![0; 2 * max_pm],
         };
         let t_steps = self.cfg.time_steps;
-        let replica_units: Vec<(usize, usize)> = self
-            .layers
-            .iter()
-            .enumerate()
-            .flat_map(|(l, lr)| (0..lr.plan.replicas).map(move |r| (l, r)))
-            .collect();
-        let column_units: Vec<(usize, usize)> = self
-            .layers
-            .iter()
-            .enumerate()
-            .flat_map(|(l, lr)| (0..lr.p()).map(move |p| (l, p)))
-            .collect();
+        let u = &ctx.units;
+        let [mine_r, mine_g, mine_c] = &u.mine[tid];
+        let replicas = (&mine_r[..], u.replica.len());
+        let groups = (&mine_g[..], u.group.len());
+        let columns = (&mine_c[..], u.column.len());
         use PhaseKind::{Compute, Exchange, Loss, Sync, Update};
         let (fwd, bwd) = (Pass::Forward, Pass::Backward);
         if let Some(r) = rec.as_mut() {
             r.restart(Instant::now());
         }
         for t in 0..t_steps {
-            self.phase(ctx, tid, column_units.len(), &mut rec, (Compute, fwd, t as u32), |i| {
-                let (l, p) = column_units[i];
-                Self::record(ctx, self.forward_compute(ctx.input, l, p, t));
+            self.phase(ctx, groups, &mut rec, (Compute, fwd, t as u32), |i| {
+                let (l, p, g) = u.group[i];
+                let started = Instant::now();
+                Self::record(ctx, self.forward_compute(ctx.input, l, p, g, t));
+                self.charge(i, started);
             });
             let traced = (Exchange, fwd, t as u32);
-            self.phase(ctx, tid, replica_units.len(), &mut rec, traced, |i| {
-                let (l, r) = replica_units[i];
+            self.phase(ctx, replicas, &mut rec, traced, |i| {
+                let (l, r) = u.replica[i];
                 Self::record(ctx, self.forward_exchange(ctx.input.len, l, r, t, &mut sc));
             });
         }
@@ -288,26 +325,28 @@ impl TiledEngine {
         }
         // Backward exchange `t` brings dL/dS of step `t - 1`: it is traced as part of step t - 1.
         let last = t_steps as u32 - 1;
-        self.phase(ctx, tid, replica_units.len(), &mut rec, (Exchange, bwd, last), |i| {
-            let (l, r) = replica_units[i];
+        self.phase(ctx, replicas, &mut rec, (Exchange, bwd, last), |i| {
+            let (l, r) = u.replica[i];
             Self::record(ctx, self.backward_exchange(ctx.input.len, l, r, t_steps, &mut sc));
         });
         for t in (0..t_steps).rev() {
-            self.phase(ctx, tid, column_units.len(), &mut rec, (Compute, bwd, t as u32), |i| {
-                let (l, p) = column_units[i];
-                Self::record(ctx, self.backward_compute(ctx.input.len, l, p, t));
+            self.phase(ctx, groups, &mut rec, (Compute, bwd, t as u32), |i| {
+                let (l, p, g) = u.group[i];
+                let started = Instant::now();
+                Self::record(ctx, self.backward_compute(ctx.input.len, l, p, g, t));
+                self.charge(i, started);
             });
             if t > 0 {
                 let traced = (Exchange, bwd, t as u32 - 1);
-                self.phase(ctx, tid, replica_units.len(), &mut rec, traced, |i| {
-                    let (l, r) = replica_units[i];
+                self.phase(ctx, replicas, &mut rec, traced, |i| {
+                    let (l, r) = u.replica[i];
                     Self::record(ctx, self.backward_exchange(ctx.input.len, l, r, t, &mut sc));
                 });
             }
         }
         let traced = (Update, Pass::Update, NO_STEP);
-        self.phase(ctx, tid, column_units.len(), &mut rec, traced, |i| {
-            let (l, p) = column_units[i];
+        self.phase(ctx, columns, &mut rec, traced, |i| {
+            let (l, p) = u.column[i];
             Self::record(ctx, self.update(l, p));
         });
     }
@@ -327,23 +366,25 @@ impl TiledEngine {
         unsafe { &mut self.layers[l].tiles.slice_mut(index, 1)[0] }
     }
 
-    /// Forward compute of step `t` for tile column `(l, p)`: every replica's tile in turn,
-    /// replicas after the first reading the first replica's weights (bit-identical by
-    /// construction), so one copy of the weights stays in this core's cache.
+    /// Forward compute of step `t` for replica group `(l, p, g)`: every replica's tile in turn,
+    /// replicas after the leader reading the leader's weights (bit-identical by construction),
+    /// so one copy of the weights stays in this core's cache.
     fn forward_compute(
         &self,
         input: &InputBatch,
         l: usize,
         p: usize,
+        g: usize,
         t: usize,
     ) -> Result<(), TileError> {
         let lr = &self.layers[l];
         let p_count = lr.p();
-        // Safety: the tiles of column (l, p) belong to this unit alone in this phase.
-        let home0 = unsafe { self.home(l, p) };
+        let reps = lr.group(g);
+        // Safety: the tiles of group (l, p, g) belong to this unit alone in this phase.
+        let home0 = unsafe { self.home(l, reps.start * p_count + p) };
         let mut tile0 = home0.tile(lr.params)?;
-        self.forward_replica(input, l, 0, t, &mut tile0, None)?;
-        for r in 1..lr.plan.replicas {
+        self.forward_replica(input, l, reps.start, t, &mut tile0, None)?;
+        for r in reps.start + 1..reps.end {
             let home = unsafe { self.home(l, r * p_count + p) };
             let mut tile = home.tile(lr.params)?;
             let shared = SharedWeights { w: tile0.weights(), v: tile0.recurrent() };
@@ -523,23 +564,25 @@ impl TiledEngine {
         Ok(())
     }
 
-    /// Backward compute of step `t` for tile column `(l, p)`: replicas after the first read the
-    /// first replica's weights and accumulate their weight gradients into its buffers, so one
-    /// copy of each stays in this core's cache (the update needs only their sum).
+    /// Backward compute of step `t` for replica group `(l, p, g)`: replicas after the leader read
+    /// the leader's weights and accumulate their weight gradients into its buffers, so one copy
+    /// of each stays in this core's cache (the update needs only their sum).
     fn backward_compute(
         &self,
         batch: usize,
         l: usize,
         p: usize,
+        g: usize,
         t: usize,
     ) -> Result<(), TileError> {
         let lr = &self.layers[l];
         let p_count = lr.p();
-        // Safety: the tiles of column (l, p) and their partial out-buffers belong to this unit.
-        let mut tile0 = unsafe { self.home(l, p) }.tile(lr.params)?;
-        self.backward_replica(batch, l, 0, p, t, &mut tile0, None, None)?;
+        let reps = lr.group(g);
+        // Safety: the tiles of group (l, p, g) and their partial out-buffers belong to this unit.
+        let mut tile0 = unsafe { self.home(l, reps.start * p_count + p) }.tile(lr.params)?;
+        self.backward_replica(batch, l, reps.start, p, t, &mut tile0, None, None)?;
         let (shared, mut grads) = tile0.split_for_replicas();
-        for r in 1..lr.plan.replicas {
+        for r in reps.start + 1..reps.end {
             let mut tile = unsafe { self.home(l, r * p_count + p) }.tile(lr.params)?;
             let g = Some(grads.reborrow());
             self.backward_replica(batch, l, r, p, t, &mut tile, Some(shared), g)?;
@@ -580,34 +623,76 @@ impl TiledEngine {
         Ok(())
     }
 
-    /// Sums the replicas' gradients of tile column `(l, p)` (replica order), gives every replica
-    /// the sum, applies the optimizer and clears the gradients.
+    /// Sums the group leaders' gradients of tile column `(l, p)` (group order) into replica 0,
+    /// applies the optimizer there and gives every other replica the result (weights and
+    /// optimizer state: what each replica's own update with the summed gradient would compute,
+    /// bit for bit), and clears the gradients.
     fn update(&self, l: usize, p: usize) -> Result<(), TileError> {
         let lr = &self.layers[l];
-        let (p_count, replicas) = (lr.p(), lr.plan.replicas);
+        let p_count = lr.p();
         // Safety: the column's tiles belong to this unit alone in this phase.
-        let mut tiles: Vec<Tile<'_>> = (0..replicas)
-            .map(|r| unsafe { self.home(l, r * p_count + p) }.tile(self.layers[l].params))
+        let mut tiles: Vec<Tile<'_>> = (0..lr.plan.replicas)
+            .map(|r| unsafe { self.home(l, r * p_count + p) }.tile(lr.params))
             .collect::<Result<_, _>>()?;
-        if let Some((first, rest)) = tiles.split_first_mut() {
-            for other in rest.iter() {
-                let (dw, dv) = other.grads();
-                let (sw, sv) = first.grads_mut();
-                sw.iter_mut().zip(dw).for_each(|(a, b)| *a += b);
-                sv.iter_mut().zip(dv).for_each(|(a, b)| *a += b);
-            }
-            for other in rest.iter_mut() {
-                let (sw, sv) = first.grads();
-                let (dw, dv) = other.grads_mut();
-                dw.copy_from_slice(sw);
-                dv.copy_from_slice(sv);
-            }
+        let Some((first, rest)) = tiles.split_first_mut() else { return Ok(()) };
+        for g in 1..lr.groups() {
+            let leader = &mut rest[lr.group(g).start - 1];
+            let (sw, sv) = first.grads_mut();
+            let (dw, dv) = leader.grads();
+            sw.iter_mut().zip(dw).for_each(|(a, b)| *a += b);
+            sv.iter_mut().zip(dv).for_each(|(a, b)| *a += b);
+            leader.zero_grads();
         }
-        for tile in tiles.iter_mut() {
-            tile.apply(&self.optimizer, self.step + 1);
-            tile.zero_grads();
+        first.apply(&self.optimizer, self.step + 1);
+        first.zero_grads();
+        for other in rest.iter_mut() {
+            other.weights_mut().copy_from_slice(first.weights());
+            other.recurrent_mut().copy_from_slice(first.recurrent());
+            other.optimizer_state_mut().copy_from_slice(first.optimizer_state());
         }
         Ok(())
+    }
+
+    /// The work units of this engine and their assignment to `threads` threads, by estimated
+    /// cost (see [`schedule::assign`]): for the compute units, the time they took in the last
+    /// training batch. The assignment changes no result, only which core does the work.
+    fn units(&self, threads: usize) -> Units {
+        let mut replica = Vec::new();
+        let mut group = Vec::new();
+        let mut column = Vec::new();
+        let (mut rc, mut gc, mut cc) = (Vec::new(), Vec::new(), Vec::new());
+        for (l, lr) in self.layers.iter().enumerate() {
+            let lp = &lr.plan;
+            let (m, p_count) = (lp.micro_batch as u64, lr.p() as u64);
+            let fan_in = (lp.in_capacity + if lp.recurrent { lp.capacity } else { 0 }) as u64;
+            for r in 0..lp.replicas {
+                replica.push((l, r));
+                rc.push(m * p_count);
+            }
+            for (p, &(_, n)) in lp.splits.iter().enumerate() {
+                for g in 0..lr.groups() {
+                    group.push((l, p, g));
+                    gc.push(lr.group(g).len() as u64 * m * fan_in * n as u64);
+                }
+                column.push((l, p));
+                let width = lp.inputs + if lp.recurrent { lp.width } else { 0 };
+                cc.push((width * n) as u64 * (lp.replicas as u64 + 2));
+            }
+        }
+        // Measured costs of the compute units, once every unit has been measured: the static
+        // estimate above cannot know how active each layer is.
+        let measured: Vec<u64> =
+            self.unit_ns.iter().map(|c| c.swap(0, Ordering::Relaxed)).collect();
+        if measured.len() == gc.len() && measured.iter().all(|&c| c > 0) {
+            gc = measured;
+        }
+        let (ar, ag, ac) = (
+            schedule::assign(&rc, threads),
+            schedule::assign(&gc, threads),
+            schedule::assign(&cc, threads),
+        );
+        let mine = ar.into_iter().zip(ag).zip(ac).map(|((r, g), c)| [r, g, c]).collect();
+        Units { replica, group, column, mine }
     }
 
     fn collect_stats(&mut self, batch: usize) -> Vec<LayerStats> {
@@ -641,9 +726,9 @@ impl Engine for TiledEngine {
         ensure!(input.capacity == self.plan.input_capacity, "input capacity differs from the plan");
         let ctx = BatchCtx {
             input,
+            units: self.units(self.threads),
             train,
             barrier: SpinBarrier::new(self.threads),
-            threads: self.threads,
             error: OnceLock::new(),
             loss: OnceLock::new(),
         };
