@@ -104,8 +104,21 @@ struct Units {
     group: Vec<(usize, usize, usize)>,
     /// Column units `(l, p)` (update).
     column: Vec<(usize, usize)>,
-    /// Per thread: indices into the three lists above.
-    mine: Vec<[Vec<usize>; 3]>,
+    /// Per thread and [`Measured`] phase: indices into `group` (compute) or `replica`
+    /// (exchange).
+    mine: Vec<[Vec<usize>; 4]>,
+    /// Per thread: indices into `column`.
+    mine_columns: Vec<Vec<usize>>,
+}
+
+/// The phases whose units' times are measured to schedule the next batch (index into
+/// [`TiledEngine::unit_ns`] and [`Units::mine`]).
+#[derive(Clone, Copy)]
+enum Measured {
+    ForwardCompute = 0,
+    ForwardExchange = 1,
+    BackwardCompute = 2,
+    BackwardExchange = 3,
 }
 
 /// The tiled bulk-synchronous engine.
@@ -121,9 +134,9 @@ pub struct TiledEngine {
     step: u32,
     /// Execution trace being recorded, if any.
     trace: Option<Box<TraceBuffers>>,
-    /// Nanoseconds each replica-group unit spent computing in the last training batch: the
+    /// Nanoseconds each unit spent in each [`Measured`] phase in the last training batch: the
     /// schedule's cost estimate for the next one (zeros: no measurement yet).
-    unit_ns: Vec<AtomicU64>,
+    unit_ns: [Vec<AtomicU64>; 4],
 }
 
 /// Per-thread scratch, allocated once per batch.
@@ -208,10 +221,13 @@ impl TiledEngine {
             threads: threads.max(1),
             step: 0,
             trace: None,
-            unit_ns: Vec::new(),
+            unit_ns: Default::default(),
         };
-        let groups = engine.layers.iter().map(|lr| lr.p() * lr.groups()).sum();
-        engine.unit_ns = (0..groups).map(|_| AtomicU64::new(0)).collect();
+        let groups: usize = engine.layers.iter().map(|lr| lr.p() * lr.groups()).sum();
+        let replicas: usize = engine.layers.iter().map(|lr| lr.plan.replicas).sum();
+        let counters = |n: usize| (0..n).map(|_| AtomicU64::new(0)).collect::<Vec<_>>();
+        engine.unit_ns =
+            [counters(groups), counters(replicas), counters(groups), counters(replicas)];
         engine.set_state(params, None)?;
         Ok(engine)
     }
@@ -262,11 +278,11 @@ impl TiledEngine {
         }
     }
 
-    /// Adds the time since `started` to replica-group unit `i`'s cost.
+    /// Adds the time since `started` to unit `i`'s cost in phase `what`.
     #[inline]
-    fn charge(&self, i: usize, started: Instant) {
+    fn charge(&self, what: Measured, i: usize, started: Instant) {
         let ns = started.elapsed().as_nanos() as u64;
-        self.unit_ns[i].fetch_add(ns.max(1), Ordering::Relaxed);
+        self.unit_ns[what as usize][i].fetch_add(ns.max(1), Ordering::Relaxed);
     }
 
     /// Spans one thread records in one training batch (at most).
@@ -288,26 +304,30 @@ impl TiledEngine {
         };
         let t_steps = self.cfg.time_steps;
         let u = &ctx.units;
-        let [mine_r, mine_g, mine_c] = &u.mine[tid];
-        let replicas = (&mine_r[..], u.replica.len());
-        let groups = (&mine_g[..], u.group.len());
-        let columns = (&mine_c[..], u.column.len());
+        let [fc, fe, bc, be] = &u.mine[tid];
+        let (nr, ng) = (u.replica.len(), u.group.len());
+        let (fwd_compute, fwd_exchange) = ((&fc[..], ng), (&fe[..], nr));
+        let (bwd_compute, bwd_exchange) = ((&bc[..], ng), (&be[..], nr));
+        let columns = (&u.mine_columns[tid][..], u.column.len());
+        use Measured::{BackwardCompute, BackwardExchange, ForwardCompute, ForwardExchange};
         use PhaseKind::{Compute, Exchange, Loss, Sync, Update};
         let (fwd, bwd) = (Pass::Forward, Pass::Backward);
         if let Some(r) = rec.as_mut() {
             r.restart(Instant::now());
         }
         for t in 0..t_steps {
-            self.phase(ctx, groups, &mut rec, (Compute, fwd, t as u32), |i| {
+            self.phase(ctx, fwd_compute, &mut rec, (Compute, fwd, t as u32), |i| {
                 let (l, p, g) = u.group[i];
                 let started = Instant::now();
                 Self::record(ctx, self.forward_compute(ctx.input, l, p, g, t));
-                self.charge(i, started);
+                self.charge(ForwardCompute, i, started);
             });
             let traced = (Exchange, fwd, t as u32);
-            self.phase(ctx, replicas, &mut rec, traced, |i| {
+            self.phase(ctx, fwd_exchange, &mut rec, traced, |i| {
                 let (l, r) = u.replica[i];
+                let started = Instant::now();
                 Self::record(ctx, self.forward_exchange(ctx.input.len, l, r, t, &mut sc));
+                self.charge(ForwardExchange, i, started);
             });
         }
         if tid == 0 {
@@ -325,22 +345,24 @@ impl TiledEngine {
         }
         // Backward exchange `t` brings dL/dS of step `t - 1`: it is traced as part of step t - 1.
         let last = t_steps as u32 - 1;
-        self.phase(ctx, replicas, &mut rec, (Exchange, bwd, last), |i| {
+        self.phase(ctx, bwd_exchange, &mut rec, (Exchange, bwd, last), |i| {
             let (l, r) = u.replica[i];
             Self::record(ctx, self.backward_exchange(ctx.input.len, l, r, t_steps, &mut sc));
         });
         for t in (0..t_steps).rev() {
-            self.phase(ctx, groups, &mut rec, (Compute, bwd, t as u32), |i| {
+            self.phase(ctx, bwd_compute, &mut rec, (Compute, bwd, t as u32), |i| {
                 let (l, p, g) = u.group[i];
                 let started = Instant::now();
                 Self::record(ctx, self.backward_compute(ctx.input.len, l, p, g, t));
-                self.charge(i, started);
+                self.charge(BackwardCompute, i, started);
             });
             if t > 0 {
                 let traced = (Exchange, bwd, t as u32 - 1);
-                self.phase(ctx, replicas, &mut rec, traced, |i| {
+                self.phase(ctx, bwd_exchange, &mut rec, traced, |i| {
                     let (l, r) = u.replica[i];
+                    let started = Instant::now();
                     Self::record(ctx, self.backward_exchange(ctx.input.len, l, r, t, &mut sc));
+                    self.charge(BackwardExchange, i, started);
                 });
             }
         }
@@ -679,20 +701,23 @@ impl TiledEngine {
                 cc.push((width * n) as u64 * (lp.replicas as u64 + 2));
             }
         }
-        // Measured costs of the compute units, once every unit has been measured: the static
-        // estimate above cannot know how active each layer is.
-        let measured: Vec<u64> =
-            self.unit_ns.iter().map(|c| c.swap(0, Ordering::Relaxed)).collect();
-        if measured.len() == gc.len() && measured.iter().all(|&c| c > 0) {
-            gc = measured;
+        // Measured costs, once every unit of a phase has been measured: the static estimates
+        // above cannot know how active each layer is.
+        let per_phase = self.unit_ns.each_ref().map(|counters| {
+            let measured: Vec<u64> =
+                counters.iter().map(|c| c.swap(0, Ordering::Relaxed)).collect();
+            measured.iter().all(|&c| c > 0).then_some(measured)
+        });
+        let statics = [&gc, &rc, &gc, &rc];
+        let mut mine: Vec<[Vec<usize>; 4]> = vec![Default::default(); threads.max(1)];
+        for (k, (measured, fallback)) in per_phase.iter().zip(statics).enumerate() {
+            let costs = measured.as_ref().unwrap_or(fallback);
+            for (slot, units) in mine.iter_mut().zip(schedule::assign(costs, threads)) {
+                slot[k] = units;
+            }
         }
-        let (ar, ag, ac) = (
-            schedule::assign(&rc, threads),
-            schedule::assign(&gc, threads),
-            schedule::assign(&cc, threads),
-        );
-        let mine = ar.into_iter().zip(ag).zip(ac).map(|((r, g), c)| [r, g, c]).collect();
-        Units { replica, group, column, mine }
+        let mine_columns = schedule::assign(&cc, threads);
+        Units { replica, group, column, mine, mine_columns }
     }
 
     fn collect_stats(&mut self, batch: usize) -> Vec<LayerStats> {
