@@ -45,7 +45,7 @@ pub use loss::LossKind;
 pub use optim::{Optimizer, OptimizerKind};
 pub use spikes::{LayerMerge, SpikeBuffer, SpikeView};
 pub use surrogate::Surrogate;
-pub use tile::{SharedGrads, SharedWeights, Tile, TileConfig, TileStats};
+pub use tile::{SharedGrads, SharedWeights, Tile, TileConfig, TileLayout, TileStats};
 
 #[cfg(test)]
 mod tile_tests;

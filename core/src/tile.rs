@@ -155,6 +155,55 @@ impl SharedGrads<'_> {
     }
 }
 
+/// A tile configuration and neuron parameters, validated, with the tile's memory layout: what
+/// [`Tile::attach_layout`] needs to attach to an arena without recomputing anything.
+///
+/// ```
+/// use spiketile_core::{NeuronParams, OptimizerKind, Tile, TileConfig, TileLayout};
+/// let cfg = TileConfig {
+///     neurons: 4, first_neuron: 0, layer_width: 4, inputs: 8, recurrent: false,
+///     batch: 2, time_steps: 5, in_capacity: 8, layer_capacity: 4,
+///     optimizer: OptimizerKind::Sgd,
+/// };
+/// let layout = TileLayout::new(cfg, NeuronParams::default()).unwrap();
+/// let mut arena = vec![0u32; layout.arena_bytes() / 4];
+/// Tile::new(cfg, NeuronParams::default(), bytemuck::cast_slice_mut(&mut arena)).unwrap();
+/// let tile = Tile::attach_layout(&layout, bytemuck::cast_slice_mut(&mut arena)).unwrap();
+/// assert_eq!(tile.weights().len(), 8 * 4);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TileLayout {
+    cfg: TileConfig,
+    params: NeuronParams,
+    regions: Regions,
+    arena: usize,
+}
+
+impl TileLayout {
+    /// Validates `cfg` (it must fit [`crate::TILE_SRAM_BYTES`]) and `params`.
+    pub fn new(cfg: TileConfig, params: NeuronParams) -> Result<Self, TileError> {
+        params.validate()?;
+        let fp = Footprint::of(&cfg)?;
+        fp.check()?;
+        Ok(TileLayout { cfg, params, regions: Regions::of(&cfg)?, arena: fp.arena() })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &TileConfig {
+        &self.cfg
+    }
+
+    /// The neuron parameters.
+    pub fn params(&self) -> &NeuronParams {
+        &self.params
+    }
+
+    /// Bytes of arena the tile needs ([`Footprint::arena`]).
+    pub fn arena_bytes(&self) -> usize {
+        self.arena
+    }
+}
+
 /// One tile: configuration, parameters and the slices of its arena.
 #[derive(Debug)]
 pub struct Tile<'a> {
@@ -239,15 +288,27 @@ impl<'a> Tile<'a> {
     /// keeping its contents (weights, state, history). Spike counts start at zero.
     ///
     /// This is how a driver that keeps many tiles' arenas (rather than `Tile` values) runs a
-    /// tile's program: attach, run, drop. Attaching is a few slice splits.
+    /// tile's program: attach, run, drop. A driver that attaches often validates once with
+    /// [`TileLayout::new`] and attaches with [`Tile::attach_layout`].
     pub fn attach(
         cfg: TileConfig,
         params: NeuronParams,
         arena: &'a mut [u8],
     ) -> Result<Self, TileError> {
-        let fp = Self::check_arena(&cfg, &params, arena)?;
-        let r = Regions::of(&cfg)?;
-        let (arena, _) = arena.split_at_mut(fp.arena());
+        Self::attach_layout(&TileLayout::new(cfg, params)?, arena)
+    }
+
+    /// [`Tile::attach`] with a layout validated beforehand: only the arena's size and alignment
+    /// are checked, then it is split into the tile's regions.
+    pub fn attach_layout(layout: &TileLayout, arena: &'a mut [u8]) -> Result<Self, TileError> {
+        if arena.len() < layout.arena {
+            return Err(TileError::ArenaTooSmall { needed: layout.arena, got: arena.len() });
+        }
+        if arena.as_ptr() as usize % 4 != 0 {
+            return Err(TileError::Misaligned);
+        }
+        let (cfg, params, r) = (layout.cfg, layout.params, &layout.regions);
+        let (arena, _) = arena.split_at_mut(layout.arena);
         let mut rest = arena;
         let n = cfg.neurons;
         let w = carve(&mut rest, r.weights)?;

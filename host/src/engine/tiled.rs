@@ -37,8 +37,8 @@ use crate::plan::{LayerPlan, Plan};
 use anyhow::{anyhow, ensure, Result};
 use spiketile_core::spikes::append;
 use spiketile_core::{
-    NeuronParams, Optimizer, OptimizerKind, SharedGrads, SharedWeights, SpikeView, Tile,
-    TileConfig, TileError, TileStats,
+    Optimizer, OptimizerKind, SharedGrads, SharedWeights, SpikeView, Tile, TileConfig, TileError,
+    TileLayout, TileStats,
 };
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -50,24 +50,22 @@ use std::time::Instant;
 /// column's work when the columns do not divide evenly among the threads.
 pub const REPLICA_GROUPS: usize = 2;
 
-/// One tile's home: its configuration, arena and spike counts.
+/// One tile's home: its validated layout, arena and spike counts.
 struct TileHome {
-    cfg: TileConfig,
+    layout: TileLayout,
     arena: Box<[u32]>,
     stats: TileStats,
 }
 
 impl TileHome {
-    fn tile(&mut self, params: NeuronParams) -> Result<Tile<'_>, TileError> {
-        Tile::attach(self.cfg, params, bytemuck::cast_slice_mut(&mut self.arena))
+    fn tile(&mut self) -> Result<Tile<'_>, TileError> {
+        Tile::attach_layout(&self.layout, bytemuck::cast_slice_mut(&mut self.arena))
     }
 }
 
 /// A layer at run time: its plan, tiles and exchange buffers.
 struct LayerRt {
     plan: LayerPlan,
-    /// Neuron parameters of the layer.
-    params: NeuronParams,
     /// `[r * P + p]`.
     tiles: Shared<TileHome>,
     /// Global neuron id → tile index `p` within a replica.
@@ -186,13 +184,13 @@ impl TiledEngine {
                         layer_capacity: lp.capacity,
                         optimizer: optimizer.kind,
                     };
-                    let words = tc.footprint().map_err(|e| anyhow!("{e}"))?.arena() / 4;
+                    let layout = TileLayout::new(tc, np).map_err(|e| anyhow!("{e}"))?;
                     let mut home = TileHome {
-                        cfg: tc,
-                        arena: vec![0u32; words].into(),
+                        layout,
+                        arena: vec![0u32; layout.arena_bytes() / 4].into(),
                         stats: TileStats::default(),
                     };
-                    home.tile(np).map_err(|e| anyhow!("building a tile: {e}"))?;
+                    home.tile().map_err(|e| anyhow!("building a tile: {e}"))?;
                     homes.push(home);
                 }
             }
@@ -203,7 +201,6 @@ impl TiledEngine {
             let (r, p, m) = (lp.replicas, lp.splits.len(), lp.micro_batch);
             layers.push(LayerRt {
                 plan: lp.clone(),
-                params: np,
                 tiles: Shared::from_vec(homes),
                 owner,
                 buf: Shared::new(b * t_steps * (lp.capacity + 2)),
@@ -404,11 +401,11 @@ impl TiledEngine {
         let reps = lr.group(g);
         // Safety: the tiles of group (l, p, g) belong to this unit alone in this phase.
         let home0 = unsafe { self.home(l, reps.start * p_count + p) };
-        let mut tile0 = home0.tile(lr.params)?;
+        let mut tile0 = home0.tile()?;
         self.forward_replica(input, l, reps.start, t, &mut tile0, None)?;
         for r in reps.start + 1..reps.end {
             let home = unsafe { self.home(l, r * p_count + p) };
-            let mut tile = home.tile(lr.params)?;
+            let mut tile = home.tile()?;
             let shared = SharedWeights { w: tile0.weights(), v: tile0.recurrent() };
             self.forward_replica(input, l, r, t, &mut tile, Some(shared))?;
             let stats = tile.stats();
@@ -467,8 +464,8 @@ impl TiledEngine {
             for p in 0..p_count {
                 // Safety: this unit owns the tiles of replica (l, r) in this phase.
                 let home = unsafe { self.home(l, r * p_count + p) };
-                let first = home.cfg.first_neuron;
-                let tile = home.tile(self.layers[l].params)?;
+                let first = home.layout.config().first_neuron;
+                let tile = home.tile()?;
                 for bl in 0..m {
                     let view = tile.out_buffer(t, bl);
                     let ids = if pass == 0 { view.spikes() } else { view.near() };
@@ -483,7 +480,7 @@ impl TiledEngine {
         }
         for p in 0..p_count {
             let home = unsafe { self.home(l, r * p_count + p) };
-            let mut tile = home.tile(self.layers[l].params)?;
+            let mut tile = home.tile()?;
             for bl in 0..m {
                 tile.commit(t, bl, sc.keep[p * m + bl], sc.keep[(p_count + p) * m + bl])?;
             }
@@ -570,7 +567,7 @@ impl TiledEngine {
         for p in 0..p_count {
             // Safety: this unit owns the tiles of replica (l, r) in this phase.
             let home = unsafe { self.home(l, r * p_count + p) };
-            let mut tile = home.tile(self.layers[l].params)?;
+            let mut tile = home.tile()?;
             for (bl, b) in samples.clone().enumerate().take(n) {
                 let buf = unsafe { self.layer_buf(l, b, t - 1) };
                 let dst = tile.dlds_mut(bl);
@@ -601,11 +598,11 @@ impl TiledEngine {
         let p_count = lr.p();
         let reps = lr.group(g);
         // Safety: the tiles of group (l, p, g) and their partial out-buffers belong to this unit.
-        let mut tile0 = unsafe { self.home(l, reps.start * p_count + p) }.tile(lr.params)?;
+        let mut tile0 = unsafe { self.home(l, reps.start * p_count + p) }.tile()?;
         self.backward_replica(batch, l, reps.start, p, t, &mut tile0, None, None)?;
         let (shared, mut grads) = tile0.split_for_replicas();
         for r in reps.start + 1..reps.end {
-            let mut tile = unsafe { self.home(l, r * p_count + p) }.tile(lr.params)?;
+            let mut tile = unsafe { self.home(l, r * p_count + p) }.tile()?;
             let g = Some(grads.reborrow());
             self.backward_replica(batch, l, r, p, t, &mut tile, Some(shared), g)?;
         }
@@ -654,7 +651,7 @@ impl TiledEngine {
         let p_count = lr.p();
         // Safety: the column's tiles belong to this unit alone in this phase.
         let mut tiles: Vec<Tile<'_>> = (0..lr.plan.replicas)
-            .map(|r| unsafe { self.home(l, r * p_count + p) }.tile(lr.params))
+            .map(|r| unsafe { self.home(l, r * p_count + p) }.tile())
             .collect::<Result<_, _>>()?;
         let Some((first, rest)) = tiles.split_first_mut() else { return Ok(()) };
         for g in 1..lr.groups() {
@@ -800,10 +797,11 @@ impl Engine for TiledEngine {
     fn params(&mut self) -> Params {
         let mut out = Params::zeros(&self.cfg);
         for (lr, lp) in self.layers.iter_mut().zip(out.layers.iter_mut()) {
-            let (p_count, np) = (lr.p(), lr.params);
+            let p_count = lr.p();
             for home in lr.tiles.get_mut().iter_mut().take(p_count) {
-                let (n, f) = (home.cfg.neurons, home.cfg.first_neuron);
-                let Ok(tile) = home.tile(np) else { continue };
+                let cfg = home.layout.config();
+                let (n, f) = (cfg.neurons, cfg.first_neuron);
+                let Ok(tile) = home.tile() else { continue };
                 copy_out(tile.weights(), n, f, lp.cols, &mut lp.weight);
                 if let Some(v) = lp.recurrent.as_mut() {
                     copy_out(tile.recurrent(), n, f, lp.rows, v);
@@ -818,10 +816,10 @@ impl Engine for TiledEngine {
         let (mut m, mut v) = (Params::zeros(&self.cfg), Params::zeros(&self.cfg));
         if adam {
             for (l, lr) in self.layers.iter_mut().enumerate() {
-                let (p_count, np) = (lr.p(), lr.params);
+                let p_count = lr.p();
                 for home in lr.tiles.get_mut().iter_mut().take(p_count) {
-                    let cfg = home.cfg;
-                    let Ok(tile) = home.tile(np) else { continue };
+                    let cfg = *home.layout.config();
+                    let Ok(tile) = home.tile() else { continue };
                     let st = tile.optimizer_state();
                     let (n, f, cols, rows) =
                         (cfg.neurons, cfg.first_neuron, cfg.inputs, cfg.layer_width);
@@ -844,7 +842,6 @@ impl Engine for TiledEngine {
     fn set_state(&mut self, params: &Params, optim: Option<&OptimState>) -> Result<()> {
         ensure!(params.layers.len() == self.layers.len(), "layer count differs from the model");
         for (l, (lr, lp)) in self.layers.iter_mut().zip(&params.layers).enumerate() {
-            let np = lr.params;
             ensure!(
                 lp.rows == lr.plan.width && lp.cols == lr.plan.inputs,
                 "layer {l} weights are {}x{}, the model needs {}x{}",
@@ -858,8 +855,8 @@ impl Engine for TiledEngine {
                 "layer {l}: recurrent weights mismatch"
             );
             for home in lr.tiles.get_mut() {
-                let cfg = home.cfg;
-                let mut tile = home.tile(np).map_err(|e| anyhow!("{e}"))?;
+                let cfg = *home.layout.config();
+                let mut tile = home.tile().map_err(|e| anyhow!("{e}"))?;
                 let (n, f) = (cfg.neurons, cfg.first_neuron);
                 copy_in(&lp.weight, n, f, cfg.inputs, tile.weights_mut());
                 if let Some(v) = &lp.recurrent {
