@@ -286,6 +286,37 @@ fn misaligned_arena_is_refused() {
     assert_eq!(Tile::new(cfg, NeuronParams::default(), bytes).unwrap_err(), TileError::Misaligned);
 }
 
+/// A layout validated once attaches like `Tile::attach` (same weights seen), refuses what
+/// `Tile::new` refuses, and is itself refused for a configuration or parameters out of range.
+#[test]
+fn layout_attach_checks_the_arena_and_sees_the_same_tile() {
+    let cfg = small_cfg();
+    let params = NeuronParams::default();
+    let layout = TileLayout::new(cfg, params).unwrap();
+    assert_eq!(layout.arena_bytes(), cfg.footprint().unwrap().arena());
+    let mut arena = vec![0u32; layout.arena_bytes() / 4 + 1];
+    {
+        let mut tile = Tile::new(cfg, params, bytemuck::cast_slice_mut(&mut arena)).unwrap();
+        tile.weights_mut().iter_mut().enumerate().for_each(|(i, w)| *w = i as f32);
+    }
+    let bytes = bytemuck::cast_slice_mut::<u32, u8>(&mut arena);
+    let via_layout = Tile::attach_layout(&layout, bytes).unwrap().weights().to_vec();
+    let via_attach = Tile::attach(cfg, params, bytes).unwrap().weights().to_vec();
+    assert_eq!(via_layout, via_attach);
+    assert_eq!(via_layout[7], 7.0);
+    let n = layout.arena_bytes();
+    assert_eq!(
+        Tile::attach_layout(&layout, &mut bytes[..n - 4]).unwrap_err(),
+        TileError::ArenaTooSmall { needed: n, got: n - 4 }
+    );
+    assert_eq!(Tile::attach_layout(&layout, &mut bytes[1..]).unwrap_err(), TileError::Misaligned);
+    let mut bad = params;
+    bad.lif.alpha = 1.5;
+    assert!(matches!(TileLayout::new(cfg, bad), Err(TileError::InvalidParams(_))));
+    let huge = TileConfig { inputs: 60_000, neurons: 9, layer_width: 9, first_neuron: 0, ..cfg };
+    assert!(matches!(TileLayout::new(huge, params), Err(TileError::OverBudget { .. })));
+}
+
 #[test]
 fn bad_input_is_an_error_not_a_panic() {
     let cfg = small_cfg();
