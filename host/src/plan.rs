@@ -124,6 +124,19 @@ fn max_neurons(base: TileConfig, m: usize) -> usize {
     lo
 }
 
+/// Neurons per tile that make a weight row (one input's weights to the tile's neurons) exactly
+/// one 64-byte cache line. A layer that needs several tiles gets tiles of a multiple of this
+/// many neurons (and one smaller last tile if the width is not a multiple): the engine puts every
+/// arena on a cache line, so each input spike then loads whole lines and nothing else.
+/// Measured on W (256 hidden): 16 neurons per tile against 18, 1,608 against 1,470 samples/s
+/// (median of 6 alternating runs).
+pub const ROW_LANES: usize = 16;
+
+/// Tiles of `n` neurons, the last one smaller if `n` does not divide `width`.
+fn lane_splits(width: usize, n: usize) -> Vec<(usize, usize)> {
+    (0..width).step_by(n).map(|first| (first, n.min(width - first))).collect()
+}
+
 fn even_splits(width: usize, tiles: usize) -> Vec<(usize, usize)> {
     let (q, r) = (width / tiles, width % tiles);
     let mut first = 0;
@@ -149,7 +162,11 @@ fn plan_layer(
         if n_max == 0 {
             break; // larger micro-batches need more memory still
         }
-        let splits = even_splits(base.layer_width, base.layer_width.div_ceil(n_max));
+        let splits = if base.layer_width > n_max && n_max >= ROW_LANES {
+            lane_splits(base.layer_width, n_max / ROW_LANES * ROW_LANES)
+        } else {
+            even_splits(base.layer_width, base.layer_width.div_ceil(n_max))
+        };
         let replicas = batch.div_ceil(m);
         let foot = |n: usize| TileConfig { neurons: n, batch: m, ..base }.footprint();
         let per_replica: usize =
@@ -266,6 +283,32 @@ mod tests {
             assert!(p.micro_batch * p.replicas >= 64);
         }
         assert_eq!(Plan::new(&cfg).unwrap(), plan, "plans are reproducible");
+    }
+
+    /// Layers that need several tiles get whole cache-line rows (16 neurons per tile, a smaller
+    /// last tile if need be); a layer that fits one tile stays whole, and a tile limit under 16
+    /// is obeyed as it is.
+    #[test]
+    fn tiles_of_a_split_layer_hold_whole_cache_lines() {
+        let mut cfg = test_config();
+        cfg.inputs = 700;
+        cfg.hidden = vec![256];
+        cfg.classes = 20;
+        cfg.time_steps = 100;
+        cfg.batch_size = 64;
+        cfg.max_activity = 0.1;
+        cfg.window = 0.1;
+        let plan = Plan::new(&cfg).unwrap();
+        assert!(plan.layers[0].splits.iter().all(|&(_, n)| n == ROW_LANES));
+        assert_eq!(plan.layers[1].splits, vec![(0, 20)]);
+        cfg.hidden = vec![1000];
+        let plan = Plan::new(&cfg).unwrap();
+        let splits = &plan.layers[0].splits;
+        assert!(splits[..splits.len() - 1].iter().all(|&(_, n)| n % ROW_LANES == 0));
+        assert_eq!(splits.iter().map(|s| s.1).sum::<usize>(), 1000);
+        cfg.max_neurons_per_tile = Some(10);
+        let plan = Plan::new(&cfg).unwrap();
+        assert_eq!(plan.layers[0].splits.len(), 100);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The bulk-synchronous tile engine (SPEC §3).
 //!
-//! Every layer is planned onto tiles ([`crate::plan`]); each tile is a 4-byte-aligned arena of
+//! Every layer is planned onto tiles ([`crate::plan`]); each tile is a cache-line-aligned arena of
 //! exactly its footprint that the core's [`Tile`] re-attaches to whenever it runs. One batch is a
 //! fixed sequence of *phases* separated by a [`SpinBarrier`]; inside a phase, every worker thread
 //! runs the work units [`super::schedule::assign`] gave it (the same units every step, so a
@@ -50,16 +50,33 @@ use std::time::Instant;
 /// column's work when the columns do not divide evenly among the threads.
 pub const REPLICA_GROUPS: usize = 2;
 
+/// Bytes of a cache line.
+const CACHE_LINE: usize = 64;
+
+/// The first index of `words` that lies on a cache-line boundary. A tile's weights and
+/// gradients are the first regions of its arena, so with the arena there, a weight row of 16
+/// floats (a tile of 16 neurons) is exactly one cache line instead of straddling two.
+fn cache_aligned(words: &[u32]) -> usize {
+    let misalign = words.as_ptr() as usize % CACHE_LINE;
+    if misalign == 0 {
+        0
+    } else {
+        (CACHE_LINE - misalign) / 4
+    }
+}
+
 /// One tile's home: its validated layout, arena and spike counts.
 struct TileHome {
     layout: TileLayout,
+    /// The arena is `arena[start..]`: `start` puts it on a cache line (see [`cache_aligned`]).
     arena: Box<[u32]>,
+    start: usize,
     stats: TileStats,
 }
 
 impl TileHome {
     fn tile(&mut self) -> Result<Tile<'_>, TileError> {
-        Tile::attach_layout(&self.layout, bytemuck::cast_slice_mut(&mut self.arena))
+        Tile::attach_layout(&self.layout, bytemuck::cast_slice_mut(&mut self.arena[self.start..]))
     }
 }
 
@@ -187,9 +204,11 @@ impl TiledEngine {
                     let layout = TileLayout::new(tc, np).map_err(|e| anyhow!("{e}"))?;
                     let mut home = TileHome {
                         layout,
-                        arena: vec![0u32; layout.arena_bytes() / 4].into(),
+                        arena: vec![0u32; layout.arena_bytes() / 4 + CACHE_LINE / 4].into(),
+                        start: 0,
                         stats: TileStats::default(),
                     };
+                    home.start = cache_aligned(&home.arena);
                     home.tile().map_err(|e| anyhow!("building a tile: {e}"))?;
                     homes.push(home);
                 }
@@ -931,6 +950,31 @@ fn copy_out(src: &[f32], n: usize, first: usize, cols: usize, rowmajor: &mut [f3
     for j in 0..cols {
         for i in 0..n {
             rowmajor[(first + i) * cols + j] = src[j * n + i];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every tile's arena starts on a cache line, however the allocator aligned the words.
+    #[test]
+    fn arenas_start_on_a_cache_line() {
+        let words = vec![0u32; 64];
+        for skip in 0..16 {
+            let part = &words[skip..];
+            let start = cache_aligned(part);
+            assert!(start < CACHE_LINE / 4);
+            assert_eq!(part[start..].as_ptr() as usize % CACHE_LINE, 0);
+        }
+        let mut cfg = crate::config::test_config();
+        cfg.hidden = vec![40];
+        let mut engine = TiledEngine::new(&cfg, &Params::init(&cfg, 1), 1).unwrap();
+        for lr in &mut engine.layers {
+            for home in lr.tiles.get_mut().iter() {
+                assert_eq!(home.arena[home.start..].as_ptr() as usize % CACHE_LINE, 0);
+            }
         }
     }
 }
