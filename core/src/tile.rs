@@ -243,10 +243,16 @@ fn slot_view(slot: &[u16]) -> SpikeView<'_> {
     SpikeView { ids: &slot[2..2 + n_grad], n_spikes: slot[0] as usize }
 }
 
-fn store(slot: &mut [u16], view: SpikeView<'_>) {
+/// Stores `view` in `slot`; whether every id is below `width`.
+fn store_checked(slot: &mut [u16], view: SpikeView<'_>, width: usize) -> bool {
     slot[0] = view.n_spikes as u16;
     slot[1] = view.ids.len() as u16;
-    slot[2..2 + view.ids.len()].copy_from_slice(view.ids);
+    let mut max = 0u16;
+    for (dst, &id) in slot[2..2 + view.ids.len()].iter_mut().zip(view.ids) {
+        *dst = id;
+        max = max.max(id);
+    }
+    view.ids.is_empty() || (max as usize) < width
 }
 
 #[inline]
@@ -459,10 +465,9 @@ impl<'a> Tile<'a> {
         self.step_index(t, b) * (self.cfg.layer_capacity + 2)
     }
 
-    fn valid(view: &SpikeView<'_>, cap: usize, width: usize) -> bool {
-        view.ids.len() <= cap
-            && view.n_spikes <= view.ids.len()
-            && view.ids.iter().all(|&id| (id as usize) < width)
+    /// Whether `view` fits a buffer of capacity `cap` (its ids are checked by [`store_checked`]).
+    fn fits(view: &SpikeView<'_>, cap: usize) -> bool {
+        view.ids.len() <= cap && view.n_spikes <= view.ids.len()
     }
 
     /// Forward compute of step `t` for sample `b`: integrates `input` (`S_{l-1}[t-1]`, global
@@ -496,20 +501,27 @@ impl<'a> Tile<'a> {
         self.check_tb(t, b)?;
         self.check_shared(&shared)?;
         let cfg = self.cfg;
-        let rec_ok = if cfg.recurrent {
-            Self::valid(&rec, cfg.layer_capacity, cfg.layer_width)
-        } else {
-            rec.ids.is_empty()
-        };
-        if !Self::valid(&input, cfg.in_capacity, cfg.inputs) || !rec_ok {
+        let rec_ok =
+            if cfg.recurrent { Self::fits(&rec, cfg.layer_capacity) } else { rec.ids.is_empty() };
+        if !Self::fits(&input, cfg.in_capacity) || !rec_ok {
             return Err(TileError::BadInput);
         }
         let n = cfg.neurons;
-        let s = self.in_slot(t, b);
-        store(&mut self.in_hist[s..s + cfg.in_capacity + 2], input);
+        // The ids are checked while they are copied into the history (one pass over them); a
+        // refused step leaves its history slots empty.
+        let (si, sr) = (self.in_slot(t, b), self.rec_slot(t, b));
+        let in_slot = &mut self.in_hist[si..si + cfg.in_capacity + 2];
+        let mut ids_ok = store_checked(in_slot, input, cfg.inputs);
         if cfg.recurrent {
-            let s = self.rec_slot(t, b);
-            store(&mut self.rec_hist[s..s + cfg.layer_capacity + 2], rec);
+            let rec_slot = &mut self.rec_hist[sr..sr + cfg.layer_capacity + 2];
+            ids_ok &= store_checked(rec_slot, rec, cfg.layer_width);
+        }
+        if !ids_ok {
+            self.in_hist[si..si + 2].fill(0);
+            if cfg.recurrent {
+                self.rec_hist[sr..sr + 2].fill(0);
+            }
+            return Err(TileError::BadInput);
         }
         let (w, v): (&[f32], &[f32]) = match &shared {
             Some(sh) => (sh.w, sh.v),

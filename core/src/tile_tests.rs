@@ -325,6 +325,12 @@ fn bad_input_is_an_error_not_a_panic() {
         Tile::new(cfg, NeuronParams::default(), bytemuck::cast_slice_mut(&mut arena)).unwrap();
     let too_big = SpikeView::new(&[13], 1).unwrap();
     assert_eq!(tile.forward(0, 0, too_big, SpikeView::EMPTY), Err(TileError::BadInput));
+    assert_eq!(tile.in_buffer(0, 0), SpikeView::EMPTY, "a refused step records nothing");
+    let bad_rec = SpikeView::new(&[9], 1).unwrap();
+    let ok_input = SpikeView::new(&[1], 1).unwrap();
+    assert_eq!(tile.forward(0, 0, ok_input, bad_rec), Err(TileError::BadInput));
+    assert_eq!(tile.in_buffer(0, 0), SpikeView::EMPTY);
+    assert_eq!(tile.rec_buffer(0, 0), SpikeView::EMPTY);
     let too_many = SpikeView::new(&[0, 1, 2, 3, 4], 5).unwrap();
     assert_eq!(tile.forward(0, 0, too_many, SpikeView::EMPTY), Err(TileError::BadInput));
     assert_eq!(tile.forward(7, 0, SpikeView::EMPTY, SpikeView::EMPTY), Err(TileError::OutOfRange));
