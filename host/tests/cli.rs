@@ -236,6 +236,18 @@ fn bench_reports_throughput_and_activity() {
 }
 
 #[test]
+fn bench_warns_when_the_hidden_layer_is_silent() {
+    let args =
+        ["bench", "--hidden", "32", "--time-steps", "20", "--batch-size", "8", "--steps", "1"];
+    spiketile()
+        .args(args)
+        .args(["--activity", "0"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("note: hidden1 0.00 % outside 2-20 % activity"));
+}
+
+#[test]
 fn bad_flags_are_refused_with_the_flag_named() {
     spiketile()
         .args(["train", "--max-activity", "0"])

@@ -154,6 +154,25 @@ pub fn measure(
     })
 }
 
+/// A warning when a hidden layer fires outside 2-20 % of its neuron-steps: throughput of a
+/// network that quiet (or that busy) says little about training one.
+fn activity_note(r: &BenchResult) -> Option<String> {
+    let hidden = &r.layers[..r.layers.len().saturating_sub(1)];
+    let odd: Vec<String> = hidden
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| !(0.02..=0.2).contains(&s.activity()))
+        .map(|(l, s)| format!("hidden{} {:.2} %", l + 1, 100.0 * s.activity()))
+        .collect();
+    (!odd.is_empty()).then(|| {
+        format!(
+            "note: {} outside 2-20 % activity; the figure is of a network this quiet or busy \
+             (--init-gain and --activity change how hard the random input drives it)",
+            odd.join(", ")
+        )
+    })
+}
+
 fn describe(r: &BenchResult) -> String {
     let act: Vec<String> = r
         .layers
@@ -198,6 +217,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         );
         let r = measure(&args, &base, threads, args.activity)?;
         println!("{}", describe(&r));
+        if let Some(note) = activity_note(&r) {
+            eprintln!("{note}");
+        }
         return Ok(());
     };
     let points: Vec<(ModelConfig, usize, f64, String)> = match sweep {
