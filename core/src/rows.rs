@@ -22,6 +22,33 @@
 //! assert_eq!(dw, [0.0, 0.0, 0.5, -1.0, 0.0, 0.0]);
 //! ```
 
+/// Runs `$body` with `$c` the first lane and `L` the width of each block of 16, 8, 4, 2 and 1
+/// lanes (widest first) that together cover lanes `0..$n`.
+macro_rules! in_blocks {
+    ($n:expr, $c:ident, L => $body:expr) => {{
+        let mut $c = 0;
+        while $c + 16 <= $n {
+            {
+                const L: usize = 16;
+                $body;
+            }
+            $c += 16;
+        }
+        in_blocks!(@tail $n, $c, $body, 8, 4, 2, 1);
+    }};
+    (@tail $n:expr, $c:ident, $body:expr, $($w:literal),*) => {
+        $(
+            if $n - $c >= $w {
+                {
+                    const L: usize = $w;
+                    $body;
+                }
+                $c += $w;
+            }
+        )*
+    };
+}
+
 /// `out[i] (+)= sum over j in ids, in order, of w[j * n + i]` with `n = out.len()`: from zero if
 /// `from_zero`, else continuing the sums already in `out`.
 ///
@@ -30,26 +57,7 @@
 #[inline]
 pub fn accumulate_rows(out: &mut [f32], w: &[f32], ids: &[u16], from_zero: bool) {
     let n = out.len();
-    let mut c = 0;
-    while c + 16 <= n {
-        sum_block::<16>(out, w, n, c, ids, from_zero);
-        c += 16;
-    }
-    if c + 8 <= n {
-        sum_block::<8>(out, w, n, c, ids, from_zero);
-        c += 8;
-    }
-    if c + 4 <= n {
-        sum_block::<4>(out, w, n, c, ids, from_zero);
-        c += 4;
-    }
-    if c + 2 <= n {
-        sum_block::<2>(out, w, n, c, ids, from_zero);
-        c += 2;
-    }
-    if c < n {
-        sum_block::<1>(out, w, n, c, ids, from_zero);
-    }
+    in_blocks!(n, c, L => sum_block::<L>(out, w, n, c, ids, from_zero));
 }
 
 #[inline(always)]
@@ -83,26 +91,7 @@ fn sum_block<const L: usize>(
 #[inline]
 pub fn scatter_add(dw: &mut [f32], x: &[f32], ids: &[u16]) {
     let n = x.len();
-    let mut c = 0;
-    while c + 16 <= n {
-        scatter_block::<16>(dw, x, n, c, ids);
-        c += 16;
-    }
-    if c + 8 <= n {
-        scatter_block::<8>(dw, x, n, c, ids);
-        c += 8;
-    }
-    if c + 4 <= n {
-        scatter_block::<4>(dw, x, n, c, ids);
-        c += 4;
-    }
-    if c + 2 <= n {
-        scatter_block::<2>(dw, x, n, c, ids);
-        c += 2;
-    }
-    if c < n {
-        scatter_block::<1>(dw, x, n, c, ids);
-    }
+    in_blocks!(n, c, L => scatter_block::<L>(dw, x, n, c, ids));
 }
 
 #[inline(always)]

@@ -266,8 +266,8 @@ mod tests {
     use super::*;
     use crate::config::test_config;
 
-    #[test]
-    fn every_tile_fits_and_covers_the_layer() {
+    /// The W workload of issue 5: 700-256-20, T 100, batch 64, default sparse buffers.
+    fn workload_w() -> ModelConfig {
         let mut cfg = test_config();
         cfg.inputs = 700;
         cfg.hidden = vec![256];
@@ -276,6 +276,12 @@ mod tests {
         cfg.batch_size = 64;
         cfg.max_activity = 0.1;
         cfg.window = 0.1;
+        cfg
+    }
+
+    #[test]
+    fn every_tile_fits_and_covers_the_layer() {
+        let cfg = workload_w();
         let plan = Plan::new(&cfg).unwrap();
         for p in &plan.layers {
             assert!(p.max_tile.total() <= TILE_SRAM_BYTES);
@@ -290,14 +296,7 @@ mod tests {
     /// is obeyed as it is.
     #[test]
     fn tiles_of_a_split_layer_hold_whole_cache_lines() {
-        let mut cfg = test_config();
-        cfg.inputs = 700;
-        cfg.hidden = vec![256];
-        cfg.classes = 20;
-        cfg.time_steps = 100;
-        cfg.batch_size = 64;
-        cfg.max_activity = 0.1;
-        cfg.window = 0.1;
+        let mut cfg = workload_w();
         let plan = Plan::new(&cfg).unwrap();
         assert!(plan.layers[0].splits.iter().all(|&(_, n)| n == ROW_LANES));
         assert_eq!(plan.layers[1].splits, vec![(0, 20)]);
