@@ -21,6 +21,11 @@ fn scaled_init(cfg: &ModelConfig, seed: u64, gain: f32) -> Params {
 
 /// Trains both engines for `steps` batches and returns the largest relative weight difference.
 fn train_both(cfg: &ModelConfig, threads: usize, steps: usize) -> f32 {
+    train_both_counting(cfg, threads, steps).0
+}
+
+/// [`train_both`], also returning how many spikes and near-threshold ids the layers dropped.
+fn train_both_counting(cfg: &ModelConfig, threads: usize, steps: usize) -> (f32, u64) {
     let params = scaled_init(cfg, 1, 1.5);
     let mut dense = DenseEngine::new(cfg, params.clone(), SpikeFn::Heaviside).unwrap();
     let mut tiled_cfg = cfg.clone();
@@ -29,7 +34,7 @@ fn train_both(cfg: &ModelConfig, threads: usize, steps: usize) -> f32 {
     let mut tiled = TiledEngine::new(&tiled_cfg, &params, threads).unwrap();
     assert!(tiled.plan().layers.iter().any(|l| l.splits.len() > 1 && l.replicas > 1));
     let data = random_samples(cfg, 8 * steps, 0.25, 9);
-    let mut total_spikes = 0;
+    let (mut total_spikes, mut overflow) = (0, 0);
     for s in 0..steps {
         let batch = batch(cfg, &data[s * 8..(s + 1) * 8]);
         let a = dense.run_batch(&batch, true).unwrap();
@@ -38,6 +43,8 @@ fn train_both(cfg: &ModelConfig, threads: usize, steps: usize) -> f32 {
         assert!((a.loss_sum - b.loss_sum).abs() <= 1e-5 * a.loss_sum.abs().max(1.0));
         for (x, y) in a.layers.iter().zip(&b.layers) {
             assert_eq!(x.spikes, y.spikes, "step {s}: layer spikes differ");
+            assert_eq!(x.overflow, y.overflow, "step {s}: layer overflow differs");
+            overflow += x.overflow;
         }
         total_spikes += a.layers.iter().map(|l| l.spikes).sum::<u64>();
     }
@@ -51,7 +58,7 @@ fn train_both(cfg: &ModelConfig, threads: usize, steps: usize) -> f32 {
             worst = worst.max(rel_diff(va, vb));
         }
     }
-    worst
+    (worst, overflow)
 }
 
 #[test]
@@ -89,8 +96,9 @@ fn sparse_mode_tiled_equals_dense() {
     cfg.window = 1.5;
     cfg.output_max_activity = 0.5;
     cfg.output_window = 1.5;
-    let d = train_both(&cfg, 2, 3);
+    let (d, overflow) = train_both_counting(&cfg, 2, 3);
     assert!(d < 1e-5, "relative weight difference {d}");
+    assert!(overflow > 0, "the buffers must overflow for the test to mean anything");
 }
 
 #[test]

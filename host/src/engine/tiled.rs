@@ -158,11 +158,11 @@ pub struct TiledEngine {
 struct Scratch {
     /// `dL/dS` being summed, `[sample][position]`.
     acc: Vec<f32>,
-    /// Layer buffers being merged, `[sample][position]`.
+    /// Layer buffers being merged: spikes, then near-threshold ids, `[sample][position]`.
     merged: Vec<u16>,
-    /// Merge length per sample, then spike count per sample.
+    /// Per sample: spikes kept, near-threshold ids stored, near-threshold ids offered.
     lens: Vec<usize>,
-    /// Kept spikes then kept near-threshold ids, `[pass][tile][sample]`.
+    /// Kept spikes, then offered near-threshold ids, `[pass][tile][sample]`.
     keep: Vec<usize>,
 }
 
@@ -314,8 +314,8 @@ impl TiledEngine {
         let max_m = self.layers.iter().map(|l| l.plan.micro_batch).max().unwrap_or(1);
         let mut sc = Scratch {
             acc: vec![0.0; max_cm],
-            merged: vec![0; max_cm],
-            lens: vec![0; 2 * max_m],
+            merged: vec![0; 2 * max_cm],
+            lens: vec![0; 3 * max_m],
             keep: vec![0; 2 * max_pm],
         };
         let t_steps = self.cfg.time_steps;
@@ -463,7 +463,9 @@ impl TiledEngine {
     }
 
     /// Merges replica `(l, r)`'s tile buffers of step `t` into the layer buffers (all samples at
-    /// once, each tile attached once per pass) and commits what the layer kept.
+    /// once, each tile attached once): spikes in tile order, then near-threshold ids in tile
+    /// order, up to the layer's capacity. Tiles are told what the layer kept ([`Tile::commit`])
+    /// only when something was dropped; otherwise their buffers already are what was kept.
     fn forward_exchange(
         &self,
         batch: usize,
@@ -476,44 +478,70 @@ impl TiledEngine {
         let (p_count, cap) = (lr.p(), lr.plan.capacity);
         let samples = lr.plan.samples_of(r, batch);
         let m = samples.len();
-        let merged = &mut sc.merged[..m * cap];
-        let (lens, n_spikes) = sc.lens.split_at_mut(m);
-        lens.fill(0);
-        for pass in 0..2 {
-            for p in 0..p_count {
-                // Safety: this unit owns the tiles of replica (l, r) in this phase.
-                let home = unsafe { self.home(l, r * p_count + p) };
-                let first = home.layout.config().first_neuron;
-                let tile = home.tile()?;
-                for bl in 0..m {
-                    let view = tile.out_buffer(t, bl);
-                    let ids = if pass == 0 { view.spikes() } else { view.near() };
-                    let taken = append(&mut merged[bl * cap..(bl + 1) * cap], lens[bl], ids, first);
-                    lens[bl] += taken;
-                    sc.keep[(pass * p_count + p) * m + bl] = taken;
-                }
-            }
-            if pass == 0 {
-                n_spikes[..m].copy_from_slice(lens);
-            }
-        }
+        // Spikes kept, and the first `cap` near-threshold ids (no more can be kept), per sample.
+        let (spikes, near) = sc.merged[..2 * m * cap].split_at_mut(m * cap);
+        let (n_spikes, rest) = sc.lens[..3 * m].split_at_mut(m);
+        let (n_near, near_raw) = rest.split_at_mut(m);
+        n_spikes.fill(0);
+        n_near.fill(0);
+        near_raw.fill(0);
+        let mut dropped = false;
         for p in 0..p_count {
+            // Safety: this unit owns the tiles of replica (l, r) in this phase.
             let home = unsafe { self.home(l, r * p_count + p) };
-            let mut tile = home.tile()?;
+            let first = home.layout.config().first_neuron;
+            let tile = home.tile()?;
+            let (mut kept, mut raw) = (0, 0);
             for bl in 0..m {
-                tile.commit(t, bl, sc.keep[p * m + bl], sc.keep[(p_count + p) * m + bl])?;
+                let view = tile.out_buffer(t, bl);
+                let (s, nr) = (view.spikes(), view.near());
+                let range = bl * cap..(bl + 1) * cap;
+                let taken = append(&mut spikes[range.clone()], n_spikes[bl], s, first);
+                n_spikes[bl] += taken;
+                n_near[bl] += append(&mut near[range], n_near[bl], nr, first);
+                near_raw[bl] += nr.len();
+                sc.keep[p * m + bl] = taken;
+                sc.keep[(p_count + p) * m + bl] = nr.len();
+                dropped |= taken < s.len();
+                kept += taken;
+                raw += nr.len();
             }
-            let stats = tile.stats();
-            home.stats.add(&stats);
+            // Every near-threshold id counts as kept unless the slow path below says otherwise.
+            home.stats.spikes_kept += kept as u64;
+            home.stats.near_kept += raw as u64;
         }
         for (bl, b) in samples.enumerate() {
+            let ns = n_spikes[bl];
+            let kn = near_raw[bl].min(cap - ns);
+            dropped |= kn < near_raw[bl];
             // Safety: sample b's slot of layer l at step t is this unit's alone.
             let slot =
                 unsafe { lr.buf.slice_mut((t * self.cfg.batch_size + b) * (cap + 2), cap + 2) };
-            let ng = lens[bl];
-            slot[0] = n_spikes[bl] as u16;
-            slot[1] = ng as u16;
-            slot[2..2 + ng].copy_from_slice(&merged[bl * cap..bl * cap + ng]);
+            slot[0] = ns as u16;
+            slot[1] = (ns + kn) as u16;
+            slot[2..2 + ns].copy_from_slice(&spikes[bl * cap..bl * cap + ns]);
+            slot[2 + ns..2 + ns + kn].copy_from_slice(&near[bl * cap..bl * cap + kn]);
+        }
+        if dropped {
+            // Near-threshold ids before tile p, per sample.
+            let before = n_near;
+            before.fill(0);
+            for p in 0..p_count {
+                let home = unsafe { self.home(l, r * p_count + p) };
+                let mut tile = home.tile()?;
+                let mut refused = 0;
+                for bl in 0..m {
+                    let (ks, raw) = (sc.keep[p * m + bl], sc.keep[(p_count + p) * m + bl]);
+                    let room = cap - n_spikes[bl];
+                    let kn = raw.min(room.saturating_sub(before[bl]));
+                    before[bl] += raw;
+                    tile.commit(t, bl, ks, kn)?;
+                    refused += raw - kn;
+                }
+                // `commit` counted what was kept again on this attachment: not added to `home`.
+                drop(tile);
+                home.stats.near_kept -= refused as u64;
+            }
         }
         Ok(())
     }
