@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 /// A span: (name, cat, tid, ts, dur, step).
-type Span = (String, String, u64, f64, f64, u64);
+type Span = (String, String, u64, f64, f64, u64, usize);
 
 fn spans(path: &Path) -> (Value, Vec<Span>) {
     let v: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
@@ -38,11 +38,15 @@ fn spans(path: &Path) -> (Value, Vec<Span>) {
             assert!(args[k].is_u64(), "{name} has no args.{k}");
         }
         if name == "compute" || name == "exchange" {
-            assert!(args["t"].is_u64(), "{name} has no args.t");
+            // Backward phases are per time step; forward phases per layer (over all steps).
+            let key = if cat == "forward" { "layer" } else { "t" };
+            assert!(args[key].is_u64(), "{cat} {name} has no args.{key}");
         }
         let (ts, dur) = (e["ts"].as_f64().unwrap(), e["dur"].as_f64().unwrap());
         assert!(dur >= 0.0 && ts >= 0.0);
-        out.push((name, cat, e["tid"].as_u64().unwrap(), ts, dur, args["step"].as_u64().unwrap()));
+        let layers = args["layers"].as_u64().unwrap() as usize;
+        let step = args["step"].as_u64().unwrap();
+        out.push((name, cat, e["tid"].as_u64().unwrap(), ts, dur, step, layers));
     }
     (v, out)
 }
@@ -77,8 +81,10 @@ fn check_trace(path: &Path, threads: u64, steps: &[u64], t_steps: usize) {
             "thread {tid} step {step}: phases {total} us, wall {extent} us"
         );
         let count = |n: &str, c: &str| list.iter().filter(|s| s.0 == n && s.1 == c).count();
-        assert_eq!(count("compute", "forward"), t_steps);
-        assert_eq!(count("exchange", "forward"), t_steps);
+        // Feed-forward layers: each runs ahead (compute), then merges (exchange).
+        let layers = list[0].6;
+        assert_eq!(count("compute", "forward"), layers);
+        assert_eq!(count("exchange", "forward"), layers);
         assert_eq!(count("compute", "backward"), t_steps);
         assert_eq!(count("exchange", "backward"), t_steps);
         assert_eq!(count("update", "update"), 1);

@@ -101,6 +101,17 @@ fn sparse_mode_tiled_equals_dense() {
     assert!(overflow > 0, "the buffers must overflow for the test to mean anything");
 }
 
+/// Spikes over capacity (2 of 12 hidden neurons): a tile that ran ahead assumed its spikes were
+/// kept, so the merge must notice and run the replica again in lockstep.
+#[test]
+fn dropped_spikes_tiled_equals_dense() {
+    let mut cfg = small_config(&[12, 9], false);
+    cfg.max_activity = 0.1;
+    let (d, overflow) = train_both_counting(&cfg, 2, 4);
+    assert!(d < 1e-5, "relative weight difference {d}");
+    assert!(overflow > 0, "spikes must be dropped for the test to mean anything");
+}
+
 #[test]
 fn results_are_bit_identical_for_any_thread_count() {
     let mut cfg = small_config(&[12, 9], true);

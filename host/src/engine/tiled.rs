@@ -29,7 +29,7 @@
 use super::barrier::SpinBarrier;
 use super::schedule;
 use super::shared::Shared;
-use super::trace::{ExecTrace, Pass, PhaseKind, Recorder, TraceBuffers, TraceMeta, NO_STEP};
+use super::trace::{ExecTrace, Pass, PhaseKind, Recorder, TraceBuffers, TraceMeta, LAYER, NO_STEP};
 use super::{batch_loss, BatchResult, Engine, InputBatch, LayerStats};
 use crate::config::ModelConfig;
 use crate::model::{OptimState, Params};
@@ -40,7 +40,7 @@ use spiketile_core::{
     Optimizer, OptimizerKind, SharedGrads, SharedWeights, SpikeView, Tile, TileConfig, TileError,
     TileLayout, TileStats,
 };
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Instant;
 
@@ -93,6 +93,10 @@ struct LayerRt {
     part_src: Shared<f32>,
     /// Partial `dL/dS` of this layer through recurrent weights: `[r][p][m][cap]`.
     part_rec: Shared<f32>,
+    /// Spikes and near-threshold neurons each tile found at each step while running ahead, before
+    /// any capacity cut (`[r * P + p][t][2]`; feed-forward layers only): counted into the tile's
+    /// statistics for the steps the layer merge accepts.
+    ahead_raw: Shared<u32>,
 }
 
 impl LayerRt {
@@ -120,8 +124,11 @@ struct Units {
     /// Column units `(l, p)` (update).
     column: Vec<(usize, usize)>,
     /// Per thread and [`Measured`] phase: indices into `group` (compute) or `replica`
-    /// (exchange).
+    /// (exchange). The forward phases run layer by layer: their entries are `mine_layer`'s,
+    /// concatenated.
     mine: Vec<[Vec<usize>; 4]>,
+    /// Per thread and layer: indices into `group` (running ahead) and into `replica` (merging).
+    mine_layer: Vec<Vec<[Vec<usize>; 2]>>,
     /// Per thread: indices into `column`.
     mine_columns: Vec<Vec<usize>>,
 }
@@ -152,6 +159,9 @@ pub struct TiledEngine {
     /// Nanoseconds each unit spent in each [`Measured`] phase in the last training batch: the
     /// schedule's cost estimate for the next one (zeros: no measurement yet).
     unit_ns: [Vec<AtomicU64>; 4],
+    /// Per layer: whether its tiles run all steps ahead of the merge in the next batch (feed-forward
+    /// layers that dropped no spike in the last batch).
+    ahead: Vec<bool>,
 }
 
 /// Per-thread scratch, allocated once per batch.
@@ -164,6 +174,8 @@ struct Scratch {
     lens: Vec<usize>,
     /// Kept spikes, then offered near-threshold ids, `[pass][tile][sample]`.
     keep: Vec<usize>,
+    /// A replica's tile statistics, saved before a merge that may have to start over.
+    stats: Vec<TileStats>,
 }
 
 /// What every thread runs in one batch.
@@ -174,6 +186,11 @@ struct BatchCtx<'a> {
     barrier: SpinBarrier,
     error: OnceLock<TileError>,
     loss: OnceLock<Result<f64, String>>,
+    /// Per layer: whether its tiles run ahead of the merge in this batch (see
+    /// [`TiledEngine::merge_ahead`]).
+    ahead: Vec<bool>,
+    /// Per layer: whether it dropped a spike in this batch.
+    dropped: Vec<AtomicBool>,
 }
 
 impl TiledEngine {
@@ -225,8 +242,10 @@ impl TiledEngine {
                 buf: Shared::new(b * t_steps * (lp.capacity + 2)),
                 part_src: Shared::new(r * p * m * lp.in_capacity),
                 part_rec: Shared::new(if lp.recurrent { r * p * m * lp.capacity } else { 0 }),
+                ahead_raw: Shared::new(if lp.recurrent { 0 } else { lp.tiles() * t_steps * 2 }),
             });
         }
+        let ahead = plan.layers.iter().map(|lp| !lp.recurrent).collect();
         let mut engine = TiledEngine {
             cfg: cfg.clone(),
             plan,
@@ -238,6 +257,7 @@ impl TiledEngine {
             step: 0,
             trace: None,
             unit_ns: Default::default(),
+            ahead,
         };
         let groups: usize = engine.layers.iter().map(|lr| lr.p() * lr.groups()).sum();
         let replicas: usize = engine.layers.iter().map(|lr| lr.plan.replicas).sum();
@@ -317,12 +337,12 @@ impl TiledEngine {
             merged: vec![0; 2 * max_cm],
             lens: vec![0; 3 * max_m],
             keep: vec![0; 2 * max_pm],
+            stats: vec![TileStats::default(); self.layers.iter().map(|l| l.p()).max().unwrap_or(1)],
         };
         let t_steps = self.cfg.time_steps;
         let u = &ctx.units;
-        let [fc, fe, bc, be] = &u.mine[tid];
+        let [_, _, bc, be] = &u.mine[tid];
         let (nr, ng) = (u.replica.len(), u.group.len());
-        let (fwd_compute, fwd_exchange) = ((&fc[..], ng), (&fe[..], nr));
         let (bwd_compute, bwd_exchange) = ((&bc[..], ng), (&be[..], nr));
         let columns = (&u.mine_columns[tid][..], u.column.len());
         use Measured::{BackwardCompute, BackwardExchange, ForwardCompute, ForwardExchange};
@@ -331,18 +351,24 @@ impl TiledEngine {
         if let Some(r) = rec.as_mut() {
             r.restart(Instant::now());
         }
-        for t in 0..t_steps {
-            self.phase(ctx, fwd_compute, &mut rec, (Compute, fwd, t as u32), |i| {
-                let (l, p, g) = u.group[i];
-                let started = Instant::now();
-                Self::record(ctx, self.forward_compute(ctx.input, l, p, g, t));
-                self.charge(ForwardCompute, i, started);
-            });
-            let traced = (Exchange, fwd, t as u32);
-            self.phase(ctx, fwd_exchange, &mut rec, traced, |i| {
+        // Forward, layer by layer: each tile of a feed-forward layer runs all steps ahead, then
+        // each replica's merge checks them step by step (see `merge_ahead`).
+        for l in 0..self.layers.len() {
+            let [ahead, merge] = &u.mine_layer[tid][l];
+            if ctx.ahead[l] {
+                let units = (&ahead[..], u.group.len());
+                self.phase(ctx, units, &mut rec, (Compute, fwd, LAYER | l as u32), |i| {
+                    let (l, p, g) = u.group[i];
+                    let started = Instant::now();
+                    Self::record(ctx, self.forward_ahead(ctx.input, l, p, g));
+                    self.charge(ForwardCompute, i, started);
+                });
+            }
+            let units = (&merge[..], u.replica.len());
+            self.phase(ctx, units, &mut rec, (Exchange, fwd, LAYER | l as u32), |i| {
                 let (l, r) = u.replica[i];
                 let started = Instant::now();
-                Self::record(ctx, self.forward_exchange(ctx.input.len, l, r, t, &mut sc));
+                Self::record(ctx, self.merge_ahead(ctx, l, r, &mut sc));
                 self.charge(ForwardExchange, i, started);
             });
         }
@@ -404,34 +430,118 @@ impl TiledEngine {
         unsafe { &mut self.layers[l].tiles.slice_mut(index, 1)[0] }
     }
 
-    /// Forward compute of step `t` for replica group `(l, p, g)`: every replica's tile in turn,
-    /// replicas after the leader reading the leader's weights (bit-identical by construction),
-    /// so one copy of the weights stays in this core's cache.
-    fn forward_compute(
-        &self,
-        input: &InputBatch,
-        l: usize,
-        p: usize,
-        g: usize,
-        t: usize,
-    ) -> Result<(), TileError> {
+    /// Runs the tiles of replica group `(l, p, g)` (a feed-forward layer) through all steps, each
+    /// on its own, as if the layer kept every spike they emit: replicas after the leader read
+    /// the leader's weights (bit-identical by construction), and each tile's weights stay in
+    /// this core's cache for the whole run. [`Self::merge_ahead`] then checks the guess.
+    fn forward_ahead(&self, input: &InputBatch, l: usize, p: usize, g: usize) -> Result<(), TileError> {
         let lr = &self.layers[l];
         let p_count = lr.p();
         let reps = lr.group(g);
-        // Safety: the tiles of group (l, p, g) belong to this unit alone in this phase.
-        let home0 = unsafe { self.home(l, reps.start * p_count + p) };
-        let mut tile0 = home0.tile()?;
-        self.forward_replica(input, l, reps.start, t, &mut tile0, None)?;
+        // Safety: the tiles of group (l, p, g) and their rows of `ahead_raw` belong to this unit
+        // alone in this phase.
+        let mut tile0 = unsafe { self.home(l, reps.start * p_count + p) }.tile()?;
+        self.run_ahead(input, l, reps.start, p, &mut tile0, None)?;
         for r in reps.start + 1..reps.end {
-            let home = unsafe { self.home(l, r * p_count + p) };
-            let mut tile = home.tile()?;
+            let mut tile = unsafe { self.home(l, r * p_count + p) }.tile()?;
             let shared = SharedWeights { w: tile0.weights(), v: tile0.recurrent() };
-            self.forward_replica(input, l, r, t, &mut tile, Some(shared))?;
-            let stats = tile.stats();
-            home.stats.add(&stats);
+            self.run_ahead(input, l, r, p, &mut tile, Some(shared))?;
         }
-        let stats = tile0.stats();
-        home0.stats.add(&stats);
+        Ok(())
+    }
+
+    /// Tile `(l, r, p)` through steps `0..T`, its own spikes taken as kept; records what it found
+    /// at each step in `ahead_raw` (its own statistics are left for the merge to count).
+    fn run_ahead(
+        &self,
+        input: &InputBatch,
+        l: usize,
+        r: usize,
+        p: usize,
+        tile: &mut Tile<'_>,
+        shared: Option<SharedWeights<'_>>,
+    ) -> Result<(), TileError> {
+        let lr = &self.layers[l];
+        let t_steps = self.cfg.time_steps;
+        let ti = r * lr.p() + p;
+        let raw = unsafe { lr.ahead_raw.slice_mut(ti * t_steps * 2, t_steps * 2) };
+        for t in 0..t_steps {
+            let (mut spikes, mut near) = (0, 0);
+            for (bl, b) in lr.plan.samples_of(r, input.len).enumerate() {
+                // Safety: the source layer's buffers were written in an earlier phase.
+                let src = match (t, l) {
+                    (0, _) => SpikeView::EMPTY,
+                    (_, 0) => input.step(b, t - 1),
+                    _ => unsafe { self.layer_buf(l - 1, b, t - 1) },
+                };
+                let found = tile.forward_shared(t, bl, src, SpikeView::EMPTY, shared)?;
+                spikes += found.raw_spikes as u32;
+                near += found.raw_near as u32;
+            }
+            raw[2 * t] = spikes;
+            raw[2 * t + 1] = near;
+        }
+        Ok(())
+    }
+
+    /// Merges replica `(l, r)`'s tile buffers step by step into the layer buffers.
+    ///
+    /// If the layer's tiles ran ahead ([`Self::forward_ahead`]), taking their own spikes as kept,
+    /// the guess holds unless the layer drops a spike: then the replica's statistics are rolled
+    /// back and its tiles run again from step 0, in lockstep with the merge (the membranes of
+    /// the step before the drop are gone). Otherwise (a recurrent layer, or a layer that dropped
+    /// spikes in the last batch) they run in lockstep from the start. Either way the result is
+    /// the same, bit for bit; a dropped spike is recorded in `ctx.dropped` for the next batch's
+    /// choice.
+    fn merge_ahead(
+        &self,
+        ctx: &BatchCtx<'_>,
+        l: usize,
+        r: usize,
+        sc: &mut Scratch,
+    ) -> Result<(), TileError> {
+        let (input, lr) = (ctx.input, &self.layers[l]);
+        let (p_count, t_steps) = (lr.p(), self.cfg.time_steps);
+        // Safety: replica (l, r)'s tiles and rows of `ahead_raw` belong to this unit alone.
+        let home = |p: usize| unsafe { self.home(l, r * p_count + p) };
+        let mut lockstep = !ctx.ahead[l];
+        if !lockstep {
+            for (p, saved) in sc.stats[..p_count].iter_mut().enumerate() {
+                *saved = home(p).stats;
+            }
+            for t in 0..t_steps {
+                for p in 0..p_count {
+                    let ti = r * p_count + p;
+                    let raw = unsafe { lr.ahead_raw.slice((ti * t_steps + t) * 2, 2) };
+                    let stats = &mut home(p).stats;
+                    stats.spikes_raw += raw[0] as u64;
+                    stats.near_raw += raw[1] as u64;
+                }
+                if self.forward_exchange(input.len, l, r, t, sc)? {
+                    for (p, saved) in sc.stats[..p_count].iter().enumerate() {
+                        home(p).stats = *saved;
+                    }
+                    lockstep = true;
+                    break;
+                }
+            }
+        }
+        if lockstep {
+            let mut dropped = false;
+            for t in 0..t_steps {
+                for p in 0..p_count {
+                    let home = home(p);
+                    let mut tile = home.tile()?;
+                    self.forward_replica(input, l, r, t, &mut tile, None)?;
+                    let stats = tile.stats();
+                    home.stats.add(&stats);
+                }
+                dropped |= self.forward_exchange(input.len, l, r, t, sc)?;
+            }
+            if dropped {
+                ctx.dropped[l].store(true, Ordering::Relaxed);
+            }
+        }
         Ok(())
     }
 
@@ -466,6 +576,7 @@ impl TiledEngine {
     /// once, each tile attached once): spikes in tile order, then near-threshold ids in tile
     /// order, up to the layer's capacity. Tiles are told what the layer kept ([`Tile::commit`])
     /// only when something was dropped; otherwise their buffers already are what was kept.
+    /// Returns whether a spike was dropped (which changes the dropping tile's next steps).
     fn forward_exchange(
         &self,
         batch: usize,
@@ -473,7 +584,7 @@ impl TiledEngine {
         r: usize,
         t: usize,
         sc: &mut Scratch,
-    ) -> Result<(), TileError> {
+    ) -> Result<bool, TileError> {
         let lr = &self.layers[l];
         let (p_count, cap) = (lr.p(), lr.plan.capacity);
         let samples = lr.plan.samples_of(r, batch);
@@ -485,7 +596,7 @@ impl TiledEngine {
         n_spikes.fill(0);
         n_near.fill(0);
         near_raw.fill(0);
-        let mut dropped = false;
+        let (mut dropped, mut spike_dropped) = (false, false);
         for p in 0..p_count {
             // Safety: this unit owns the tiles of replica (l, r) in this phase.
             let home = unsafe { self.home(l, r * p_count + p) };
@@ -502,7 +613,7 @@ impl TiledEngine {
                 near_raw[bl] += nr.len();
                 sc.keep[p * m + bl] = taken;
                 sc.keep[(p_count + p) * m + bl] = nr.len();
-                dropped |= taken < s.len();
+                spike_dropped |= taken < s.len();
                 kept += taken;
                 raw += nr.len();
             }
@@ -510,6 +621,7 @@ impl TiledEngine {
             home.stats.spikes_kept += kept as u64;
             home.stats.near_kept += raw as u64;
         }
+        dropped |= spike_dropped;
         for (bl, b) in samples.enumerate() {
             let ns = n_spikes[bl];
             let kn = near_raw[bl].min(cap - ns);
@@ -543,7 +655,7 @@ impl TiledEngine {
                 home.stats.near_kept -= refused as u64;
             }
         }
-        Ok(())
+        Ok(spike_dropped)
     }
 
     fn loss(&self, input: &InputBatch) -> Result<f64> {
@@ -745,23 +857,49 @@ impl TiledEngine {
                 cc.push((width * n) as u64 * (lp.replicas as u64 + 2));
             }
         }
-        // Measured costs, once every unit of a phase has been measured: the static estimates
-        // above cannot know how active each layer is.
-        let per_phase = self.unit_ns.each_ref().map(|counters| {
-            let measured: Vec<u64> =
-                counters.iter().map(|c| c.swap(0, Ordering::Relaxed)).collect();
-            measured.iter().all(|&c| c > 0).then_some(measured)
-        });
-        let statics = [&gc, &rc, &gc, &rc];
-        let mut mine: Vec<[Vec<usize>; 4]> = vec![Default::default(); threads.max(1)];
-        for (k, (measured, fallback)) in per_phase.iter().zip(statics).enumerate() {
-            let costs = measured.as_ref().unwrap_or(fallback);
-            for (slot, units) in mine.iter_mut().zip(schedule::assign(costs, threads)) {
+        // Measured costs, once every unit has been measured: the static estimates above cannot
+        // know how active each layer is.
+        let measured: [Vec<u64>; 4] = self
+            .unit_ns
+            .each_ref()
+            .map(|counters| counters.iter().map(|c| c.swap(0, Ordering::Relaxed)).collect());
+        let costs = |k: usize, units: &[usize]| -> Vec<u64> {
+            let statics = if k % 2 == 0 { &gc } else { &rc };
+            let m = &measured[k];
+            if units.iter().all(|&i| m[i] > 0) {
+                units.iter().map(|&i| m[i]).collect()
+            } else {
+                units.iter().map(|&i| statics[i]).collect()
+            }
+        };
+        let threads = threads.max(1);
+        let mut mine: Vec<[Vec<usize>; 4]> = vec![Default::default(); threads];
+        let mut mine_layer: Vec<Vec<[Vec<usize>; 2]>> =
+            vec![vec![Default::default(); self.layers.len()]; threads];
+        // Forward: each layer's units on their own (the layers run one after the other).
+        for l in 0..self.layers.len() {
+            let of_layer = [
+                (0..group.len()).filter(|&i| group[i].0 == l).collect::<Vec<_>>(),
+                (0..replica.len()).filter(|&i| replica[i].0 == l).collect(),
+            ];
+            for (k, units) in of_layer.iter().enumerate() {
+                let plan = schedule::assign(&costs(k, units), threads);
+                for (tid, picked) in plan.into_iter().enumerate() {
+                    let picked: Vec<usize> = picked.into_iter().map(|j| units[j]).collect();
+                    mine[tid][k].extend(&picked);
+                    mine_layer[tid][l][k] = picked;
+                }
+            }
+        }
+        // Backward: every layer's units in each step's phase.
+        for k in [Measured::BackwardCompute as usize, Measured::BackwardExchange as usize] {
+            let all: Vec<usize> = (0..if k % 2 == 0 { group.len() } else { replica.len() }).collect();
+            for (slot, units) in mine.iter_mut().zip(schedule::assign(&costs(k, &all), threads)) {
                 slot[k] = units;
             }
         }
         let mine_columns = schedule::assign(&cc, threads);
-        Units { replica, group, column, mine, mine_columns }
+        Units { replica, group, column, mine, mine_layer, mine_columns }
     }
 
     fn collect_stats(&mut self, batch: usize) -> Vec<LayerStats> {
@@ -800,6 +938,8 @@ impl Engine for TiledEngine {
             barrier: SpinBarrier::new(self.threads),
             error: OnceLock::new(),
             loss: OnceLock::new(),
+            ahead: self.ahead.clone(),
+            dropped: self.layers.iter().map(|_| AtomicBool::new(false)).collect(),
         };
         // Tracing: the buffers leave the engine for the batch, one recorder per thread.
         let mut trace = self.trace.take_if(|tr| train && tr.active());
@@ -822,6 +962,9 @@ impl Engine for TiledEngine {
             this.run_thread(0, &ctx, rec0);
         });
         drop(recorders);
+        for ((ahead, dropped), lr) in self.ahead.iter_mut().zip(&ctx.dropped).zip(&self.layers) {
+            *ahead = !lr.plan.recurrent && !dropped.load(Ordering::Relaxed);
+        }
         if trace.is_some() {
             self.trace = trace;
         }

@@ -13,7 +13,8 @@
 //! which Perfetto (ui.perfetto.dev) and `chrome://tracing` open: one complete event (`"ph": "X"`,
 //! `ts`/`dur` in microseconds) per phase per superstep per thread, `pid` 1, `tid` = worker index,
 //! names `compute`, `exchange`, `sync` (the barrier wait), `loss`, `update`; `cat` = `forward`,
-//! `backward` or `update`; `args`: `t` (time step), `step` (optimizer step), `units` (work units
+//! `backward` or `update`; `args`: `t` (time step; the forward phases, which run layer by layer
+//! over all steps, carry `layer` instead), `step` (optimizer step), `units` (work units
 //! this thread ran), `phase_units` (units of the phase over all threads), `layers`, `tiles`.
 //! [`TraceSummary`] reads such a file back and totals it per phase.
 
@@ -101,6 +102,9 @@ impl Pass {
 
 /// `t` of spans that belong to no time step (loss, update).
 pub(crate) const NO_STEP: u32 = u32::MAX;
+
+/// `t` of spans of one layer's whole forward pass: `LAYER | l` (the forward runs layer by layer).
+pub(crate) const LAYER: u32 = 1 << 31;
 
 /// One raw span as recorded in the batch.
 #[derive(Clone, Copy, Debug)]
@@ -214,7 +218,8 @@ impl TraceBuffers {
                     tid,
                     ts_us: us(s.start),
                     dur_us: us(s.end) - us(s.start),
-                    t: (s.t != NO_STEP).then_some(s.t),
+                    t: (s.t & LAYER == 0).then_some(s.t),
+                    layer: (s.t != NO_STEP && s.t & LAYER != 0).then_some(s.t & !LAYER),
                     step: s.step,
                     units: s.units,
                     phase_units: s.phase_units,
@@ -259,6 +264,8 @@ pub struct TraceEvent {
     pub dur_us: f64,
     /// Time step, for phases of one.
     pub t: Option<u32>,
+    /// Layer, for the forward phases of one layer over all time steps.
+    pub layer: Option<u32>,
     /// Optimizer step (1-based: the step this batch takes).
     pub step: u32,
     /// Work units this thread ran.
@@ -307,6 +314,9 @@ impl ExecTrace {
             );
             if let Some(t) = e.t {
                 let _ = write!(s, "\"t\":{t},");
+            }
+            if let Some(l) = e.layer {
+                let _ = write!(s, "\"layer\":{l},");
             }
             let _ = write!(
                 s,
