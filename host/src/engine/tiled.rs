@@ -85,8 +85,6 @@ struct LayerRt {
     plan: LayerPlan,
     /// `[r * P + p]`.
     tiles: Shared<TileHome>,
-    /// Global neuron id → tile index `p` within a replica.
-    owner: Vec<u16>,
     /// Layer buffers `[t][b][cap + 2]`, global ids.
     buf: Shared<u16>,
     /// Partial `dL/dS` of the source layer from each tile: `[r][p][m][in_cap]`.
@@ -230,15 +228,10 @@ impl TiledEngine {
                     homes.push(home);
                 }
             }
-            let mut owner = vec![0u16; lp.width];
-            for (p, &(first, n)) in lp.splits.iter().enumerate() {
-                owner[first..first + n].fill(p as u16);
-            }
             let (r, p, m) = (lp.replicas, lp.splits.len(), lp.micro_batch);
             layers.push(LayerRt {
                 plan: lp.clone(),
                 tiles: Shared::from_vec(homes),
-                owner,
                 buf: Shared::new(b * t_steps * (lp.capacity + 2)),
                 part_src: Shared::new(r * p * m * lp.in_capacity),
                 part_rec: Shared::new(if lp.recurrent { r * p * m * lp.capacity } else { 0 }),
@@ -723,20 +716,30 @@ impl TiledEngine {
                 acc.iter_mut().zip(buf.ids).for_each(|(a, &k)| *a += d[k as usize]);
             }
         }
+        // Routing: a buffer is two increasing runs of ids (spikes, then near-threshold ids), and a
+        // tile owns one contiguous range of ids, so each tile's entries are the next ones of
+        // each run: one cursor per run and sample walks each buffer once over all tiles, in the
+        // order of the tile's own gradient set (its spikes, then its near-threshold ids).
+        let (spike_at, near_at) = sc.lens[..2 * n].split_at_mut(n);
+        for (bl, b) in samples.clone().enumerate() {
+            spike_at[bl] = 0;
+            near_at[bl] = unsafe { self.layer_buf(l, b, t - 1) }.n_spikes;
+        }
         for p in 0..p_count {
             // Safety: this unit owns the tiles of replica (l, r) in this phase.
             let home = unsafe { self.home(l, r * p_count + p) };
+            let end = home.layout.config().first_neuron + home.layout.config().neurons;
             let mut tile = home.tile()?;
-            for (bl, b) in samples.clone().enumerate().take(n) {
+            for (bl, b) in samples.clone().enumerate() {
                 let buf = unsafe { self.layer_buf(l, b, t - 1) };
+                let acc = &sc.acc[bl * cap..bl * cap + buf.ids.len()];
                 let dst = tile.dlds_mut(bl);
-                let mut k = 0;
-                for (&id, &a) in buf.ids.iter().zip(&sc.acc[bl * cap..]) {
-                    if lr.owner[id as usize] as usize == p {
-                        dst[k] = a;
-                        k += 1;
-                    }
-                }
+                let (s0, n0) = (spike_at[bl], near_at[bl]);
+                let s1 = s0 + buf.spikes()[s0..].iter().take_while(|&&id| (id as usize) < end).count();
+                let n1 = n0 + buf.ids[n0..].iter().take_while(|&&id| (id as usize) < end).count();
+                dst[..s1 - s0].copy_from_slice(&acc[s0..s1]);
+                dst[s1 - s0..s1 - s0 + n1 - n0].copy_from_slice(&acc[n0..n1]);
+                (spike_at[bl], near_at[bl]) = (s1, n1);
             }
         }
         Ok(())
