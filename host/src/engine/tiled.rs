@@ -87,9 +87,14 @@ struct LayerRt {
     tiles: Shared<TileHome>,
     /// Layer buffers `[t][b][cap + 2]`, global ids.
     buf: Shared<u16>,
-    /// Partial `dL/dS` of the source layer from each tile: `[r][p][m][in_cap]`.
+    /// Where each tile's entries start in the layer buffers, `[t][b][p][2]`: its first spike,
+    /// and how many near-threshold ids of earlier tiles precede its own (written by the merge,
+    /// read by the backward gather).
+    starts: Shared<u16>,
+    /// Partial `dL/dS` of the source layer from each tile, `[parity][r][p][m][in_cap]`: the
+    /// backward step `t` writes parity `t % 2` while the source layer reads step `t + 1`'s.
     part_src: Shared<f32>,
-    /// Partial `dL/dS` of this layer through recurrent weights: `[r][p][m][cap]`.
+    /// Partial `dL/dS` of this layer through recurrent weights, `[parity][r][p][m][cap]`.
     part_rec: Shared<f32>,
     /// Spikes and near-threshold neurons each tile found at each step while running ahead, before
     /// any capacity cut (`[r * P + p][t][2]`; feed-forward layers only): counted into the tile's
@@ -124,7 +129,7 @@ struct Units {
     /// Per thread and [`Measured`] phase: indices into `group` (compute) or `replica`
     /// (exchange). The forward phases run layer by layer: their entries are `mine_layer`'s,
     /// concatenated.
-    mine: Vec<[Vec<usize>; 4]>,
+    mine: Vec<[Vec<usize>; 3]>,
     /// Per thread and layer: indices into `group` (running ahead) and into `replica` (merging).
     mine_layer: Vec<Vec<[Vec<usize>; 2]>>,
     /// Per thread: indices into `column`.
@@ -138,7 +143,6 @@ enum Measured {
     ForwardCompute = 0,
     ForwardExchange = 1,
     BackwardCompute = 2,
-    BackwardExchange = 3,
 }
 
 /// The tiled bulk-synchronous engine.
@@ -156,7 +160,7 @@ pub struct TiledEngine {
     trace: Option<Box<TraceBuffers>>,
     /// Nanoseconds each unit spent in each [`Measured`] phase in the last training batch: the
     /// schedule's cost estimate for the next one (zeros: no measurement yet).
-    unit_ns: [Vec<AtomicU64>; 4],
+    unit_ns: [Vec<AtomicU64>; 3],
     /// Per layer: whether its tiles run all steps ahead of the merge in the next batch (feed-forward
     /// layers that dropped no spike in the last batch).
     ahead: Vec<bool>,
@@ -164,8 +168,6 @@ pub struct TiledEngine {
 
 /// Per-thread scratch, allocated once per batch.
 struct Scratch {
-    /// `dL/dS` being summed, `[sample][position]`.
-    acc: Vec<f32>,
     /// Layer buffers being merged: spikes, then near-threshold ids, `[sample][position]`.
     merged: Vec<u16>,
     /// Per sample: spikes kept, near-threshold ids stored, near-threshold ids offered.
@@ -233,8 +235,9 @@ impl TiledEngine {
                 plan: lp.clone(),
                 tiles: Shared::from_vec(homes),
                 buf: Shared::new(b * t_steps * (lp.capacity + 2)),
-                part_src: Shared::new(r * p * m * lp.in_capacity),
-                part_rec: Shared::new(if lp.recurrent { r * p * m * lp.capacity } else { 0 }),
+                starts: Shared::new(t_steps * b * lp.splits.len() * 2),
+                part_src: Shared::new(2 * r * p * m * lp.in_capacity),
+                part_rec: Shared::new(if lp.recurrent { 2 * r * p * m * lp.capacity } else { 0 }),
                 ahead_raw: Shared::new(if lp.recurrent { 0 } else { lp.tiles() * t_steps * 2 }),
             });
         }
@@ -255,8 +258,7 @@ impl TiledEngine {
         let groups: usize = engine.layers.iter().map(|lr| lr.p() * lr.groups()).sum();
         let replicas: usize = engine.layers.iter().map(|lr| lr.plan.replicas).sum();
         let counters = |n: usize| (0..n).map(|_| AtomicU64::new(0)).collect::<Vec<_>>();
-        engine.unit_ns =
-            [counters(groups), counters(replicas), counters(groups), counters(replicas)];
+        engine.unit_ns = [counters(groups), counters(replicas), counters(groups)];
         engine.set_state(params, None)?;
         Ok(engine)
     }
@@ -326,7 +328,6 @@ impl TiledEngine {
         let max_pm = self.layers.iter().map(|l| l.p() * l.plan.micro_batch).max().unwrap_or(1);
         let max_m = self.layers.iter().map(|l| l.plan.micro_batch).max().unwrap_or(1);
         let mut sc = Scratch {
-            acc: vec![0.0; max_cm],
             merged: vec![0; 2 * max_cm],
             lens: vec![0; 3 * max_m],
             keep: vec![0; 2 * max_pm],
@@ -334,11 +335,9 @@ impl TiledEngine {
         };
         let t_steps = self.cfg.time_steps;
         let u = &ctx.units;
-        let [_, _, bc, be] = &u.mine[tid];
-        let (nr, ng) = (u.replica.len(), u.group.len());
-        let (bwd_compute, bwd_exchange) = ((&bc[..], ng), (&be[..], nr));
+        let bwd_compute = (&u.mine[tid][Measured::BackwardCompute as usize][..], u.group.len());
         let columns = (&u.mine_columns[tid][..], u.column.len());
-        use Measured::{BackwardCompute, BackwardExchange, ForwardCompute, ForwardExchange};
+        use Measured::{BackwardCompute, ForwardCompute, ForwardExchange};
         use PhaseKind::{Compute, Exchange, Loss, Sync, Update};
         let (fwd, bwd) = (Pass::Forward, Pass::Backward);
         if let Some(r) = rec.as_mut() {
@@ -378,12 +377,8 @@ impl TiledEngine {
         if !ctx.train {
             return;
         }
-        // Backward exchange `t` brings dL/dS of step `t - 1`: it is traced as part of step t - 1.
-        let last = t_steps as u32 - 1;
-        self.phase(ctx, bwd_exchange, &mut rec, (Exchange, bwd, last), |i| {
-            let (l, r) = u.replica[i];
-            Self::record(ctx, self.backward_exchange(ctx.input.len, l, r, t_steps, &mut sc));
-        });
+        // Backward, one phase per step: each tile gathers its dL/dS from the partials the
+        // previous phase wrote (see `gather_dlds`), then steps back.
         for t in (0..t_steps).rev() {
             self.phase(ctx, bwd_compute, &mut rec, (Compute, bwd, t as u32), |i| {
                 let (l, p, g) = u.group[i];
@@ -391,15 +386,6 @@ impl TiledEngine {
                 Self::record(ctx, self.backward_compute(ctx.input.len, l, p, g, t));
                 self.charge(BackwardCompute, i, started);
             });
-            if t > 0 {
-                let traced = (Exchange, bwd, t as u32 - 1);
-                self.phase(ctx, bwd_exchange, &mut rec, traced, |i| {
-                    let (l, r) = u.replica[i];
-                    let started = Instant::now();
-                    Self::record(ctx, self.backward_exchange(ctx.input.len, l, r, t, &mut sc));
-                    self.charge(BackwardExchange, i, started);
-                });
-            }
         }
         let traced = (Update, Pass::Update, NO_STEP);
         self.phase(ctx, columns, &mut rec, traced, |i| {
@@ -427,7 +413,13 @@ impl TiledEngine {
     /// on its own, as if the layer kept every spike they emit: replicas after the leader read
     /// the leader's weights (bit-identical by construction), and each tile's weights stay in
     /// this core's cache for the whole run. [`Self::merge_ahead`] then checks the guess.
-    fn forward_ahead(&self, input: &InputBatch, l: usize, p: usize, g: usize) -> Result<(), TileError> {
+    fn forward_ahead(
+        &self,
+        input: &InputBatch,
+        l: usize,
+        p: usize,
+        g: usize,
+    ) -> Result<(), TileError> {
         let lr = &self.layers[l];
         let p_count = lr.p();
         let reps = lr.group(g);
@@ -605,6 +597,12 @@ impl TiledEngine {
                 n_near[bl] += append(&mut near[range], n_near[bl], nr, first);
                 near_raw[bl] += nr.len();
                 sc.keep[p * m + bl] = taken;
+                let b = samples.start + bl;
+                // Safety: sample b's entries of step t belong to this unit.
+                let at = ((t * self.cfg.batch_size + b) * p_count + p) * 2;
+                let start = unsafe { lr.starts.slice_mut(at, 2) };
+                start[0] = (n_spikes[bl] - taken) as u16;
+                start[1] = (near_raw[bl] - nr.len()) as u16;
                 sc.keep[(p_count + p) * m + bl] = nr.len();
                 spike_dropped |= taken < s.len();
                 kept += taken;
@@ -668,83 +666,6 @@ impl TiledEngine {
         batch_loss(&self.cfg, counts, &input.labels[..input.len], dldc)
     }
 
-    /// Writes `dL/dS_l[t-1]` into the tiles of replica `(l, r)` (for `t = T`: the loss alone at
-    /// `T-1`). Sum order: recurrent partials (tile order), next layer's partials (tile order),
-    /// then the loss.
-    fn backward_exchange(
-        &self,
-        batch: usize,
-        l: usize,
-        r: usize,
-        t: usize,
-        sc: &mut Scratch,
-    ) -> Result<(), TileError> {
-        let lr = &self.layers[l];
-        let (p_count, cap, m) = (lr.p(), lr.plan.capacity, lr.plan.micro_batch);
-        let last = l + 1 == self.layers.len();
-        let c = self.cfg.classes;
-        let samples = lr.plan.samples_of(r, batch);
-        let n = samples.len();
-        for (bl, b) in samples.clone().enumerate() {
-            // Safety: layer buffers are read-only in backward phases.
-            let buf = unsafe { self.layer_buf(l, b, t - 1) };
-            let acc = &mut sc.acc[bl * cap..bl * cap + buf.n_grad()];
-            acc.fill(0.0);
-            if t < self.cfg.time_steps {
-                if lr.plan.recurrent {
-                    for p in 0..p_count {
-                        let part = unsafe {
-                            lr.part_rec.slice(((r * p_count + p) * m + bl) * cap, acc.len())
-                        };
-                        acc.iter_mut().zip(part).for_each(|(a, x)| *a += x);
-                    }
-                }
-                if !last {
-                    let nx = &self.layers[l + 1];
-                    let (np, nm, ncap) = (nx.p(), nx.plan.micro_batch, nx.plan.in_capacity);
-                    let (nr, nbl) = (b / nm, b % nm);
-                    for p in 0..np {
-                        let part = unsafe {
-                            nx.part_src.slice(((nr * np + p) * nm + nbl) * ncap, acc.len())
-                        };
-                        acc.iter_mut().zip(part).for_each(|(a, x)| *a += x);
-                    }
-                }
-            }
-            if last {
-                let d = unsafe { self.dldc.slice(b * c, c) };
-                acc.iter_mut().zip(buf.ids).for_each(|(a, &k)| *a += d[k as usize]);
-            }
-        }
-        // Routing: a buffer is two increasing runs of ids (spikes, then near-threshold ids), and a
-        // tile owns one contiguous range of ids, so each tile's entries are the next ones of
-        // each run: one cursor per run and sample walks each buffer once over all tiles, in the
-        // order of the tile's own gradient set (its spikes, then its near-threshold ids).
-        let (spike_at, near_at) = sc.lens[..2 * n].split_at_mut(n);
-        for (bl, b) in samples.clone().enumerate() {
-            spike_at[bl] = 0;
-            near_at[bl] = unsafe { self.layer_buf(l, b, t - 1) }.n_spikes;
-        }
-        for p in 0..p_count {
-            // Safety: this unit owns the tiles of replica (l, r) in this phase.
-            let home = unsafe { self.home(l, r * p_count + p) };
-            let end = home.layout.config().first_neuron + home.layout.config().neurons;
-            let mut tile = home.tile()?;
-            for (bl, b) in samples.clone().enumerate() {
-                let buf = unsafe { self.layer_buf(l, b, t - 1) };
-                let acc = &sc.acc[bl * cap..bl * cap + buf.ids.len()];
-                let dst = tile.dlds_mut(bl);
-                let (s0, n0) = (spike_at[bl], near_at[bl]);
-                let s1 = s0 + buf.spikes()[s0..].iter().take_while(|&&id| (id as usize) < end).count();
-                let n1 = n0 + buf.ids[n0..].iter().take_while(|&&id| (id as usize) < end).count();
-                dst[..s1 - s0].copy_from_slice(&acc[s0..s1]);
-                dst[s1 - s0..s1 - s0 + n1 - n0].copy_from_slice(&acc[n0..n1]);
-                (spike_at[bl], near_at[bl]) = (s1, n1);
-            }
-        }
-        Ok(())
-    }
-
     /// Backward compute of step `t` for replica group `(l, p, g)`: replicas after the leader read
     /// the leader's weights and accumulate their weight gradients into its buffers, so one copy
     /// of each stays in this core's cache (the update needs only their sum).
@@ -785,23 +706,83 @@ impl TiledEngine {
         let lr = &self.layers[l];
         let m = lr.plan.micro_batch;
         let ti = r * lr.p() + p;
-        for (bl, _) in lr.plan.samples_of(r, batch).enumerate() {
+        // This step's partials go to parity t % 2 (the other parity holds step t + 1's).
+        let tiles = lr.plan.tiles();
+        for (bl, b) in lr.plan.samples_of(r, batch).enumerate() {
+            self.gather_dlds((l, r, p), (b, bl, t), tile);
             tile.backward_shared(t, bl, l > 0, shared, grads.as_mut().map(SharedGrads::reborrow))?;
             if l > 0 {
                 let k = lr.plan.in_capacity;
                 let n = tile.in_buffer(t, bl).n_grad();
-                // Safety: tile ti's partial out-buffer belongs to this unit alone.
-                let dst = unsafe { lr.part_src.slice_mut((ti * m + bl) * k, n) };
+                // Safety: tile ti's partial out-buffer of this parity belongs to this unit alone.
+                let at = (((t % 2) * tiles + ti) * m + bl) * k;
+                let dst = unsafe { lr.part_src.slice_mut(at, n) };
                 dst.copy_from_slice(&tile.src_partials(bl)[..n]);
             }
             if lr.plan.recurrent {
                 let k = lr.plan.capacity;
                 let n = tile.rec_buffer(t, bl).n_grad();
-                let dst = unsafe { lr.part_rec.slice_mut((ti * m + bl) * k, n) };
+                let at = (((t % 2) * tiles + ti) * m + bl) * k;
+                let dst = unsafe { lr.part_rec.slice_mut(at, n) };
                 dst.copy_from_slice(&tile.rec_partials(bl)[..n]);
             }
         }
         Ok(())
+    }
+
+    /// Writes `dL/dS_l[t]` of sample `b` (the tile's `bl`) at tile's gradient set into its
+    /// `dL/dS` in-buffer: the exchange of the backward pass, run by the receiving tile.
+    ///
+    /// The layer's buffer is two runs (spikes, then near-threshold ids), each in tile order, so
+    /// the tile's entries are one stretch of each run, in the order of its own gradient set;
+    /// the merge recorded where they start (`starts`). Each entry sums, in this order, the
+    /// recurrent partials of step `t + 1` (tile order), the next layer's partials of step
+    /// `t + 1` (tile order), and for the output layer `dL/dc`.
+    fn gather_dlds(
+        &self,
+        (l, r, p): (usize, usize, usize),
+        (b, bl, t): (usize, usize, usize),
+        tile: &mut Tile<'_>,
+    ) {
+        let lr = &self.layers[l];
+        let last = l + 1 == self.layers.len();
+        // Safety: layer buffers and starts are read-only in backward phases; the partials of
+        // parity (t + 1) % 2 were written in the previous phase.
+        let buf = unsafe { self.layer_buf(l, b, t) };
+        let at = ((t * self.cfg.batch_size + b) * lr.p() + p) * 2;
+        let start = unsafe { lr.starts.slice(at, 2) };
+        let mine = tile.out_buffer(t, bl);
+        let (s0, n0) = (start[0] as usize, buf.n_spikes + start[1] as usize);
+        let own = (s0..s0 + mine.n_spikes).chain(n0..n0 + mine.near().len());
+        // Where tile q's partials of sample b at step t + 1 start: `part[base + q * stride..]`.
+        let parity = (t + 1) % 2;
+        let rec_at = lr.plan.recurrent.then(|| {
+            let (p_count, m, cap) = (lr.p(), lr.plan.micro_batch, lr.plan.capacity);
+            let base = ((parity * lr.plan.tiles() + r * p_count) * m + bl) * cap;
+            (&lr.part_rec, base, m * cap, p_count)
+        });
+        let next_at = (!last).then(|| {
+            let nx = &self.layers[l + 1];
+            let (np, nm, ncap) = (nx.p(), nx.plan.micro_batch, nx.plan.in_capacity);
+            let base = ((parity * nx.plan.tiles() + (b / nm) * np) * nm + b % nm) * ncap;
+            (&nx.part_src, base, nm * ncap, np)
+        });
+        let sources: [_; 2] =
+            if t + 1 < self.cfg.time_steps { [rec_at, next_at] } else { [None, None] };
+        let dldc = last.then(|| unsafe { self.dldc.slice(b * self.cfg.classes, self.cfg.classes) });
+        let dst = tile.dlds_mut(bl);
+        for (d, k) in dst.iter_mut().zip(own) {
+            let mut a = 0.0f32;
+            for &(part, base, stride, tiles) in sources.iter().flatten() {
+                for q in 0..tiles {
+                    a += unsafe { part.slice(base + q * stride + k, 1)[0] };
+                }
+            }
+            if let Some(d) = dldc {
+                a += d[buf.ids[k] as usize];
+            }
+            *d = a;
+        }
     }
 
     /// Sums the group leaders' gradients of tile column `(l, p)` (group order) into replica 0,
@@ -862,7 +843,7 @@ impl TiledEngine {
         }
         // Measured costs, once every unit has been measured: the static estimates above cannot
         // know how active each layer is.
-        let measured: [Vec<u64>; 4] = self
+        let measured: [Vec<u64>; 3] = self
             .unit_ns
             .each_ref()
             .map(|counters| counters.iter().map(|c| c.swap(0, Ordering::Relaxed)).collect());
@@ -876,7 +857,7 @@ impl TiledEngine {
             }
         };
         let threads = threads.max(1);
-        let mut mine: Vec<[Vec<usize>; 4]> = vec![Default::default(); threads];
+        let mut mine: Vec<[Vec<usize>; 3]> = vec![Default::default(); threads];
         let mut mine_layer: Vec<Vec<[Vec<usize>; 2]>> =
             vec![vec![Default::default(); self.layers.len()]; threads];
         // Forward: each layer's units on their own (the layers run one after the other).
@@ -895,11 +876,10 @@ impl TiledEngine {
             }
         }
         // Backward: every layer's units in each step's phase.
-        for k in [Measured::BackwardCompute as usize, Measured::BackwardExchange as usize] {
-            let all: Vec<usize> = (0..if k % 2 == 0 { group.len() } else { replica.len() }).collect();
-            for (slot, units) in mine.iter_mut().zip(schedule::assign(&costs(k, &all), threads)) {
-                slot[k] = units;
-            }
+        let k = Measured::BackwardCompute as usize;
+        let all: Vec<usize> = (0..group.len()).collect();
+        for (slot, units) in mine.iter_mut().zip(schedule::assign(&costs(k, &all), threads)) {
+            slot[k] = units;
         }
         let mine_columns = schedule::assign(&cc, threads);
         Units { replica, group, column, mine, mine_layer, mine_columns }
