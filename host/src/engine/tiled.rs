@@ -641,8 +641,8 @@ impl TiledEngine {
                     tile.commit(t, bl, ks, kn)?;
                     refused += raw - kn;
                 }
-                // `commit` counted what was kept again on this attachment: not added to `home`.
-                drop(tile);
+                // `commit` counted what was kept again on this attachment (`tile`'s own
+                // statistics, not added to `home`); the layer's count is corrected here.
                 home.stats.near_kept -= refused as u64;
             }
         }
