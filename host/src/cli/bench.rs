@@ -89,17 +89,31 @@ pub fn peak_rss() -> Option<u64> {
 
 /// Random binned samples: every channel spikes with probability `activity` at every step.
 pub fn random_batch(cfg: &ModelConfig, activity: f64, rng: &mut ChaCha8Rng) -> Vec<BinnedSample> {
-    // The same stream as `rng.gen_bool(activity)`, without re-validating `activity` per draw.
-    let spike = rand::distributions::Bernoulli::new(activity.clamp(0.0, 1.0)).expect("in [0, 1]");
+    let p = activity.clamp(0.0, 1.0);
+    // Each (step, channel) spikes with probability p, independently: the gaps between spikes in
+    // step-major order are geometric, so draw them instead of one Bernoulli per slot (20 times
+    // fewer draws at 5 % activity).
+    let log_q = (1.0 - p).ln();
+    let slots = cfg.time_steps * cfg.inputs;
     (0..cfg.batch_size)
         .map(|_| {
-            let mut offsets = vec![0u32];
+            let mut offsets = Vec::with_capacity(cfg.time_steps + 1);
             let mut ids = Vec::new();
-            for _ in 0..cfg.time_steps {
-                for c in 0..cfg.inputs {
-                    if rng.sample(spike) {
-                        ids.push(c as u16);
-                    }
+            let skip = |rng: &mut ChaCha8Rng| -> usize {
+                if p <= 0.0 {
+                    return slots;
+                }
+                let u: f64 = rng.gen::<f64>();
+                // P(gap >= k) = (1 - p)^k; u in [0, 1), so 1 - u in (0, 1].
+                ((1.0 - u).ln() / log_q).floor().min(slots as f64) as usize
+            };
+            let mut at = skip(rng);
+            offsets.push(0);
+            for t in 0..cfg.time_steps {
+                let end = (t + 1) * cfg.inputs;
+                while at < end {
+                    ids.push((at - t * cfg.inputs) as u16);
+                    at = (at + 1).saturating_add(skip(rng));
                 }
                 offsets.push(ids.len() as u32);
             }
@@ -271,4 +285,40 @@ pub fn run(args: BenchArgs) -> Result<()> {
         None => print!("{csv}"),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn draw(activity: f64) -> Vec<BinnedSample> {
+        let base = crate::config::test_config();
+        let cfg = ModelConfig { batch_size: 16, time_steps: 50, inputs: 300, ..base };
+        random_batch(&cfg, activity, &mut ChaCha8Rng::seed_from_u64(7))
+    }
+
+    #[test]
+    fn random_input_has_the_asked_activity() {
+        for p in [0.01, 0.05, 0.2, 0.5] {
+            let samples = draw(p);
+            let spikes: usize = samples.iter().map(|s| s.ids.len()).sum();
+            let rate = spikes as f64 / (16.0 * 50.0 * 300.0);
+            // 240,000 slots: the standard error is below 0.001 for every p here.
+            assert!((rate - p).abs() < 0.005 + 0.02 * p, "asked {p}, got {rate}");
+            for s in &samples {
+                assert_eq!(s.offsets.len(), 51);
+                for t in 0..50 {
+                    let step = &s.ids[s.offsets[t] as usize..s.offsets[t + 1] as usize];
+                    assert!(step.windows(2).all(|w| w[0] < w[1]), "ids increase within a step");
+                    assert!(step.iter().all(|&c| (c as usize) < 300));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn random_input_at_zero_and_full_activity() {
+        assert!(draw(0.0).iter().all(|s| s.ids.is_empty()));
+        assert!(draw(1.0).iter().all(|s| s.ids.len() == 50 * 300));
+    }
 }
