@@ -132,6 +132,15 @@ fn max_neurons(base: TileConfig, m: usize) -> usize {
 /// (median of 6 alternating runs).
 pub const ROW_LANES: usize = 16;
 
+/// The widest tile the planner aims for: two cache-line rows. Among the micro-batches that allow
+/// tiles of whole rows, it takes those with the widest tiles up to this, then the fewest bytes:
+/// per tile and sample and step there is a fixed cost (the input spikes copied into the tile's
+/// history, the membrane update, the spike buffer), so fewer, wider tiles cost less. Wider still
+/// would take more replicas (fewer samples per tile), whose weight copies and gradient sums
+/// cost more than they save. Measured on W (256 hidden, Adam, batch 64): 32 neurons x 8 samples
+/// against 16 x 16 (the fewest bytes), see docs/performance.md.
+pub const WIDE_LANES: usize = 2 * ROW_LANES;
+
 /// Tiles of `n` neurons, the last one smaller if `n` does not divide `width`.
 fn lane_splits(width: usize, n: usize) -> Vec<(usize, usize)> {
     (0..width).step_by(n).map(|first| (first, n.min(width - first))).collect()
@@ -156,12 +165,15 @@ fn plan_layer(
     l: usize,
     (max_n, max_m): (Option<usize>, Option<usize>),
 ) -> Result<LayerPlan> {
-    let mut best: Option<LayerPlan> = None;
+    let mut best: Option<(usize, LayerPlan)> = None;
     for m in 1..=batch.min(max_m.unwrap_or(usize::MAX)) {
-        let n_max = max_neurons(base, m).min(max_n.unwrap_or(usize::MAX));
-        if n_max == 0 {
+        let fits = max_neurons(base, m).min(max_n.unwrap_or(usize::MAX));
+        if fits == 0 {
             break; // larger micro-batches need more memory still
         }
+        // Tiles of whole rows, as wide as WIDE_LANES: ranked by that width first.
+        let whole_rows = fits.min(WIDE_LANES).min(base.layer_width) / ROW_LANES * ROW_LANES;
+        let n_max = if whole_rows > 0 { fits.min(WIDE_LANES) } else { fits };
         let splits = if base.layer_width > n_max && n_max >= ROW_LANES {
             lane_splits(base.layer_width, n_max / ROW_LANES * ROW_LANES)
         } else {
@@ -172,24 +184,30 @@ fn plan_layer(
         let per_replica: usize =
             splits.iter().map(|&(_, n)| foot(n).map(|f| f.total())).sum::<Result<_, _>>()?;
         let total_bytes = per_replica * replicas;
-        if best.as_ref().is_some_and(|b| b.total_bytes < total_bytes) {
+        // Keep the best: wider whole-row tiles, then fewer bytes (ties: the later plan).
+        if best.as_ref().is_some_and(|(w, b)| {
+            whole_rows < *w || (whole_rows == *w && b.total_bytes < total_bytes)
+        }) {
             continue;
         }
-        best = Some(LayerPlan {
-            width: base.layer_width,
-            inputs: base.inputs,
-            capacity: base.layer_capacity,
-            in_capacity: base.in_capacity,
-            recurrent: base.recurrent,
-            max_tile: foot(splits[0].1)?,
-            splits,
-            micro_batch: m,
-            replicas,
-            total_bytes,
-        });
+        best = Some((
+            whole_rows,
+            LayerPlan {
+                width: base.layer_width,
+                inputs: base.inputs,
+                capacity: base.layer_capacity,
+                in_capacity: base.in_capacity,
+                recurrent: base.recurrent,
+                max_tile: foot(splits[0].1)?,
+                splits,
+                micro_batch: m,
+                replicas,
+                total_bytes,
+            },
+        ));
     }
     match best {
-        Some(p) => Ok(p),
+        Some((_, p)) => Ok(p),
         None => {
             let one = TileConfig { neurons: 1, batch: 1, ..base }.footprint()?;
             // Number layers as the plan table does: 0 = the first hidden layer.
@@ -291,14 +309,14 @@ mod tests {
         assert_eq!(Plan::new(&cfg).unwrap(), plan, "plans are reproducible");
     }
 
-    /// Layers that need several tiles get whole cache-line rows (16 neurons per tile, a smaller
-    /// last tile if need be); a layer that fits one tile stays whole, and a tile limit under 16
-    /// is obeyed as it is.
+    /// Layers that need several tiles get whole cache-line rows (32 neurons per tile on W: two
+    /// lines; a smaller last tile if need be); a layer that fits one tile stays whole, and a tile
+    /// limit under 16 is obeyed as it is.
     #[test]
     fn tiles_of_a_split_layer_hold_whole_cache_lines() {
         let mut cfg = workload_w();
         let plan = Plan::new(&cfg).unwrap();
-        assert!(plan.layers[0].splits.iter().all(|&(_, n)| n == ROW_LANES));
+        assert!(plan.layers[0].splits.iter().all(|&(_, n)| n == WIDE_LANES));
         assert_eq!(plan.layers[1].splits, vec![(0, 20)]);
         cfg.hidden = vec![1000];
         let plan = Plan::new(&cfg).unwrap();

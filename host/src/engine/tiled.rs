@@ -55,7 +55,7 @@ const CACHE_LINE: usize = 64;
 
 /// The first index of `words` that lies on a cache-line boundary. A tile's weights and
 /// gradients are the first regions of its arena, so with the arena there, a weight row of 16
-/// floats (a tile of 16 neurons) is exactly one cache line instead of straddling two.
+/// floats (16 neurons; 32 take two) is exactly one cache line instead of straddling two.
 fn cache_aligned(words: &[u32]) -> usize {
     let misalign = words.as_ptr() as usize % CACHE_LINE;
     if misalign == 0 {
