@@ -257,6 +257,49 @@ mod tests {
         assert_eq!(b.ids(), &[1, 0, 2]);
     }
 
+    /// Construction against the policy written as filters, over several widths and capacities.
+    #[test]
+    fn build_into_equals_the_plain_policy() {
+        let mut seed = 99u32;
+        let mut u = [0.0f32; 200];
+        for width in [1, 7, 63, 64, 65, 130, 200] {
+            for x in u[..width].iter_mut() {
+                seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                *x = (seed >> 8) as f32 / (1u32 << 24) as f32 * 1.3;
+            }
+            let u = &u[..width];
+            for cap in [0, 1, 3, 10, width] {
+                let mut plain = [0u16; 200];
+                let mut n = 0;
+                let spikes = (0..width).filter(|&i| u[i] >= 1.0);
+                let near = (0..width).filter(|&i| u[i] < 1.0 && u[i] >= 0.9);
+                for i in spikes.clone() {
+                    if n < cap {
+                        plain[n] = i as u16;
+                        n += 1;
+                    }
+                }
+                let n_spikes = n;
+                for i in near.clone() {
+                    if n < cap {
+                        plain[n] = i as u16;
+                        n += 1;
+                    }
+                }
+                let mut ids = [0u16; 200];
+                let r = build_into(u, 1.0, 0.1, &mut ids[..cap]);
+                let want = BuildResult {
+                    n_spikes,
+                    n_grad: n,
+                    raw_spikes: spikes.count(),
+                    raw_near: near.count(),
+                };
+                assert_eq!(r, want, "width {width} cap {cap}");
+                assert_eq!(&ids[..n], &plain[..n], "width {width} cap {cap}");
+            }
+        }
+    }
+
     /// Splitting a layer over tiles and merging keeps exactly what one tile keeps.
     #[test]
     fn merge_of_tiles_equals_whole_layer() {
