@@ -38,9 +38,11 @@ fn spans(path: &Path) -> (Value, Vec<Span>) {
             assert!(args[k].is_u64(), "{name} has no args.{k}");
         }
         if name == "compute" || name == "exchange" {
-            // Backward phases are per time step; forward phases per layer (over all steps).
-            let key = if cat == "forward" { "layer" } else { "t" };
-            assert!(args[key].is_u64(), "{cat} {name} has no args.{key}");
+            // Phases of one step carry t; phases of a layer over many steps carry the layer.
+            assert!(
+                args["t"].is_u64() != args["layer"].is_u64(),
+                "{cat} {name} has neither args.t nor args.layer, or both"
+            );
         }
         let (ts, dur) = (e["ts"].as_f64().unwrap(), e["dur"].as_f64().unwrap());
         assert!(dur >= 0.0 && ts >= 0.0);
@@ -51,8 +53,9 @@ fn spans(path: &Path) -> (Value, Vec<Span>) {
     (v, out)
 }
 
-/// Checks the shape of a trace of `steps` steps on `threads` threads with `t_steps` time steps.
-fn check_trace(path: &Path, threads: u64, steps: &[u64], t_steps: usize) {
+/// Checks the shape of a trace of `steps` steps on `threads` threads. `Some(t_steps)`: a
+/// network with a recurrent layer, whose backward runs step by step; `None`: feed-forward.
+fn check_trace(path: &Path, threads: u64, steps: &[u64], recurrent: Option<usize>) {
     let (v, spans) = spans(path);
     let names: Vec<&Value> = v["traceEvents"]
         .as_array()
@@ -81,12 +84,14 @@ fn check_trace(path: &Path, threads: u64, steps: &[u64], t_steps: usize) {
             "thread {tid} step {step}: phases {total} us, wall {extent} us"
         );
         let count = |n: &str, c: &str| list.iter().filter(|s| s.0 == n && s.1 == c).count();
-        // Feed-forward layers: each runs ahead (compute), then merges (exchange).
+        // Feed-forward layers run ahead (compute), then every layer merges (exchange); the
+        // recurrent networks here have one recurrent layer, which runs in lockstep instead.
         let layers = list[0].6;
-        assert_eq!(count("compute", "forward"), layers);
+        assert_eq!(count("compute", "forward"), layers - usize::from(recurrent.is_some()));
         assert_eq!(count("exchange", "forward"), layers);
-        assert_eq!(count("compute", "backward"), t_steps);
-        // Backward: one phase per step; each tile gathers its dL/dS inside it.
+        // Backward: one phase per step (recurrent), or per layer (feed-forward: all steps in
+        // one block); each tile gathers its dL/dS inside it.
+        assert_eq!(count("compute", "backward"), recurrent.unwrap_or(layers));
         assert_eq!(count("exchange", "backward"), 0);
         assert_eq!(count("update", "update"), 1);
         assert_eq!(count("loss", "forward"), usize::from(tid == 0));
@@ -104,7 +109,7 @@ fn train_trace_is_chrome_json_of_the_traced_steps() {
         .args(["--trace-steps", "2"])
         .assert()
         .success();
-    check_trace(&dir.path().join("t.json"), 2, &[1, 2], 20);
+    check_trace(&dir.path().join("t.json"), 2, &[1, 2], None);
     let out = spiketile()
         .current_dir(dir.path())
         .args(["trace", "summary", "t.json"])
@@ -133,13 +138,23 @@ fn bench_trace_and_summary() {
         .args(["--trace", "b.json", "--trace-steps", "1"])
         .assert()
         .success();
-    check_trace(&dir.path().join("b.json"), 3, &[2], 10);
+    check_trace(&dir.path().join("b.json"), 3, &[2], None);
     spiketile()
         .current_dir(dir.path())
         .args(["trace", "summary", "b.json"])
         .assert()
         .success()
         .stdout(predicate::str::contains("1 step, 3 threads"));
+    // With a recurrent layer the backward runs step by step.
+    spiketile()
+        .current_dir(dir.path())
+        .arg("bench")
+        .args(["--hidden", "12", "--time-steps", "10", "--batch-size", "4", "--inputs", "40"])
+        .args(["--classes", "5", "--steps", "2", "--warmup", "0", "--threads", "2"])
+        .args(["--recurrent", "--trace", "r.json", "--trace-steps", "1"])
+        .assert()
+        .success();
+    check_trace(&dir.path().join("r.json"), 2, &[1], Some(10));
 }
 
 #[test]

@@ -112,6 +112,32 @@ fn dropped_spikes_tiled_equals_dense() {
     assert!(overflow > 0, "spikes must be dropped for the test to mean anything");
 }
 
+/// The backward pass in blocks of steps (tiles running several steps in turn, layer after
+/// layer) computes exactly what it computes step by step.
+#[test]
+fn backward_blocks_are_bit_identical_to_step_by_step() {
+    let mut cfg = small_config(&[12, 9], false);
+    cfg.max_neurons_per_tile = Some(4);
+    cfg.max_samples_per_tile = Some(2);
+    let params = scaled_init(&cfg, 3, 1.5);
+    let data = random_samples(&cfg, 16, 0.25, 5);
+    let run = |block: usize, threads: usize| {
+        let mut e = TiledEngine::new(&cfg, &params, threads).unwrap();
+        e.set_backward_block(block).unwrap();
+        let mut losses = Vec::new();
+        for s in 0..2 {
+            let b = batch(&cfg, &data[s * 8..(s + 1) * 8]);
+            losses.push(e.run_batch(&b, true).unwrap().loss_sum);
+        }
+        (losses, e.params(), e.optim_state())
+    };
+    let steps = run(1, 1);
+    assert!(steps.1 != params, "training must change the weights");
+    for (block, threads) in [(2, 1), (3, 2), (7, 3), (cfg.time_steps, 2)] {
+        assert!(run(block, threads) == steps, "blocks of {block} on {threads} threads differ");
+    }
+}
+
 #[test]
 fn results_are_bit_identical_for_any_thread_count() {
     let mut cfg = small_config(&[12, 9], true);

@@ -91,10 +91,11 @@ struct LayerRt {
     /// and how many near-threshold ids of earlier tiles precede its own (written by the merge,
     /// read by the backward gather).
     starts: Shared<u16>,
-    /// Partial `dL/dS` of the source layer from each tile, `[parity][r][p][m][in_cap]`: the
-    /// backward step `t` writes parity `t % 2` while the source layer reads step `t + 1`'s.
+    /// Partial `dL/dS` of the source layer from each tile, `[slot][r][p][m][in_cap]`: backward
+    /// step `t` writes slot `t % (block + 1)` (see [`TiledEngine::block`]); the source layer
+    /// reads step `t + 1`'s.
     part_src: Shared<f32>,
-    /// Partial `dL/dS` of this layer through recurrent weights, `[parity][r][p][m][cap]`.
+    /// Partial `dL/dS` of this layer through recurrent weights, `[slot][r][p][m][cap]`.
     part_rec: Shared<f32>,
     /// Spikes and near-threshold neurons each tile found at each step while running ahead, before
     /// any capacity cut (`[r * P + p][t][2]`; feed-forward layers only): counted into the tile's
@@ -126,18 +127,17 @@ struct Units {
     group: Vec<(usize, usize, usize)>,
     /// Column units `(l, p)` (update).
     column: Vec<(usize, usize)>,
-    /// Per thread and [`Measured`] phase: indices into `group` (compute) or `replica`
-    /// (exchange). The forward phases run layer by layer: their entries are `mine_layer`'s,
-    /// concatenated.
-    mine: Vec<[Vec<usize>; 3]>,
-    /// Per thread and layer: indices into `group` (running ahead) and into `replica` (merging).
-    mine_layer: Vec<Vec<[Vec<usize>; 2]>>,
+    /// Per thread and layer, by [`Measured`] phase: indices into `group` (running ahead), into
+    /// `replica` (merging) and into `group` (backward blocks).
+    mine_layer: Vec<Vec<[Vec<usize>; 3]>>,
+    /// Per thread: indices into `group` for the backward step by step (all layers at once).
+    mine_steps: Vec<Vec<usize>>,
     /// Per thread: indices into `column`.
     mine_columns: Vec<Vec<usize>>,
 }
 
 /// The phases whose units' times are measured to schedule the next batch (index into
-/// [`TiledEngine::unit_ns`] and [`Units::mine`]).
+/// [`TiledEngine::unit_ns`] and [`Units::mine_layer`]).
 #[derive(Clone, Copy)]
 enum Measured {
     ForwardCompute = 0,
@@ -164,6 +164,10 @@ pub struct TiledEngine {
     /// Per layer: whether its tiles run all steps ahead of the merge in the next batch (feed-forward
     /// layers that dropped no spike in the last batch).
     ahead: Vec<bool>,
+    /// Backward steps per block ([`backward_block`]): the backward pass runs the steps in
+    /// blocks of this many from the end, one layer after the other (top down) within a block,
+    /// each tile running the block's steps in turn; 1 = every layer in each step's phase.
+    block: usize,
 }
 
 /// Per-thread scratch, allocated once per batch.
@@ -200,6 +204,7 @@ impl TiledEngine {
         let b = cfg.batch_size;
         let t_steps = cfg.time_steps;
         let optimizer = cfg.optimizer()?;
+        let block = backward_block(&plan, t_steps);
         let mut layers = Vec::new();
         for (li, lp) in plan.layers.iter().enumerate() {
             let np = cfg.layer_params(li + 1);
@@ -236,7 +241,7 @@ impl TiledEngine {
                 tiles: Shared::from_vec(homes),
                 buf: Shared::new(b * t_steps * (lp.capacity + 2)),
                 starts: Shared::new(t_steps * b * lp.splits.len() * 2),
-                part_src: Shared::new(2 * r * p * m * lp.in_capacity),
+                part_src: Shared::new((block + 1) * r * p * m * lp.in_capacity),
                 part_rec: Shared::new(if lp.recurrent { 2 * r * p * m * lp.capacity } else { 0 }),
                 ahead_raw: Shared::new(if lp.recurrent { 0 } else { lp.tiles() * t_steps * 2 }),
             });
@@ -254,6 +259,7 @@ impl TiledEngine {
             trace: None,
             unit_ns: Default::default(),
             ahead,
+            block,
         };
         let groups: usize = engine.layers.iter().map(|lr| lr.p() * lr.groups()).sum();
         let replicas: usize = engine.layers.iter().map(|lr| lr.plan.replicas).sum();
@@ -266,6 +272,27 @@ impl TiledEngine {
     /// The plan the engine runs.
     pub fn plan(&self) -> &Plan {
         &self.plan
+    }
+
+    /// Backward steps per block (see [`TiledEngine::block`]).
+    pub fn backward_block(&self) -> usize {
+        self.block
+    }
+
+    /// Runs the backward pass in blocks of `steps` steps (at least 1; 1 = step by step, every
+    /// layer together) instead of the planned size, which only a network without recurrent
+    /// layers can change. Results do not depend on it; for tests and experiments.
+    pub fn set_backward_block(&mut self, steps: usize) -> Result<()> {
+        ensure!(
+            steps >= 1 && (steps == 1 || !self.plan.layers.iter().any(|lp| lp.recurrent)),
+            "backward blocks of {steps} steps: at least 1, and 1 with a recurrent layer"
+        );
+        self.block = steps;
+        for lr in &mut self.layers {
+            let lp = &lr.plan;
+            lr.part_src = Shared::new((steps + 1) * lp.tiles() * lp.micro_batch * lp.in_capacity);
+        }
+        Ok(())
     }
 
     /// Sets the number of worker threads (results do not depend on it).
@@ -335,7 +362,7 @@ impl TiledEngine {
         };
         let t_steps = self.cfg.time_steps;
         let u = &ctx.units;
-        let bwd_compute = (&u.mine[tid][Measured::BackwardCompute as usize][..], u.group.len());
+        let bwd_compute = (&u.mine_steps[tid][..], u.group.len());
         let columns = (&u.mine_columns[tid][..], u.column.len());
         use Measured::{BackwardCompute, ForwardCompute, ForwardExchange};
         use PhaseKind::{Compute, Exchange, Loss, Sync, Update};
@@ -346,7 +373,7 @@ impl TiledEngine {
         // Forward, layer by layer: each tile of a feed-forward layer runs all steps ahead, then
         // each replica's merge checks them step by step (see `merge_ahead`).
         for l in 0..self.layers.len() {
-            let [ahead, merge] = &u.mine_layer[tid][l];
+            let [ahead, merge, _] = &u.mine_layer[tid][l];
             if ctx.ahead[l] {
                 let units = (&ahead[..], u.group.len());
                 self.phase(ctx, units, &mut rec, (Compute, fwd, LAYER | l as u32), |i| {
@@ -377,15 +404,29 @@ impl TiledEngine {
         if !ctx.train {
             return;
         }
-        // Backward, one phase per step: each tile gathers its dL/dS from the partials the
-        // previous phase wrote (see `gather_dlds`), then steps back.
-        for t in (0..t_steps).rev() {
-            self.phase(ctx, bwd_compute, &mut rec, (Compute, bwd, t as u32), |i| {
-                let (l, p, g) = u.group[i];
+        // Backward: each tile gathers its dL/dS from the partials an earlier phase wrote (see
+        // `gather_dlds`), then steps back. With a recurrent layer, one phase per step for all
+        // layers; otherwise blocks of steps from the end, one phase per layer (top down) and
+        // block, each tile running the block's steps in turn.
+        let mut backward = |units: (&[usize], usize), steps: std::ops::Range<usize>, at: u32| {
+            self.phase(ctx, units, &mut rec, (Compute, bwd, at), |i| {
                 let started = Instant::now();
-                Self::record(ctx, self.backward_compute(ctx.input.len, l, p, g, t));
+                Self::record(ctx, self.backward_compute(ctx.input.len, u.group[i], steps.clone()));
                 self.charge(BackwardCompute, i, started);
             });
+        };
+        if self.block == 1 {
+            for t in (0..t_steps).rev() {
+                backward(bwd_compute, t..t + 1, t as u32);
+            }
+        } else {
+            for k in (0..t_steps.div_ceil(self.block)).rev() {
+                let steps = k * self.block..((k + 1) * self.block).min(t_steps);
+                for l in (0..self.layers.len()).rev() {
+                    let units = (&u.mine_layer[tid][l][2][..], u.group.len());
+                    backward(units, steps.clone(), LAYER | l as u32);
+                }
+            }
         }
         let traced = (Update, Pass::Update, NO_STEP);
         self.phase(ctx, columns, &mut rec, traced, |i| {
@@ -666,30 +707,36 @@ impl TiledEngine {
         batch_loss(&self.cfg, counts, &input.labels[..input.len], dldc)
     }
 
-    /// Backward compute of step `t` for replica group `(l, p, g)`: replicas after the leader read
-    /// the leader's weights and accumulate their weight gradients into its buffers, so one copy
-    /// of each stays in this core's cache (the update needs only their sum).
+    /// Backward compute of `steps` (from the last down) for replica group `(l, p, g)`: at each
+    /// step, every replica in turn; replicas after the leader read the leader's weights and
+    /// accumulate their weight gradients into its buffers, so one copy of each stays in this
+    /// core's cache (the update needs only their sum).
     fn backward_compute(
         &self,
         batch: usize,
-        l: usize,
-        p: usize,
-        g: usize,
-        t: usize,
+        (l, p, g): (usize, usize, usize),
+        steps: std::ops::Range<usize>,
     ) -> Result<(), TileError> {
         let lr = &self.layers[l];
         let p_count = lr.p();
         let reps = lr.group(g);
         // Safety: the tiles of group (l, p, g) and their partial out-buffers belong to this unit.
         let mut tile0 = unsafe { self.home(l, reps.start * p_count + p) }.tile()?;
-        self.backward_replica(batch, l, reps.start, p, t, &mut tile0, None, None)?;
-        let (shared, mut grads) = tile0.split_for_replicas();
-        for r in reps.start + 1..reps.end {
-            let mut tile = unsafe { self.home(l, r * p_count + p) }.tile()?;
-            let g = Some(grads.reborrow());
-            self.backward_replica(batch, l, r, p, t, &mut tile, Some(shared), g)?;
+        for t in steps.rev() {
+            self.backward_replica(batch, l, reps.start, p, t, &mut tile0, None, None)?;
+            let (shared, mut grads) = tile0.split_for_replicas();
+            for r in reps.start + 1..reps.end {
+                let mut tile = unsafe { self.home(l, r * p_count + p) }.tile()?;
+                let g = Some(grads.reborrow());
+                self.backward_replica(batch, l, r, p, t, &mut tile, Some(shared), g)?;
+            }
         }
         Ok(())
+    }
+
+    /// The slot of the partial-`dL/dS` buffers that holds backward step `t`.
+    fn slot(&self, t: usize) -> usize {
+        t % (self.block + 1)
     }
 
     fn backward_replica(
@@ -706,23 +753,24 @@ impl TiledEngine {
         let lr = &self.layers[l];
         let m = lr.plan.micro_batch;
         let ti = r * lr.p() + p;
-        // This step's partials go to parity t % 2 (the other parity holds step t + 1's).
+        // This step's partials go to its slot (step t + 1's, still to be read, is another).
         let tiles = lr.plan.tiles();
+        let (slot, rec_slot) = (self.slot(t), t % 2);
         for (bl, b) in lr.plan.samples_of(r, batch).enumerate() {
             self.gather_dlds((l, r, p), (b, bl, t), tile);
             tile.backward_shared(t, bl, l > 0, shared, grads.as_mut().map(SharedGrads::reborrow))?;
             if l > 0 {
                 let k = lr.plan.in_capacity;
                 let n = tile.in_buffer(t, bl).n_grad();
-                // Safety: tile ti's partial out-buffer of this parity belongs to this unit alone.
-                let at = (((t % 2) * tiles + ti) * m + bl) * k;
+                // Safety: tile ti's partial out-buffer of this slot belongs to this unit alone.
+                let at = ((slot * tiles + ti) * m + bl) * k;
                 let dst = unsafe { lr.part_src.slice_mut(at, n) };
                 dst.copy_from_slice(&tile.src_partials(bl)[..n]);
             }
             if lr.plan.recurrent {
                 let k = lr.plan.capacity;
                 let n = tile.rec_buffer(t, bl).n_grad();
-                let at = (((t % 2) * tiles + ti) * m + bl) * k;
+                let at = ((rec_slot * tiles + ti) * m + bl) * k;
                 let dst = unsafe { lr.part_rec.slice_mut(at, n) };
                 dst.copy_from_slice(&tile.rec_partials(bl)[..n]);
             }
@@ -747,7 +795,7 @@ impl TiledEngine {
         let lr = &self.layers[l];
         let last = l + 1 == self.layers.len();
         // Safety: layer buffers and starts are read-only in backward phases; the partials of
-        // parity (t + 1) % 2 were written in the previous phase.
+        // step t + 1 were written in an earlier phase.
         let buf = unsafe { self.layer_buf(l, b, t) };
         let at = ((t * self.cfg.batch_size + b) * lr.p() + p) * 2;
         let start = unsafe { lr.starts.slice(at, 2) };
@@ -755,16 +803,16 @@ impl TiledEngine {
         let (s0, n0) = (start[0] as usize, buf.n_spikes + start[1] as usize);
         let own = (s0..s0 + mine.n_spikes).chain(n0..n0 + mine.near().len());
         // Where tile q's partials of sample b at step t + 1 start: `part[base + q * stride..]`.
-        let parity = (t + 1) % 2;
+        let (slot, rec_slot) = (self.slot(t + 1), (t + 1) % 2);
         let rec_at = lr.plan.recurrent.then(|| {
             let (p_count, m, cap) = (lr.p(), lr.plan.micro_batch, lr.plan.capacity);
-            let base = ((parity * lr.plan.tiles() + r * p_count) * m + bl) * cap;
+            let base = ((rec_slot * lr.plan.tiles() + r * p_count) * m + bl) * cap;
             (&lr.part_rec, base, m * cap, p_count)
         });
         let next_at = (!last).then(|| {
             let nx = &self.layers[l + 1];
             let (np, nm, ncap) = (nx.p(), nx.plan.micro_batch, nx.plan.in_capacity);
-            let base = ((parity * nx.plan.tiles() + (b / nm) * np) * nm + b % nm) * ncap;
+            let base = ((slot * nx.plan.tiles() + (b / nm) * np) * nm + b % nm) * ncap;
             (&nx.part_src, base, nm * ncap, np)
         });
         let sources: [_; 2] =
@@ -857,32 +905,27 @@ impl TiledEngine {
             }
         };
         let threads = threads.max(1);
-        let mut mine: Vec<[Vec<usize>; 3]> = vec![Default::default(); threads];
-        let mut mine_layer: Vec<Vec<[Vec<usize>; 2]>> =
+        let mut mine_layer: Vec<Vec<[Vec<usize>; 3]>> =
             vec![vec![Default::default(); self.layers.len()]; threads];
-        // Forward: each layer's units on their own (the layers run one after the other).
+        // Forward and backward blocks: each layer's units on their own (the layers run one
+        // after the other).
         for l in 0..self.layers.len() {
-            let of_layer = [
-                (0..group.len()).filter(|&i| group[i].0 == l).collect::<Vec<_>>(),
-                (0..replica.len()).filter(|&i| replica[i].0 == l).collect(),
-            ];
-            for (k, units) in of_layer.iter().enumerate() {
+            let groups: Vec<usize> = (0..group.len()).filter(|&i| group[i].0 == l).collect();
+            let replicas = (0..replica.len()).filter(|&i| replica[i].0 == l).collect();
+            for (k, units) in [groups.clone(), replicas, groups].iter().enumerate() {
                 let plan = schedule::assign(&costs(k, units), threads);
                 for (tid, picked) in plan.into_iter().enumerate() {
                     let picked: Vec<usize> = picked.into_iter().map(|j| units[j]).collect();
-                    mine[tid][k].extend(&picked);
                     mine_layer[tid][l][k] = picked;
                 }
             }
         }
-        // Backward: every layer's units in each step's phase.
-        let k = Measured::BackwardCompute as usize;
+        // Backward step by step: every layer's units in each step's phase.
         let all: Vec<usize> = (0..group.len()).collect();
-        for (slot, units) in mine.iter_mut().zip(schedule::assign(&costs(k, &all), threads)) {
-            slot[k] = units;
-        }
+        let mine_steps =
+            schedule::assign(&costs(Measured::BackwardCompute as usize, &all), threads);
         let mine_columns = schedule::assign(&cc, threads);
-        Units { replica, group, column, mine, mine_layer, mine_columns }
+        Units { replica, group, column, mine_layer, mine_steps, mine_columns }
     }
 
     fn collect_stats(&mut self, batch: usize) -> Vec<LayerStats> {
@@ -1091,6 +1134,23 @@ impl Engine for TiledEngine {
 }
 
 /// Row-major `[rows][cols]` rows `first..first+n` → input-major `[cols][n]`.
+/// Bytes the backward blocks may spend on partial `dL/dS` buffers, over all layers.
+const BLOCK_PARTIALS_BYTES: usize = 256 << 20;
+
+/// Backward steps per block for `plan`: 1 if any layer is recurrent (its tiles exchange
+/// `dL/dS` every step, so every layer advances step by step together); otherwise as many as
+/// the budget of partial-`dL/dS` buffers allows (they hold every step of a block), at least 2
+/// and at most `t_steps`. Blocks change no result: a tile's arithmetic and every sum's order
+/// are the same as step by step.
+fn backward_block(plan: &Plan, t_steps: usize) -> usize {
+    if plan.layers.iter().any(|lp| lp.recurrent) {
+        return 1;
+    }
+    let per_step: usize =
+        plan.layers.iter().map(|lp| lp.tiles() * lp.micro_batch * lp.in_capacity * 4).sum();
+    (BLOCK_PARTIALS_BYTES / per_step.max(1)).saturating_sub(1).clamp(2, t_steps.max(2))
+}
+
 fn copy_in(rowmajor: &[f32], n: usize, first: usize, cols: usize, dst: &mut [f32]) {
     for j in 0..cols {
         for i in 0..n {
