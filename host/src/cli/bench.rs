@@ -136,28 +136,31 @@ pub fn measure(
     let plan = crate::plan::Plan::new(cfg)?;
     let mut engine = make_engine(args.model.engine, cfg, &params, threads)?;
     let mut rng = ChaCha8Rng::seed_from_u64(args.seed ^ 0xBE4C);
-    let batches: Vec<InputBatch> = (0..args.steps.max(1) + args.warmup)
-        .map(|_| {
-            let samples = random_batch(cfg, activity, &mut rng);
-            let refs: Vec<&BinnedSample> = samples.iter().collect();
-            InputBatch::new(&refs, cfg.time_steps, cfg.capacity(cfg.inputs))
-        })
-        .collect();
-    for b in &batches[..args.warmup] {
-        engine.run_batch(b, true)?;
+    // Each batch is drawn just before its step (outside the timed part), so the peak RSS is the
+    // engine's and not that of every batch at once.
+    let mut next_batch = || {
+        let samples = random_batch(cfg, activity, &mut rng);
+        let refs: Vec<&BinnedSample> = samples.iter().collect();
+        InputBatch::new(&refs, cfg.time_steps, cfg.capacity(cfg.inputs))
+    };
+    for _ in 0..args.warmup {
+        engine.run_batch(&next_batch(), true)?;
     }
     super::trace::start(engine.as_mut(), args.trace.as_deref(), args.trace_steps)?;
     let mut layers = vec![LayerStats::default(); cfg.hidden.len() + 1];
-    let started = Instant::now();
-    for b in &batches[args.warmup..] {
-        let r = engine.run_batch(b, true)?;
+    let steps = args.steps.max(1);
+    let mut seconds = 0.0;
+    for _ in 0..steps {
+        let batch = next_batch();
+        let started = Instant::now();
+        let r = engine.run_batch(&batch, true)?;
+        seconds += started.elapsed().as_secs_f64();
         for (acc, s) in layers.iter_mut().zip(&r.layers) {
             acc.add(s);
         }
     }
-    let seconds = started.elapsed().as_secs_f64();
     super::trace::finish(engine.as_mut(), args.trace.as_deref())?;
-    let samples = (batches.len() - args.warmup) * cfg.batch_size;
+    let samples = steps * cfg.batch_size;
     Ok(BenchResult {
         samples_per_s: samples as f64 / seconds,
         layers,

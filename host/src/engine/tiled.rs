@@ -241,7 +241,12 @@ impl TiledEngine {
                 tiles: Shared::from_vec(homes),
                 buf: Shared::new(b * t_steps * (lp.capacity + 2)),
                 starts: Shared::new(t_steps * b * lp.splits.len() * 2),
-                part_src: Shared::new((block + 1) * r * p * m * lp.in_capacity),
+                // The first layer's partials (dL/dS of the data) have no reader.
+                part_src: Shared::new(if li == 0 {
+                    0
+                } else {
+                    (block + 1) * r * p * m * lp.in_capacity
+                }),
                 part_rec: Shared::new(if lp.recurrent { 2 * r * p * m * lp.capacity } else { 0 }),
                 ahead_raw: Shared::new(if lp.recurrent { 0 } else { lp.tiles() * t_steps * 2 }),
             });
@@ -288,7 +293,7 @@ impl TiledEngine {
             "backward blocks of {steps} steps: at least 1, and 1 with a recurrent layer"
         );
         self.block = steps;
-        for lr in &mut self.layers {
+        for lr in &mut self.layers[1..] {
             let lp = &lr.plan;
             lr.part_src = Shared::new((steps + 1) * lp.tiles() * lp.micro_batch * lp.in_capacity);
         }
@@ -1146,8 +1151,9 @@ fn backward_block(plan: &Plan, t_steps: usize) -> usize {
     if plan.layers.iter().any(|lp| lp.recurrent) {
         return 1;
     }
+    // Per step, every layer's partials but the first's (nobody needs dL/dS of the data).
     let per_step: usize =
-        plan.layers.iter().map(|lp| lp.tiles() * lp.micro_batch * lp.in_capacity * 4).sum();
+        plan.layers[1..].iter().map(|lp| lp.tiles() * lp.micro_batch * lp.in_capacity * 4).sum();
     (BLOCK_PARTIALS_BYTES / per_step.max(1)).saturating_sub(1).clamp(2, t_steps.max(2))
 }
 
