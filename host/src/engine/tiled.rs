@@ -3,19 +3,28 @@
 //! Every layer is planned onto tiles ([`crate::plan`]); each tile is a cache-line-aligned arena of
 //! exactly its footprint that the core's [`Tile`] re-attaches to whenever it runs. One batch is a
 //! fixed sequence of *phases* separated by a [`SpinBarrier`]; inside a phase, every worker thread
-//! runs the work units [`super::schedule::assign`] gave it (the same units every step, so a
-//! tile's memory stays in one core's cache). The replicas of a tile column `(l, p)` are split into
-//! at most [`REPLICA_GROUPS`] contiguous *groups* `(l, p, g)`; a group's first replica is its
-//! leader, whose weights the others read and whose gradient buffers they accumulate into (their
-//! weights are bit-identical, so reading one copy keeps it in cache):
+//! runs the work units [`super::schedule::assign`] gave it (by their measured cost in the last
+//! batch, the same units from batch to batch, so a tile's memory stays in one core's cache). The
+//! replicas of a tile column `(l, p)` are split into at most [`REPLICA_GROUPS`] contiguous
+//! *groups* `(l, p, g)`; a group's first replica is its leader, whose weights the others read and
+//! whose gradient buffers they accumulate into (their weights are bit-identical, so reading one
+//! copy keeps it in cache).
+//!
+//! The math is one superstep per time step (SPEC §1, §3); the phases group many supersteps where
+//! that changes no result. Forward, layer by layer: the tiles of a feed-forward layer run every
+//! step at once, taking their spikes as kept, and the merge then checks that guess step by step
+//! (`merge_ahead`). Backward, in blocks of steps from the end
+//! ([`TiledEngine::backward_block`]), layer by layer (top down) within a block, each tile gathering its
+//! `dL/dS` from the partials of the layer above. With a recurrent layer, which exchanges with
+//! itself every step, its forward runs in lockstep inside the merge and the backward runs step
+//! by step, every layer in each step's phase:
 //!
 //! | phase | unit | writes | reads |
 //! |---|---|---|---|
-//! | forward compute `t` | replica group `(l, p, g)`: its replicas in turn | their arenas | layer buffers of `t-1`, the leader's weights |
-//! | forward exchange `t` | replica `(l, r)` | its tiles (commit), layer buffer `l` of its samples at `t` | its tiles |
+//! | forward ahead, layer `l` (feed-forward) | replica group `(l, p, g)`: its replicas in turn, all steps | their arenas, their rows of `ahead_raw` | layer buffers of `l-1`, the leader's weights |
+//! | forward merge, layer `l` | replica `(l, r)` | its tiles (commit; lockstep: everything), layer buffers and `starts` of its samples | its tiles, layer buffers of `l-1` |
 //! | loss | thread 0 | counts, `dL/dc` | output layer buffers |
-//! | backward exchange `t` | replica `(l, r)` | its tiles' `dL/dS` in-buffers | partials of `l+1` and `l`, `dL/dc` |
-//! | backward compute `t` | replica group `(l, p, g)` | their arenas, the leader's gradients, their partial out-buffers | their arenas, the leader's weights |
+//! | backward, layer `l` and a block of steps (or all layers and one step) | replica group `(l, p, g)` | their arenas, the leader's gradients, their partials of those steps | layer buffers, `starts`, partials of later steps, `dL/dc`, the leader's weights |
 //! | update | tile column `(l, p)` | the tiles `(l, *, p)` | the same |
 //!
 //! No region is written by two units of one phase or read by a unit while another writes it, so
@@ -279,7 +288,9 @@ impl TiledEngine {
         &self.plan
     }
 
-    /// Backward steps per block (see [`TiledEngine::block`]).
+    /// Backward steps per block: the backward pass runs the steps in blocks of this many from
+    /// the end, layer after layer within a block; 1 = step by step, every layer together (a
+    /// network with a recurrent layer).
     pub fn backward_block(&self) -> usize {
         self.block
     }
