@@ -850,9 +850,10 @@ impl TiledEngine {
     }
 
     /// Sums the group leaders' gradients of tile column `(l, p)` (group order) into replica 0,
-    /// applies the optimizer there and gives every other replica the result (weights and
-    /// optimizer state: what each replica's own update with the summed gradient would compute,
-    /// bit for bit), and clears the gradients.
+    /// applies the optimizer there and gives every other replica the new weights (what each
+    /// replica's own update with the summed gradient would compute, bit for bit), and clears the
+    /// gradients. Only replica 0 steps the optimizer, so only its optimizer state is kept up to
+    /// date (checkpoints read it there); the others' stays as it was loaded.
     fn update(&self, l: usize, p: usize) -> Result<(), TileError> {
         let lr = &self.layers[l];
         let p_count = lr.p();
@@ -874,7 +875,6 @@ impl TiledEngine {
         for other in rest.iter_mut() {
             other.weights_mut().copy_from_slice(first.weights());
             other.recurrent_mut().copy_from_slice(first.recurrent());
-            other.optimizer_state_mut().copy_from_slice(first.optimizer_state());
         }
         Ok(())
     }
