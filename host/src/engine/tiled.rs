@@ -506,22 +506,11 @@ impl TiledEngine {
         let lr = &self.layers[l];
         let t_steps = self.cfg.time_steps;
         let ti = r * lr.p() + p;
+        // Safety: this tile's row of `ahead_raw` belongs to this unit alone in this phase.
         let raw = unsafe { lr.ahead_raw.slice_mut(ti * t_steps * 2, t_steps * 2) };
-        for t in 0..t_steps {
-            let (mut spikes, mut near) = (0, 0);
-            for (bl, b) in lr.plan.samples_of(r, input.len).enumerate() {
-                // Safety: the source layer's buffers were written in an earlier phase.
-                let src = match (t, l) {
-                    (0, _) => SpikeView::EMPTY,
-                    (_, 0) => input.step(b, t - 1),
-                    _ => unsafe { self.layer_buf(l - 1, b, t - 1) },
-                };
-                let found = tile.forward_shared(t, bl, src, SpikeView::EMPTY, shared)?;
-                spikes += found.raw_spikes as u32;
-                near += found.raw_near as u32;
-            }
-            raw[2 * t] = spikes;
-            raw[2 * t + 1] = near;
+        for (t, found) in raw.chunks_exact_mut(2).enumerate() {
+            let (spikes, near) = self.forward_replica(input, l, r, t, tile, shared)?;
+            found.copy_from_slice(&[spikes, near]);
         }
         Ok(())
     }
@@ -587,6 +576,8 @@ impl TiledEngine {
         Ok(())
     }
 
+    /// Forward compute of step `t` for every sample of tile `(l, r, ·)`; returns the spikes and
+    /// near-threshold neurons it found (before any capacity cut).
     fn forward_replica(
         &self,
         input: &InputBatch,
@@ -595,8 +586,9 @@ impl TiledEngine {
         t: usize,
         tile: &mut Tile<'_>,
         shared: Option<SharedWeights<'_>>,
-    ) -> Result<(), TileError> {
+    ) -> Result<(u32, u32), TileError> {
         let lr = &self.layers[l];
+        let (mut spikes, mut near) = (0, 0);
         for (bl, b) in lr.plan.samples_of(r, input.len).enumerate() {
             // Safety: layer buffers of step t-1 are not written in this phase.
             let src = match (t, l) {
@@ -609,9 +601,11 @@ impl TiledEngine {
             } else {
                 SpikeView::EMPTY
             };
-            tile.forward_shared(t, bl, src, rec, shared)?;
+            let found = tile.forward_shared(t, bl, src, rec, shared)?;
+            spikes += found.raw_spikes as u32;
+            near += found.raw_near as u32;
         }
-        Ok(())
+        Ok((spikes, near))
     }
 
     /// Merges replica `(l, r)`'s tile buffers of step `t` into the layer buffers (all samples at
