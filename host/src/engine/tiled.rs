@@ -104,7 +104,8 @@ struct LayerRt {
     /// step `t` writes slot `t % (block + 1)` (see [`TiledEngine::block`]); the source layer
     /// reads step `t + 1`'s.
     part_src: Shared<f32>,
-    /// Partial `dL/dS` of this layer through recurrent weights, `[slot][r][p][m][cap]`.
+    /// Partial `dL/dS` of this layer through recurrent weights, `[t % 2][r][p][m][cap]` (a
+    /// network with a recurrent layer runs its backward pass step by step).
     part_rec: Shared<f32>,
     /// Spikes and near-threshold neurons each tile found at each step while running ahead, before
     /// any capacity cut (`[r * P + p][t][2]`; feed-forward layers only): counted into the tile's
