@@ -60,15 +60,20 @@ fn kernels(c: &mut Criterion) {
             tile.commit_all(s, b).unwrap();
         }
     }
-    c.bench_function("tile backward step (18 neurons, 35 input spikes)", |b| {
-        let mut t = cfg.time_steps;
-        b.iter(|| {
-            t = if t == 0 { cfg.time_steps - 1 } else { t - 1 };
-            let n = tile.out_buffer(t, 0).n_grad();
-            tile.dlds_mut(0)[..n].fill(0.01);
-            tile.backward(t, 0).unwrap();
-        })
-    });
+    // With the source layer's partial dL/dS (a hidden layer after the first), and without (the
+    // first hidden layer: nobody needs dL/dS of the data).
+    for (name, partials) in [("", true), (", first layer", false)] {
+        let id = format!("tile backward step (18 neurons, 35 input spikes{name})");
+        c.bench_function(&id, |b| {
+            let mut t = cfg.time_steps;
+            b.iter(|| {
+                t = if t == 0 { cfg.time_steps - 1 } else { t - 1 };
+                let n = tile.out_buffer(t, 0).n_grad();
+                tile.dlds_mut(0)[..n].fill(0.01);
+                tile.backward_with(t, 0, partials).unwrap();
+            })
+        });
+    }
     let u: Vec<f32> = (0..256).map(|_| rng.gen_range(-1.0..1.2)).collect();
     c.bench_function("buffer construction (256 neurons, capacity 26)", |b| {
         let mut ids = [0u16; 26];
