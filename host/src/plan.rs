@@ -141,6 +141,13 @@ pub const ROW_LANES: usize = 16;
 /// against 16 x 16 (the fewest bytes), see docs/performance.md.
 pub const WIDE_LANES: usize = 2 * ROW_LANES;
 
+/// Replica groups per tile column (fewer if the layer has fewer replicas): the engine runs each
+/// group as one unit, its replicas reading the first one's weights. Fixed, not derived from the
+/// thread count, because the groups decide the order in which gradients are summed: results stay
+/// bit-identical for any number of threads. Among otherwise equal plans the planner takes a
+/// replica count these groups divide evenly.
+pub const REPLICA_GROUPS: usize = 2;
+
 /// Tiles of `n` neurons, the last one smaller if `n` does not divide `width`.
 fn lane_splits(width: usize, n: usize) -> Vec<(usize, usize)> {
     (0..width).step_by(n).map(|first| (first, n.min(width - first))).collect()
@@ -165,7 +172,7 @@ fn plan_layer(
     l: usize,
     (max_n, max_m): (Option<usize>, Option<usize>),
 ) -> Result<LayerPlan> {
-    let mut best: Option<(usize, LayerPlan)> = None;
+    let mut best: Option<((usize, bool), LayerPlan)> = None;
     for m in 1..=batch.min(max_m.unwrap_or(usize::MAX)) {
         let fits = max_neurons(base, m).min(max_n.unwrap_or(usize::MAX));
         if fits == 0 {
@@ -184,14 +191,19 @@ fn plan_layer(
         let per_replica: usize =
             splits.iter().map(|&(_, n)| foot(n).map(|f| f.total())).sum::<Result<_, _>>()?;
         let total_bytes = per_replica * replicas;
-        // Keep the best: wider whole-row tiles, then fewer bytes (ties: the later plan).
-        if best.as_ref().is_some_and(|(w, b)| {
-            whole_rows < *w || (whole_rows == *w && b.total_bytes < total_bytes)
-        }) {
+        // Replicas that split into equal groups keep the engine's threads equally busy.
+        let even = replicas == 1 || replicas % REPLICA_GROUPS == 0;
+        let rank = (whole_rows, even);
+        // Keep the best: wider whole-row tiles, then even groups, then fewer bytes (ties: the
+        // later plan).
+        if best
+            .as_ref()
+            .is_some_and(|(r, b)| rank < *r || (rank == *r && b.total_bytes < total_bytes))
+        {
             continue;
         }
         best = Some((
-            whole_rows,
+            rank,
             LayerPlan {
                 width: base.layer_width,
                 inputs: base.inputs,

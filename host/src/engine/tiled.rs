@@ -53,11 +53,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Instant;
 
-/// Replica groups per tile column (fewer if the layer has fewer replicas). Fixed, not derived
-/// from the thread count, because the groups decide the order in which gradients are summed:
-/// results stay bit-identical for any number of threads. Two groups let two threads share a
-/// column's work when the columns do not divide evenly among the threads.
-pub const REPLICA_GROUPS: usize = 2;
+pub use crate::plan::REPLICA_GROUPS;
 
 /// Bytes of a cache line.
 const CACHE_LINE: usize = 64;
