@@ -79,6 +79,17 @@ fn kernels(c: &mut Criterion) {
         let mut ids = [0u16; 26];
         b.iter(|| black_box(build_into(black_box(&u), 1.0, 0.1, &mut ids)))
     });
+    // A W hidden tile: 32 neurons, about 3 % over threshold and 5 % in the window under it.
+    let quiet: Vec<Vec<f32>> =
+        (0..64).map(|_| (0..32).map(|_| rng.gen_range(-1.0..1.06)).collect()).collect();
+    c.bench_function("buffer construction (32 neurons, W activity, 64 draws)", |b| {
+        let mut ids = [0u16; 26];
+        b.iter(|| {
+            for u in &quiet {
+                black_box(build_into(black_box(u), 1.0, 0.1, &mut ids));
+            }
+        })
+    });
     let n = 700 * 18;
     let (mut w, g) = (vec![0.1f32; n], vec![0.01f32; n]);
     let (mut m, mut v) = (vec![0.0f32; n], vec![0.0f32; n]);
