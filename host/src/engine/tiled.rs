@@ -585,7 +585,7 @@ impl TiledEngine {
         shared: Option<SharedWeights<'_>>,
     ) -> Result<(u32, u32), TileError> {
         let lr = &self.layers[l];
-        let (mut spikes, mut near) = (0, 0);
+        let before = tile.stats();
         for (bl, b) in lr.plan.samples_of(r, input.len).enumerate() {
             // Safety: layer buffers of step t-1 are not written in this phase.
             let src = match (t, l) {
@@ -598,11 +598,14 @@ impl TiledEngine {
             } else {
                 SpikeView::EMPTY
             };
-            let found = tile.forward_shared(t, bl, src, rec, shared)?;
-            spikes += found.raw_spikes as u32;
-            near += found.raw_near as u32;
+            tile.forward_shared(t, bl, src, rec, shared)?;
         }
-        Ok((spikes, near))
+        // The tile counts what it finds; the difference is this step's.
+        let after = tile.stats();
+        Ok((
+            (after.spikes_raw - before.spikes_raw) as u32,
+            (after.near_raw - before.near_raw) as u32,
+        ))
     }
 
     /// Merges replica `(l, r)`'s tile buffers of step `t` into the layer buffers (all samples at
