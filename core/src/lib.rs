@@ -13,7 +13,8 @@
 //! - [`surrogate`]: the SuperSpike surrogate derivative (SPEC §1.2);
 //! - [`spikes`]: the sparse spike buffer and the layer-level over-capacity policy (SPEC §2);
 //! - [`budget`]: the 624 KiB budget and the exact footprint of a tile configuration (SPEC §3);
-//! - [`rows`]: the register-blocked row kernels of the forward and backward steps;
+//! - [`rows`]: the row kernels of the forward and backward steps;
+//! - [`simd`]: run-time detection of the vector instructions the row kernels may use;
 //! - [`tile`]: a tile's memory and its superstep programs: forward, commit, backward, update;
 //! - [`loss`]: the readout losses on output spike counts and their gradients (SPEC §1.3);
 //! - [`optim`]: SGD and Adam on tile-local slices.
@@ -34,6 +35,7 @@ pub mod loss;
 pub mod math;
 pub mod optim;
 pub mod rows;
+pub mod simd;
 pub mod spikes;
 pub mod surrogate;
 pub mod tile;

@@ -3,9 +3,10 @@
 //! rows of the input spikes).
 //!
 //! Weights are input-major (`w[j * n + i]`), so one input spike `j` selects one contiguous row of
-//! `n` floats. Both kernels walk the row in register-sized blocks of 16, 8, 4, 2 and 1 lanes and,
-//! inside a block, loop over the spikes: the partial sums stay in registers instead of going
-//! through memory after every row, and the rows' loads are independent of each other.
+//! `n` floats. Rows of the widths the planner makes (32, 20, 16, 8 and 4 lanes) are whole arrays:
+//! the sums stay in registers across all the spikes and each row costs one bounds check. Other
+//! widths are walked in register-sized blocks of 16, 8, 4, 2 and 1 lanes, looping over the spikes
+//! inside a block. Either way the rows' loads are independent of each other.
 //!
 //! The arithmetic is that of the plain loops, lane by lane in spike order, so the results are
 //! bit-identical to them (and to the dense reference engine).
@@ -56,8 +57,50 @@ macro_rules! in_blocks {
 /// If a row `j` of `ids` lies beyond `w` (the caller validates ids).
 #[inline]
 pub fn accumulate_rows(out: &mut [f32], w: &[f32], ids: &[u16], from_zero: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::avx2() {
+        // SAFETY: the CPU runs AVX2 code (checked at run time).
+        #[allow(unsafe_code)]
+        return unsafe { avx2::accumulate_rows(out, w, ids, from_zero) };
+    }
+    accumulate_rows_portable(out, w, ids, from_zero)
+}
+
+/// [`accumulate_rows`] in the target's baseline instructions (and, inlined into
+/// `avx2::accumulate_rows`, in AVX2 ones).
+#[inline(always)]
+fn accumulate_rows_portable(out: &mut [f32], w: &[f32], ids: &[u16], from_zero: bool) {
     let n = out.len();
+    macro_rules! whole_rows {
+        ($($n:literal),*) => {
+            match n {
+                $($n => {
+                    if let (Ok(acc), Ok(rows)) =
+                        (<&mut [f32; $n]>::try_from(&mut *out), bytemuck::try_cast_slice(w))
+                    {
+                        return sum_rows::<$n>(acc, rows, ids, from_zero);
+                    }
+                })*
+                _ => {}
+            }
+        };
+    }
+    whole_rows!(32, 20, 16, 8, 4);
     in_blocks!(n, c, L => sum_block::<L>(out, w, n, c, ids, from_zero));
+}
+
+/// [`accumulate_rows`] for rows of exactly `N` lanes: the sums stay in registers across all the
+/// rows, and each row costs one bounds check.
+#[inline(always)]
+fn sum_rows<const N: usize>(out: &mut [f32; N], rows: &[[f32; N]], ids: &[u16], from_zero: bool) {
+    let mut acc = if from_zero { [0.0f32; N] } else { *out };
+    for &j in ids {
+        let row = &rows[j as usize];
+        for k in 0..N {
+            acc[k] += row[k];
+        }
+    }
+    *out = acc;
 }
 
 #[inline(always)]
@@ -90,8 +133,48 @@ fn sum_block<const L: usize>(
 /// If a row `j` of `ids` lies beyond `dw`.
 #[inline]
 pub fn scatter_add(dw: &mut [f32], x: &[f32], ids: &[u16]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::avx2() {
+        // SAFETY: the CPU runs AVX2 code (checked at run time).
+        #[allow(unsafe_code)]
+        return unsafe { avx2::scatter_add(dw, x, ids) };
+    }
+    scatter_add_portable(dw, x, ids)
+}
+
+/// [`scatter_add`] in the target's baseline instructions (and, inlined into
+/// `avx2::scatter_add`, in AVX2 ones).
+#[inline(always)]
+fn scatter_add_portable(dw: &mut [f32], x: &[f32], ids: &[u16]) {
     let n = x.len();
+    macro_rules! whole_rows {
+        ($($n:literal),*) => {
+            match n {
+                $($n => {
+                    if let (Ok(v), Ok(rows)) =
+                        (<&[f32; $n]>::try_from(x), bytemuck::try_cast_slice_mut(&mut *dw))
+                    {
+                        return scatter_rows::<$n>(rows, v, ids);
+                    }
+                })*
+                _ => {}
+            }
+        };
+    }
+    whole_rows!(32, 20, 16, 8, 4);
     in_blocks!(n, c, L => scatter_block::<L>(dw, x, n, c, ids));
+}
+
+/// [`scatter_add`] for rows of exactly `N` lanes: one bounds check per row.
+#[inline(always)]
+fn scatter_rows<const N: usize>(rows: &mut [[f32; N]], x: &[f32; N], ids: &[u16]) {
+    let v = *x;
+    for &j in ids {
+        let row = &mut rows[j as usize];
+        for k in 0..N {
+            row[k] += v[k];
+        }
+    }
 }
 
 #[inline(always)]
@@ -104,6 +187,25 @@ fn scatter_block<const L: usize>(dw: &mut [f32], x: &[f32], n: usize, c: usize, 
         for k in 0..L {
             row[k] += v[k];
         }
+    }
+}
+
+/// The kernels compiled for AVX2: the same code, so the same additions in the same order.
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod avx2 {
+    /// # Safety
+    /// The CPU must run AVX2 code ([`crate::simd::avx2`]).
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn accumulate_rows(out: &mut [f32], w: &[f32], ids: &[u16], zero: bool) {
+        super::accumulate_rows_portable(out, w, ids, zero)
+    }
+
+    /// # Safety
+    /// The CPU must run AVX2 code ([`crate::simd::avx2`]).
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn scatter_add(dw: &mut [f32], x: &[f32], ids: &[u16]) {
+        super::scatter_add_portable(dw, x, ids)
     }
 }
 
@@ -121,40 +223,57 @@ mod tests {
         w
     }
 
-    /// Every width from 1 to 40 (all block combinations), bit for bit against the plain loops.
-    #[test]
-    fn blocked_kernels_equal_plain_loops() {
-        let ids = [3u16, 0, 7, 5, 1];
-        for n in 1..=40 {
-            let w = weights(8, n);
-            let w = &w[..8 * n];
-            let mut plain = [0.0f32; 40];
-            for &j in &ids {
-                for i in 0..n {
-                    plain[i] += w[j as usize * n + i];
-                }
-            }
-            let mut got = [9.0f32; 40];
-            accumulate_rows(&mut got[..n], w, &ids, true);
-            assert_eq!(&got[..n], &plain[..n], "accumulate, n = {n}");
-            // Continuing: the rest of the ids added to a sum over the first two.
-            let mut part = [0.0f32; 40];
-            accumulate_rows(&mut part[..n], w, &ids[..2], true);
-            accumulate_rows(&mut part[..n], w, &ids[2..], false);
-            assert_eq!(&part[..n], &plain[..n], "continued accumulate, n = {n}");
+    type Accumulate = fn(&mut [f32], &[f32], &[u16], bool);
+    type Scatter = fn(&mut [f32], &[f32], &[u16]);
 
-            let x: [f32; 40] = core::array::from_fn(|i| 0.25 * i as f32 - 3.0);
-            let mut dw_plain = [0.0f32; 4096];
-            dw_plain[..8 * n].copy_from_slice(w);
-            let mut dw = dw_plain;
-            for &j in &ids {
-                for i in 0..n {
-                    dw_plain[j as usize * n + i] += x[i];
+    /// Every width from 1 to 40 (whole rows and all block combinations), bit for bit against the
+    /// plain loops: the dispatching kernels (AVX2 where the CPU has it) and the portable ones.
+    #[test]
+    fn kernels_equal_plain_loops() {
+        let kernels: [(Accumulate, Scatter, &str); 2] = [
+            (accumulate_rows, scatter_add, "dispatched"),
+            (|o, w, i, z| accumulate_rows_portable(o, w, i, z), scatter_add_portable, "portable"),
+        ];
+        let ids = [3u16, 0, 7, 5, 1];
+        for (accumulate, scatter, which) in kernels {
+            for n in 1..=40 {
+                let w = weights(8, n);
+                let w = &w[..8 * n];
+                let mut plain = [0.0f32; 40];
+                for &j in &ids {
+                    for i in 0..n {
+                        plain[i] += w[j as usize * n + i];
+                    }
                 }
+                let mut got = [9.0f32; 40];
+                accumulate(&mut got[..n], w, &ids, true);
+                assert_eq!(&got[..n], &plain[..n], "{which} accumulate, n = {n}");
+                // Continuing: the rest of the ids added to a sum over the first two.
+                let mut part = [0.0f32; 40];
+                accumulate(&mut part[..n], w, &ids[..2], true);
+                accumulate(&mut part[..n], w, &ids[2..], false);
+                assert_eq!(&part[..n], &plain[..n], "{which} continued accumulate, n = {n}");
+
+                let x: [f32; 40] = core::array::from_fn(|i| 0.25 * i as f32 - 3.0);
+                let mut dw_plain = [0.0f32; 4096];
+                dw_plain[..8 * n].copy_from_slice(w);
+                let mut dw = dw_plain;
+                for &j in &ids {
+                    for i in 0..n {
+                        dw_plain[j as usize * n + i] += x[i];
+                    }
+                }
+                scatter(&mut dw[..8 * n], &x[..n], &ids);
+                assert_eq!(&dw[..8 * n], &dw_plain[..8 * n], "{which} scatter, n = {n}");
             }
-            scatter_add(&mut dw[..8 * n], &x[..n], &ids);
-            assert_eq!(&dw[..8 * n], &dw_plain[..8 * n], "scatter, n = {n}");
         }
+    }
+
+    /// The detection agrees with the standard library's.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_detection_agrees_with_std() {
+        assert_eq!(crate::simd::avx2(), std::is_x86_feature_detected!("avx2"));
     }
 
     #[test]

@@ -1,0 +1,71 @@
+//! Which vector instructions the row kernels may use, detected once at run time.
+//!
+//! The crate is built for the baseline of its target (SSE2 on x86-64), so that one binary runs on
+//! every machine of that architecture. The row kernels ([`crate::rows`]) are also compiled a
+//! second time for AVX2 and run that way when the CPU (and the operating system, which must save
+//! the wider registers) supports it. Both builds do the same additions lane by lane, in the same
+//! order, so the results are bit-identical; only the number of instructions differs.
+//!
+//! On other architectures [`avx2`] is always false.
+//!
+//! ```
+//! // Either answer is fine; it does not change any result.
+//! let _fast = spiketile_core::simd::avx2();
+//! ```
+
+/// Whether this CPU runs AVX2 code (cached after the first call).
+#[inline]
+pub fn avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use core::sync::atomic::{AtomicU8, Ordering};
+        // 0: not yet detected, 1: no, 2: yes.
+        static STATE: AtomicU8 = AtomicU8::new(0);
+        match STATE.load(Ordering::Relaxed) {
+            1 => false,
+            2 => true,
+            _ => {
+                let yes = x86::detect_avx2();
+                STATE.store(if yes { 2 } else { 1 }, Ordering::Relaxed);
+                yes
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod x86 {
+    use core::arch::x86_64::{__cpuid, __cpuid_count, _xgetbv};
+
+    /// CPUID says AVX2, and XCR0 says the OS saves the XMM and YMM registers.
+    #[allow(unused_unsafe)] // `__cpuid` is a safe function on newer compilers
+    pub(super) fn detect_avx2() -> bool {
+        // SAFETY: CPUID exists on every x86-64 CPU; leaf 7 is read only if the CPU has it.
+        let (max, leaf1) = unsafe { (__cpuid(0).eax, __cpuid(1)) };
+        let (osxsave, avx) = (leaf1.ecx & (1 << 27) != 0, leaf1.ecx & (1 << 28) != 0);
+        if max < 7 || !osxsave || !avx {
+            return false;
+        }
+        // SAFETY: OSXSAVE is set, so XGETBV is enabled.
+        if unsafe { xcr0() } & 0b110 != 0b110 {
+            return false;
+        }
+        // SAFETY: leaf 7 exists (max >= 7).
+        unsafe { __cpuid_count(7, 0) }.ebx & (1 << 5) != 0
+    }
+
+    /// # Safety
+    /// The CPU must have XSAVE enabled by the OS (CPUID.1:ECX.OSXSAVE).
+    #[target_feature(enable = "xsave")]
+    unsafe fn xcr0() -> u64 {
+        #[allow(unused_unsafe)]
+        unsafe {
+            _xgetbv(0)
+        }
+    }
+}
