@@ -725,6 +725,21 @@ impl<'a> Tile<'a> {
         Ok(())
     }
 
+    /// Asks the CPU to start loading what [`Tile::backward`] of step `t`, sample `b` reads first
+    /// from the histories (its own buffer, its membranes there, the input buffer), so that a
+    /// driver can overlap those loads with the work before. A hint: it changes no result, and
+    /// an out-of-range `(t, b)` is ignored.
+    #[inline]
+    pub fn prefetch_backward(&self, t: usize, b: usize) {
+        if self.check_tb(t, b).is_err() {
+            return;
+        }
+        let kt = self.cfg.own_capacity();
+        crate::simd::prefetch(&self.out_hist[self.out_slot(t, b)]);
+        crate::simd::prefetch(&self.u_hist[self.step_index(t, b) * kt]);
+        crate::simd::prefetch(&self.in_hist[self.in_slot(t, b)]);
+    }
+
     /// This tile's partial `dL/dS_{l-1}[t-1]` for sample `b` after [`Tile::backward`] at `t`:
     /// entry `k` belongs to `in_buffer(t, b).ids[k]`.
     pub fn src_partials(&self, b: usize) -> &[f32] {

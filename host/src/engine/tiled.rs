@@ -766,7 +766,16 @@ impl TiledEngine {
         // This step's partials go to its slot (step t + 1's, still to be read, is another).
         let tiles = lr.plan.tiles();
         let (slot, rec_slot) = (self.slot(t), t % 2);
-        for (bl, b) in lr.plan.samples_of(r, batch).enumerate() {
+        let samples = lr.plan.samples_of(r, batch);
+        let last = samples.len().saturating_sub(1);
+        for (bl, b) in samples.enumerate() {
+            // The history loads of this tile's next sample (or of its first at the step before,
+            // its next work) overlap this sample's work.
+            match (bl < last, t) {
+                (true, _) => tile.prefetch_backward(t, bl + 1),
+                (false, t) if t > 0 => tile.prefetch_backward(t - 1, 0),
+                _ => {}
+            }
             self.gather_dlds((l, r, p), (b, bl, t), tile);
             tile.backward_shared(t, bl, l > 0, shared, grads.as_mut().map(SharedGrads::reborrow))?;
             if l > 0 {
