@@ -1,14 +1,17 @@
 //! Criterion benches of the hot kernels of one tile: the forward step (sparse accumulate, membrane
-//! update, buffer construction), buffer construction alone, the backward step, and Adam.
+//! update, buffer construction), buffer construction alone, the backward step, and Adam; and the
+//! two row kernels alone at the scale of W, where the rows come from L2 (the bound on W's
+//! throughput that docs/performance.md derives).
 //!
 //! `cargo bench -p spiketile --bench kernels` (add `-- --quick` for a short run).
 
 // criterion_group! generates an undocumented public function.
 #![allow(missing_docs)]
 
-use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use spiketile_core::rows::{accumulate_rows, scatter_add};
 use spiketile_core::spikes::build_into;
 use spiketile_core::{NeuronParams, Optimizer, OptimizerKind, SpikeView, Tile, TileConfig};
 
@@ -103,5 +106,44 @@ fn kernels(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, kernels);
+/// The row kernels as W's hidden layer runs them on one core: 16 tiles of 32 neurons (their
+/// 700 x 32 weights are 1.4 MB together, so the rows come from L2), 8 samples each, 35 input
+/// spikes per sample and step. Throughput is in rows (one input spike of one tile).
+fn rows_at_w_scale(c: &mut Criterion) {
+    const TILES: usize = 16;
+    const LANES: usize = 32;
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    let mut w: Vec<Vec<f32>> =
+        (0..TILES).map(|_| (0..700 * LANES).map(|_| rng.gen_range(-1.0..1.0)).collect()).collect();
+    let spikes: Vec<Vec<u16>> = (0..TILES * 8)
+        .map(|_| {
+            let mut ids = input_spikes(&mut rng);
+            ids.truncate(35);
+            ids
+        })
+        .collect();
+    let rows = spikes.iter().map(Vec::len).sum::<usize>() as u64;
+    let mut g = c.benchmark_group("rows at W scale (16 tiles x 8 samples, 32 lanes, from L2)");
+    g.throughput(Throughput::Elements(rows));
+    g.bench_function("accumulate_rows (forward)", |b| {
+        let mut cur = [0.0f32; LANES];
+        b.iter(|| {
+            for (k, ids) in spikes.iter().enumerate() {
+                accumulate_rows(&mut cur, &w[k / 8], ids, true);
+                black_box(&cur);
+            }
+        })
+    });
+    let x = [0.01f32; LANES];
+    g.bench_function("scatter_add (backward dW)", |b| {
+        b.iter(|| {
+            for (k, ids) in spikes.iter().enumerate() {
+                scatter_add(&mut w[k / 8], black_box(&x), ids);
+            }
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, kernels, rows_at_w_scale);
 criterion_main!(benches);
