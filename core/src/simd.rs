@@ -52,6 +52,26 @@ pub fn prefetch<T>(x: &T) {
     let _ = x;
 }
 
+/// Bit `i` set where `x[i] >= level` (false for NaN), for 8 lanes: two vector compares and a
+/// move-mask on x86-64 (SSE2, part of the baseline), a loop elsewhere.
+#[inline(always)]
+pub fn mask_at_least(x: &[f32; 8], level: f32) -> u32 {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: SSE2 is part of the x86-64 baseline; the loads read the 8 floats of `x`.
+    #[allow(unsafe_code, unused_unsafe)]
+    unsafe {
+        use core::arch::x86_64::{_mm_cmpge_ps, _mm_loadu_ps, _mm_movemask_ps, _mm_set1_ps};
+        let l = _mm_set1_ps(level);
+        let lo = _mm_movemask_ps(_mm_cmpge_ps(_mm_loadu_ps(x.as_ptr()), l));
+        let hi = _mm_movemask_ps(_mm_cmpge_ps(_mm_loadu_ps(x.as_ptr().add(4)), l));
+        (lo | hi << 4) as u32
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        x.iter().enumerate().fold(0, |m, (i, &v)| m | ((v >= level) as u32) << i)
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
 mod x86 {
@@ -81,6 +101,25 @@ mod x86 {
         #[allow(unused_unsafe)]
         unsafe {
             _xgetbv(0)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The vector mask equals the plain loop, NaN and infinities included.
+    #[test]
+    fn mask_at_least_equals_the_plain_loop() {
+        let vals = [-1.0f32, 0.9, 1.0, 1.2, f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.95, 2.0];
+        for start in 0..vals.len() {
+            let x: [f32; 8] = core::array::from_fn(|i| vals[(start + i) % vals.len()]);
+            for level in [0.9f32, 1.0, f32::NEG_INFINITY, f32::INFINITY] {
+                let plain =
+                    x.iter().enumerate().fold(0, |m, (i, &v)| m | ((v >= level) as u32) << i);
+                assert_eq!(mask_at_least(&x, level), plain, "x = {x:?}, level = {level}");
+            }
         }
     }
 }

@@ -43,61 +43,62 @@ impl BuildResult {
     }
 }
 
-/// Lanes per chunk of [`build_into`]'s pre-test.
+/// Lanes per chunk of [`build_into`].
 const CHUNK: usize = 8;
 
-/// Whether any lane of `chunk` is at or above `level` (a compare per lane, no branch: the
-/// compiler turns it into a few vector instructions).
+/// A chunk of `chunks_exact(CHUNK)` as an array.
 #[inline(always)]
-fn any_at_least(chunk: &[f32], level: f32) -> bool {
-    chunk.iter().fold(false, |a, &x| a | (x >= level))
+fn as_chunk(c: &[f32]) -> &[f32; CHUNK] {
+    c.try_into().expect("chunks_exact gives whole chunks")
 }
 
-/// Appends to `ids[*n..]` (up to its capacity) the positions `base + i` of `chunk` whose value
-/// passes `keep`; returns how many passed.
+/// Appends the positions `base + i` of the set bits `i` of `mask`, lowest first, to `ids[*n..]`
+/// (up to its capacity).
 #[inline(always)]
-fn scan(
-    chunk: &[f32],
-    base: usize,
-    ids: &mut [u16],
-    n: &mut usize,
-    keep: impl Fn(f32) -> bool,
-) -> usize {
-    let mut found = 0;
-    for (i, &x) in chunk.iter().enumerate() {
-        if keep(x) {
-            found += 1;
-            if *n < ids.len() {
-                ids[*n] = (base + i) as u16;
-                *n += 1;
-            }
-        }
+fn push_bits(mut mask: u32, base: usize, ids: &mut [u16], n: &mut usize) {
+    while mask != 0 && *n < ids.len() {
+        ids[*n] = (base + mask.trailing_zeros() as usize) as u16;
+        *n += 1;
+        mask &= mask - 1;
     }
-    found
 }
 
 /// Builds a buffer from membranes into `ids` (capacity `ids.len()`), by the policy above.
 /// Ids are positions in `u`; `u.len()` must fit `u16`.
 ///
 /// Two passes (spikes, then near-threshold neurons), each over chunks of 8 membranes: a chunk
-/// with nothing at or above its level is skipped after one branch-free test, so a quiet tile
-/// costs a few vector compares per 8 neurons.
+/// yields a bit mask of the neurons it keeps (branch-free compares), and only the set bits cost
+/// work, so a quiet tile costs a few vector compares per 8 neurons.
+#[inline]
 pub fn build_into(u: &[f32], theta: f32, window: f32, ids: &mut [u16]) -> BuildResult {
     let lower = theta - window;
+    let chunks = u.chunks_exact(CHUNK);
+    let (tail, tail_base) = (chunks.remainder(), u.len() - chunks.remainder().len());
+    let tail_mask = |keep: &dyn Fn(f32) -> bool| -> u32 {
+        tail.iter().enumerate().fold(0, |m, (i, &x)| m | (keep(x) as u32) << i)
+    };
     let mut n = 0;
     let mut raw_spikes = 0;
-    for (c, chunk) in u.chunks(CHUNK).enumerate() {
-        if any_at_least(chunk, theta) {
-            raw_spikes += scan(chunk, c * CHUNK, ids, &mut n, |x| x >= theta);
-        }
+    for (c, chunk) in chunks.clone().enumerate() {
+        let m = crate::simd::mask_at_least(as_chunk(chunk), theta);
+        raw_spikes += m.count_ones() as usize;
+        push_bits(m, c * CHUNK, ids, &mut n);
     }
+    let m = tail_mask(&|x| x >= theta);
+    raw_spikes += m.count_ones() as usize;
+    push_bits(m, tail_base, ids, &mut n);
     let n_spikes = n;
     let mut raw_near = 0;
-    for (c, chunk) in u.chunks(CHUNK).enumerate() {
-        if any_at_least(chunk, lower) {
-            raw_near += scan(chunk, c * CHUNK, ids, &mut n, |x| x < theta && x >= lower);
-        }
+    for (c, chunk) in chunks.enumerate() {
+        let chunk = as_chunk(chunk);
+        let m =
+            crate::simd::mask_at_least(chunk, lower) & !crate::simd::mask_at_least(chunk, theta);
+        raw_near += m.count_ones() as usize;
+        push_bits(m, c * CHUNK, ids, &mut n);
     }
+    let m = tail_mask(&|x| x < theta && x >= lower);
+    raw_near += m.count_ones() as usize;
+    push_bits(m, tail_base, ids, &mut n);
     BuildResult { n_spikes, n_grad: n, raw_spikes, raw_near }
 }
 
