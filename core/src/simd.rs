@@ -1,4 +1,6 @@
-//! Which vector instructions the row kernels may use, detected once at run time.
+//! The few places where the core uses the CPU's vector instructions directly: which ones the row
+//! kernels may use (detected once at run time), an 8-lane compare mask for the spike-buffer
+//! construction, and prefetch hints. Every result is the same with or without them.
 //!
 //! The crate is built for the baseline of its target (SSE2 on x86-64), so that one binary runs on
 //! every machine of that architecture. The row kernels ([`crate::rows`]) are also compiled a
@@ -9,8 +11,11 @@
 //! On other architectures [`avx2`] is always false.
 //!
 //! ```
+//! use spiketile_core::simd::{avx2, mask_at_least};
 //! // Either answer is fine; it does not change any result.
-//! let _fast = spiketile_core::simd::avx2();
+//! let _fast = avx2();
+//! let u = [0.5, 1.2, 0.95, 1.0, -3.0, f32::NAN, 2.0, 0.0];
+//! assert_eq!(mask_at_least(&u, 1.0), 0b0100_1010);
 //! ```
 
 /// Whether this CPU runs AVX2 code (cached after the first call).
