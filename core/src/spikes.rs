@@ -72,6 +72,9 @@ fn push_bits(mut mask: u32, base: usize, ids: &mut [u16], n: &mut usize) {
 #[inline]
 pub fn build_into(u: &[f32], theta: f32, window: f32, ids: &mut [u16]) -> BuildResult {
     let lower = theta - window;
+    if u.len() <= 64 {
+        return build_small(u, theta, lower, ids);
+    }
     let chunks = u.chunks_exact(CHUNK);
     let (tail, tail_base) = (chunks.remainder(), u.len() - chunks.remainder().len());
     let tail_mask = |keep: &dyn Fn(f32) -> bool| -> u32 {
@@ -100,6 +103,46 @@ pub fn build_into(u: &[f32], theta: f32, window: f32, ids: &mut [u16]) -> BuildR
     raw_near += m.count_ones() as usize;
     push_bits(m, tail_base, ids, &mut n);
     BuildResult { n_spikes, n_grad: n, raw_spikes, raw_near }
+}
+
+/// [`build_into`] for at most 64 membranes (a tile's usual width): one sweep makes a 64-bit mask
+/// of the spikes and one of everything at or above the window, then their set bits are the ids.
+#[inline(always)]
+fn build_small(u: &[f32], theta: f32, lower: f32, ids: &mut [u16]) -> BuildResult {
+    let chunks = u.chunks_exact(CHUNK);
+    let tail_base = u.len() - chunks.remainder().len();
+    let (mut spikes, mut at_least_lower) = (0u64, 0u64);
+    for (c, tail) in chunks.remainder().iter().enumerate() {
+        spikes |= u64::from(*tail >= theta) << (tail_base + c);
+        at_least_lower |= u64::from(*tail >= lower) << (tail_base + c);
+    }
+    for (c, chunk) in chunks.enumerate() {
+        let chunk = as_chunk(chunk);
+        spikes |= u64::from(crate::simd::mask_at_least(chunk, theta)) << (c * CHUNK);
+        at_least_lower |= u64::from(crate::simd::mask_at_least(chunk, lower)) << (c * CHUNK);
+    }
+    let near = at_least_lower & !spikes;
+    let mut n = 0;
+    push_bits64(spikes, ids, &mut n);
+    let n_spikes = n;
+    push_bits64(near, ids, &mut n);
+    BuildResult {
+        n_spikes,
+        n_grad: n,
+        raw_spikes: spikes.count_ones() as usize,
+        raw_near: near.count_ones() as usize,
+    }
+}
+
+/// Appends the positions of the set bits of `mask`, lowest first, to `ids[*n..]` (up to its
+/// capacity).
+#[inline(always)]
+fn push_bits64(mut mask: u64, ids: &mut [u16], n: &mut usize) {
+    while mask != 0 && *n < ids.len() {
+        ids[*n] = mask.trailing_zeros() as u16;
+        *n += 1;
+        mask &= mask - 1;
+    }
 }
 
 /// A borrowed spike buffer: the gradient set `ids` with its first `n_spikes` entries the spikes.
@@ -288,10 +331,31 @@ mod tests {
 
     /// Construction against the policy written as filters, over several widths and capacities.
     #[test]
+    fn nan_and_infinities_follow_the_comparisons() {
+        // NaN is neither a spike nor near; +inf spikes; -inf is below any window but an
+        // infinite one. Small (<= 64) and large widths take different paths.
+        for width in [10, 70] {
+            let mut u = [0.0f32; 70];
+            u[1] = f32::NAN;
+            u[3] = f32::INFINITY;
+            u[5] = 0.95;
+            u[8] = f32::NEG_INFINITY;
+            let mut ids = [0u16; 70];
+            let r = build_into(&u[..width], 1.0, 0.1, &mut ids);
+            assert_eq!((r.n_spikes, r.n_grad), (1, 2), "width {width}");
+            assert_eq!(&ids[..2], &[3, 5]);
+            let r = build_into(&u[..width], 1.0, f32::INFINITY, &mut ids);
+            // Every non-NaN neuron is in the window: all but u[1] (and u[3] spikes).
+            assert_eq!((r.n_spikes, r.n_grad), (1, width - 1), "width {width}");
+            assert_eq!(ids[0], 3);
+        }
+    }
+
+    #[test]
     fn build_into_equals_the_plain_policy() {
         let mut seed = 99u32;
         let mut u = [0.0f32; 200];
-        for width in [1, 7, 63, 64, 65, 130, 200] {
+        for width in [1, 7, 20, 32, 63, 64, 65, 130, 200] {
             for x in u[..width].iter_mut() {
                 seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
                 *x = (seed >> 8) as f32 / (1u32 << 24) as f32 * 1.3;
