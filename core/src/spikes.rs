@@ -123,26 +123,27 @@ fn build_small(u: &[f32], theta: f32, lower: f32, ids: &mut [u16]) -> BuildResul
     }
     let near = at_least_lower & !spikes;
     let mut n = 0;
-    push_bits64(spikes, ids, &mut n);
+    let raw_spikes = push_bits64(spikes, ids, &mut n);
     let n_spikes = n;
-    push_bits64(near, ids, &mut n);
-    BuildResult {
-        n_spikes,
-        n_grad: n,
-        raw_spikes: spikes.count_ones() as usize,
-        raw_near: near.count_ones() as usize,
-    }
+    let raw_near = push_bits64(near, ids, &mut n);
+    BuildResult { n_spikes, n_grad: n, raw_spikes, raw_near }
 }
 
 /// Appends the positions of the set bits of `mask`, lowest first, to `ids[*n..]` (up to its
-/// capacity).
+/// capacity); returns how many bits were set (a loop over them: few are, and the baseline has no
+/// population-count instruction).
 #[inline(always)]
-fn push_bits64(mut mask: u64, ids: &mut [u16], n: &mut usize) {
-    while mask != 0 && *n < ids.len() {
-        ids[*n] = mask.trailing_zeros() as u16;
-        *n += 1;
+fn push_bits64(mut mask: u64, ids: &mut [u16], n: &mut usize) -> usize {
+    let mut set = 0;
+    while mask != 0 {
+        if *n < ids.len() {
+            ids[*n] = mask.trailing_zeros() as u16;
+            *n += 1;
+        }
+        set += 1;
         mask &= mask - 1;
     }
+    set
 }
 
 /// A borrowed spike buffer: the gradient set `ids` with its first `n_spikes` entries the spikes.
