@@ -50,6 +50,23 @@ macro_rules! in_blocks {
     };
 }
 
+/// Runs `$body` with the constant `N` equal to `$n` if `$n` is one of the row widths the planner
+/// makes (32, 20, 16, 8 or 4 lanes), and does nothing otherwise.
+macro_rules! whole_rows {
+    ($n:expr, N => $body:block) => {
+        whole_rows!(@ $n, $body, 32, 20, 16, 8, 4)
+    };
+    (@ $n:expr, $body:block, $($w:literal),*) => {
+        match $n {
+            $($w => {
+                const N: usize = $w;
+                $body
+            })*
+            _ => {}
+        }
+    };
+}
+
 /// `out[i] (+)= sum over j in ids, in order, of w[j * n + i]` with `n = out.len()`: from zero if
 /// `from_zero`, else continuing the sums already in `out`.
 ///
@@ -71,21 +88,11 @@ pub fn accumulate_rows(out: &mut [f32], w: &[f32], ids: &[u16], from_zero: bool)
 #[inline(always)]
 fn accumulate_rows_portable(out: &mut [f32], w: &[f32], ids: &[u16], from_zero: bool) {
     let n = out.len();
-    macro_rules! whole_rows {
-        ($($n:literal),*) => {
-            match n {
-                $($n => {
-                    if let (Ok(acc), Ok(rows)) =
-                        (<&mut [f32; $n]>::try_from(&mut *out), bytemuck::try_cast_slice(w))
-                    {
-                        return sum_rows::<$n>(acc, rows, ids, from_zero);
-                    }
-                })*
-                _ => {}
-            }
-        };
-    }
-    whole_rows!(32, 20, 16, 8, 4);
+    whole_rows!(n, N => {
+        if let (Ok(acc), Ok(rows)) = (<&mut [f32; N]>::try_from(&mut *out), bytemuck::try_cast_slice(w)) {
+            return sum_rows::<N>(acc, rows, ids, from_zero);
+        }
+    });
     in_blocks!(n, c, L => sum_block::<L>(out, w, n, c, ids, from_zero));
 }
 
@@ -147,21 +154,11 @@ pub fn scatter_add(dw: &mut [f32], x: &[f32], ids: &[u16]) {
 #[inline(always)]
 fn scatter_add_portable(dw: &mut [f32], x: &[f32], ids: &[u16]) {
     let n = x.len();
-    macro_rules! whole_rows {
-        ($($n:literal),*) => {
-            match n {
-                $($n => {
-                    if let (Ok(v), Ok(rows)) =
-                        (<&[f32; $n]>::try_from(x), bytemuck::try_cast_slice_mut(&mut *dw))
-                    {
-                        return scatter_rows::<$n>(rows, v, ids);
-                    }
-                })*
-                _ => {}
-            }
-        };
-    }
-    whole_rows!(32, 20, 16, 8, 4);
+    whole_rows!(n, N => {
+        if let (Ok(v), Ok(rows)) = (<&[f32; N]>::try_from(x), bytemuck::try_cast_slice_mut(&mut *dw)) {
+            return scatter_rows::<N>(rows, v, ids);
+        }
+    });
     in_blocks!(n, c, L => scatter_block::<L>(dw, x, n, c, ids));
 }
 
