@@ -43,107 +43,78 @@ impl BuildResult {
     }
 }
 
-/// Lanes per chunk of [`build_into`].
-const CHUNK: usize = 8;
+/// Membranes per block of [`build_into`]: one bit each in a `u64` mask.
+const BLOCK: usize = 64;
 
-/// A chunk of `chunks_exact(CHUNK)` as an array.
+/// The masks of a block of at most [`BLOCK`] membranes: bit `i` of the first is set where
+/// `u[i] >= theta` (a spike), of the second where `u[i] >= lower` (a spike or near it). Eight
+/// lanes per vector compare (see [`crate::simd::mask_at_least`]).
 #[inline(always)]
-fn as_chunk(c: &[f32]) -> &[f32; CHUNK] {
-    c.try_into().expect("chunks_exact gives whole chunks")
-}
-
-/// Appends the positions `base + i` of the set bits `i` of `mask`, lowest first, to `ids[*n..]`
-/// (up to its capacity).
-#[inline(always)]
-fn push_bits(mut mask: u32, base: usize, ids: &mut [u16], n: &mut usize) {
-    while mask != 0 && *n < ids.len() {
-        ids[*n] = (base + mask.trailing_zeros() as usize) as u16;
-        *n += 1;
-        mask &= mask - 1;
-    }
-}
-
-/// Builds a buffer from membranes into `ids` (capacity `ids.len()`), by the policy above.
-/// Ids are positions in `u`; `u.len()` must fit `u16`.
-///
-/// Two passes (spikes, then near-threshold neurons), each over chunks of 8 membranes: a chunk
-/// yields a bit mask of the neurons it keeps (branch-free compares), and only the set bits cost
-/// work, so a quiet tile costs a few vector compares per 8 neurons.
-#[inline]
-pub fn build_into(u: &[f32], theta: f32, window: f32, ids: &mut [u16]) -> BuildResult {
-    let lower = theta - window;
-    if u.len() <= 64 {
-        return build_small(u, theta, lower, ids);
-    }
-    let chunks = u.chunks_exact(CHUNK);
-    let (tail, tail_base) = (chunks.remainder(), u.len() - chunks.remainder().len());
-    let tail_mask = |keep: &dyn Fn(f32) -> bool| -> u32 {
-        tail.iter().enumerate().fold(0, |m, (i, &x)| m | (keep(x) as u32) << i)
-    };
-    let mut n = 0;
-    let mut raw_spikes = 0;
-    for (c, chunk) in chunks.clone().enumerate() {
-        let m = crate::simd::mask_at_least(as_chunk(chunk), theta);
-        raw_spikes += m.count_ones() as usize;
-        push_bits(m, c * CHUNK, ids, &mut n);
-    }
-    let m = tail_mask(&|x| x >= theta);
-    raw_spikes += m.count_ones() as usize;
-    push_bits(m, tail_base, ids, &mut n);
-    let n_spikes = n;
-    let mut raw_near = 0;
-    for (c, chunk) in chunks.enumerate() {
-        let chunk = as_chunk(chunk);
-        let m =
-            crate::simd::mask_at_least(chunk, lower) & !crate::simd::mask_at_least(chunk, theta);
-        raw_near += m.count_ones() as usize;
-        push_bits(m, c * CHUNK, ids, &mut n);
-    }
-    let m = tail_mask(&|x| x < theta && x >= lower);
-    raw_near += m.count_ones() as usize;
-    push_bits(m, tail_base, ids, &mut n);
-    BuildResult { n_spikes, n_grad: n, raw_spikes, raw_near }
-}
-
-/// [`build_into`] for at most 64 membranes (a tile's usual width): one sweep makes a 64-bit mask
-/// of the spikes and one of everything at or above the window, then their set bits are the ids.
-#[inline(always)]
-fn build_small(u: &[f32], theta: f32, lower: f32, ids: &mut [u16]) -> BuildResult {
-    let chunks = u.chunks_exact(CHUNK);
+fn block_masks(u: &[f32], theta: f32, lower: f32) -> (u64, u64) {
+    let chunks = u.chunks_exact(8);
     let tail_base = u.len() - chunks.remainder().len();
     let (mut spikes, mut at_least_lower) = (0u64, 0u64);
-    for (c, tail) in chunks.remainder().iter().enumerate() {
-        spikes |= u64::from(*tail >= theta) << (tail_base + c);
-        at_least_lower |= u64::from(*tail >= lower) << (tail_base + c);
+    for (i, &x) in chunks.remainder().iter().enumerate() {
+        spikes |= u64::from(x >= theta) << (tail_base + i);
+        at_least_lower |= u64::from(x >= lower) << (tail_base + i);
     }
     for (c, chunk) in chunks.enumerate() {
-        let chunk = as_chunk(chunk);
-        spikes |= u64::from(crate::simd::mask_at_least(chunk, theta)) << (c * CHUNK);
-        at_least_lower |= u64::from(crate::simd::mask_at_least(chunk, lower)) << (c * CHUNK);
+        let chunk: &[f32; 8] = chunk.try_into().expect("chunks_exact gives whole chunks");
+        spikes |= u64::from(crate::simd::mask_at_least(chunk, theta)) << (8 * c);
+        at_least_lower |= u64::from(crate::simd::mask_at_least(chunk, lower)) << (8 * c);
     }
-    let near = at_least_lower & !spikes;
-    let mut n = 0;
-    let raw_spikes = push_bits64(spikes, ids, &mut n);
-    let n_spikes = n;
-    let raw_near = push_bits64(near, ids, &mut n);
-    BuildResult { n_spikes, n_grad: n, raw_spikes, raw_near }
+    (spikes, at_least_lower)
 }
 
-/// Appends the positions of the set bits of `mask`, lowest first, to `ids[*n..]` (up to its
-/// capacity); returns how many bits were set (a loop over them: few are, and the baseline has no
-/// population-count instruction).
+/// Appends `base +` the positions of the set bits of `mask`, lowest first, to `ids[*n..]` (up to
+/// its capacity); returns how many bits were set (a loop over them: few are, and the x86-64
+/// baseline has no population-count instruction).
 #[inline(always)]
-fn push_bits64(mut mask: u64, ids: &mut [u16], n: &mut usize) -> usize {
+fn push_bits(mut mask: u64, base: usize, ids: &mut [u16], n: &mut usize) -> usize {
     let mut set = 0;
     while mask != 0 {
         if *n < ids.len() {
-            ids[*n] = mask.trailing_zeros() as u16;
+            ids[*n] = (base + mask.trailing_zeros() as usize) as u16;
             *n += 1;
         }
         set += 1;
         mask &= mask - 1;
     }
     set
+}
+
+/// Builds a buffer from membranes into `ids` (capacity `ids.len()`), by the policy above.
+/// Ids are positions in `u`; `u.len()` must fit `u16`.
+///
+/// Blocks of 64 membranes become two bit masks (spikes, and everything at or above the window)
+/// by vector compares without branches; the ids are the set bits, spikes of every block first,
+/// then the near-threshold ones. Only set bits cost work, and a tile of at most 64 neurons (the
+/// usual case) is one sweep over its membranes.
+#[inline]
+pub fn build_into(u: &[f32], theta: f32, window: f32, ids: &mut [u16]) -> BuildResult {
+    let lower = theta - window;
+    let mut n = 0;
+    let (raw_spikes, raw_near);
+    if u.len() <= BLOCK {
+        let (spikes, at_least_lower) = block_masks(u, theta, lower);
+        raw_spikes = push_bits(spikes, 0, ids, &mut n);
+        let n_spikes = n;
+        raw_near = push_bits(at_least_lower & !spikes, 0, ids, &mut n);
+        return BuildResult { n_spikes, n_grad: n, raw_spikes, raw_near };
+    }
+    // Wider: all blocks' spikes first, then (masks again) their near-threshold neurons.
+    let blocks = || u.chunks(BLOCK).enumerate().map(|(b, x)| (b * BLOCK, x));
+    raw_spikes = blocks()
+        .map(|(base, x)| push_bits(block_masks(x, theta, lower).0, base, ids, &mut n))
+        .sum();
+    let n_spikes = n;
+    raw_near = blocks()
+        .map(|(base, x)| {
+            let (spikes, at_least_lower) = block_masks(x, theta, lower);
+            push_bits(at_least_lower & !spikes, base, ids, &mut n)
+        })
+        .sum();
+    BuildResult { n_spikes, n_grad: n, raw_spikes, raw_near }
 }
 
 /// A borrowed spike buffer: the gradient set `ids` with its first `n_spikes` entries the spikes.
@@ -330,7 +301,6 @@ mod tests {
         assert_eq!(b.ids(), &[1, 0, 2]);
     }
 
-    /// Construction against the policy written as filters, over several widths and capacities.
     #[test]
     fn nan_and_infinities_follow_the_comparisons() {
         // NaN is neither a spike nor near; +inf spikes; -inf is below any window but an
@@ -352,6 +322,7 @@ mod tests {
         }
     }
 
+    /// Construction against the policy written as filters, over several widths and capacities.
     #[test]
     fn build_into_equals_the_plain_policy() {
         let mut seed = 99u32;
