@@ -187,144 +187,6 @@ fn scatter_block<const L: usize>(dw: &mut [f32], x: &[f32], n: usize, c: usize, 
     }
 }
 
-/// Spike uses grouped by input (the transpose of a run of spike buffers): input `inputs[k]`
-/// (ascending, distinct) was used by the rows `uses[ends[k - 1]..ends[k]]` (`ends[-1]` = 0) of a
-/// matrix of vectors, in the order the additions must happen.
-///
-/// A tile's backward steps produce one vector per sample and step (`dL/dc`); instead of adding
-/// each to the gradient rows of that step's input spikes at once ([`scatter_add`]), a driver
-/// can keep the vectors of a run of steps and add them with [`gather_add`] from lists of this
-/// shape, which loads and stores each gradient row once for the whole run.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct InputLists<'a> {
-    /// The inputs that were used, ascending.
-    pub inputs: &'a [u16],
-    /// End of each input's uses in `uses` (one per input, non-decreasing).
-    pub ends: &'a [u32],
-    /// Row indices into the vectors, grouped by input, each group in the order of addition.
-    pub uses: &'a [u16],
-}
-
-impl InputLists<'_> {
-    /// The uses of the `k`-th listed input.
-    #[inline(always)]
-    fn uses_of(&self, k: usize) -> &[u16] {
-        let start = if k == 0 { 0 } else { self.ends[k - 1] as usize };
-        &self.uses[start..self.ends[k] as usize]
-    }
-}
-
-/// `dw[j * n + i] += xs[u * n + i]` for every input `j` of `lists` and each of its uses `u` in
-/// order, with `n` lanes per row: exactly the additions of one [`scatter_add`] per use in the
-/// lists' order, so bit-identical to those, but each row of `dw` is loaded and stored once (the
-/// partial sum stays in registers).
-///
-/// ```
-/// use spiketile_core::rows::{gather_add, InputLists};
-/// // Two lanes; input 1 used by vectors 0 and 2, input 2 by vector 1.
-/// let xs = [1.0, 2.0, 10.0, 20.0, 100.0, 200.0];
-/// let lists = InputLists { inputs: &[1, 2], ends: &[2, 3], uses: &[0, 2, 1] };
-/// let mut dw = [0.0; 6];
-/// gather_add(&mut dw, 2, &xs, &lists);
-/// assert_eq!(dw, [0.0, 0.0, 101.0, 202.0, 10.0, 20.0]);
-/// ```
-///
-/// # Panics
-/// If an input lies beyond `dw`, a use beyond `xs`, or `ends` is shorter than `inputs`.
-#[inline]
-pub fn gather_add(dw: &mut [f32], n: usize, xs: &[f32], lists: &InputLists<'_>) {
-    #[cfg(target_arch = "x86_64")]
-    if crate::simd::avx2() {
-        // SAFETY: the CPU runs AVX2 code (checked at run time).
-        #[allow(unsafe_code)]
-        return unsafe { avx2::gather_add(dw, n, xs, lists) };
-    }
-    gather_add_portable(dw, n, xs, lists)
-}
-
-/// [`gather_add`] in the target's baseline instructions (and, inlined into `avx2::gather_add`,
-/// in AVX2 ones).
-#[inline(always)]
-fn gather_add_portable(dw: &mut [f32], n: usize, xs: &[f32], lists: &InputLists<'_>) {
-    whole_rows!(n, N => {
-        if let (Ok(rows), Ok(vs)) = (bytemuck::try_cast_slice_mut(&mut *dw), bytemuck::try_cast_slice(xs)) {
-            return gather_rows::<N>(rows, vs, lists);
-        }
-    });
-    in_blocks!(n, c, L => gather_block::<L>(dw, n, c, xs, lists));
-}
-
-/// [`gather_add`] for rows of exactly `N` lanes. Two inputs at a time: their sums are
-/// independent chains of additions, which the CPU overlaps.
-#[inline(always)]
-fn gather_rows<const N: usize>(rows: &mut [[f32; N]], xs: &[[f32; N]], lists: &InputLists<'_>) {
-    let pairs = lists.inputs.len() / 2;
-    for p in 0..pairs {
-        let (ka, kb) = (2 * p, 2 * p + 1);
-        let (ua, ub) = (lists.uses_of(ka), lists.uses_of(kb));
-        let (ja, jb) = (lists.inputs[ka] as usize, lists.inputs[kb] as usize);
-        let mut a = rows[ja];
-        let mut b = rows[jb];
-        let both = ua.len().min(ub.len());
-        for (&u, &v) in ua[..both].iter().zip(&ub[..both]) {
-            let (x, y) = (&xs[u as usize], &xs[v as usize]);
-            for i in 0..N {
-                a[i] += x[i];
-                b[i] += y[i];
-            }
-        }
-        for &u in &ua[both..] {
-            let x = &xs[u as usize];
-            for i in 0..N {
-                a[i] += x[i];
-            }
-        }
-        for &v in &ub[both..] {
-            let y = &xs[v as usize];
-            for i in 0..N {
-                b[i] += y[i];
-            }
-        }
-        rows[ja] = a;
-        rows[jb] = b;
-    }
-    for k in 2 * pairs..lists.inputs.len() {
-        let row = &mut rows[lists.inputs[k] as usize];
-        let mut acc = *row;
-        for &u in lists.uses_of(k) {
-            let x = &xs[u as usize];
-            for i in 0..N {
-                acc[i] += x[i];
-            }
-        }
-        *row = acc;
-    }
-}
-
-#[inline(always)]
-fn gather_block<const L: usize>(
-    dw: &mut [f32],
-    n: usize,
-    c: usize,
-    xs: &[f32],
-    lists: &InputLists<'_>,
-) {
-    for (k, &j) in lists.inputs.iter().enumerate() {
-        let start = j as usize * n + c;
-        let row = &mut dw[start..start + L];
-        let mut acc = [0.0f32; L];
-        acc.copy_from_slice(row);
-        for &u in lists.uses_of(k) {
-            let at = u as usize * n + c;
-            let x = &xs[at..at + L];
-            for i in 0..L {
-                acc[i] += x[i];
-            }
-        }
-        row.copy_from_slice(&acc);
-    }
-}
-
 /// The kernels compiled for AVX2: the same code, so the same additions in the same order.
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
@@ -341,18 +203,6 @@ mod avx2 {
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn scatter_add(dw: &mut [f32], x: &[f32], ids: &[u16]) {
         super::scatter_add_portable(dw, x, ids)
-    }
-
-    /// # Safety
-    /// The CPU must run AVX2 code ([`crate::simd::avx2`]).
-    #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn gather_add(
-        dw: &mut [f32],
-        n: usize,
-        xs: &[f32],
-        l: &super::InputLists<'_>,
-    ) {
-        super::gather_add_portable(dw, n, xs, l)
     }
 }
 
@@ -412,35 +262,6 @@ mod tests {
                 }
                 scatter(&mut dw[..8 * n], &x[..n], &ids);
                 assert_eq!(&dw[..8 * n], &dw_plain[..8 * n], "{which} scatter, n = {n}");
-            }
-        }
-    }
-
-    /// Gathering by input lists equals one scatter per use in the lists' order, bit for bit,
-    /// for every width from 1 to 40, dispatched and portable.
-    #[test]
-    fn gather_add_equals_one_scatter_per_use() {
-        type Gather = fn(&mut [f32], usize, &[f32], &InputLists<'_>);
-        let kernels: [(Gather, &str); 2] =
-            [(gather_add, "dispatched"), (gather_add_portable, "portable")];
-        // Five vectors; inputs 0, 3 and 6 of 8 (input 3 used three times, out of vector order).
-        let lists = InputLists { inputs: &[0, 3, 6], ends: &[1, 4, 6], uses: &[2, 4, 0, 3, 1, 2] };
-        for (gather, which) in kernels {
-            for n in 1..=40 {
-                let w = weights(8, n);
-                let xs = weights(5, n);
-                let xs: [f32; 200] = core::array::from_fn(|i| xs[i] * 1e-3 + 1e-7 * i as f32);
-                let mut want = [0.0f32; 4096];
-                want[..8 * n].copy_from_slice(&w[..8 * n]);
-                let mut got = want;
-                for (k, &j) in lists.inputs.iter().enumerate() {
-                    for &u in lists.uses_of(k) {
-                        let x = &xs[u as usize * n..(u as usize + 1) * n];
-                        scatter_add(&mut want[..8 * n], x, &[j]);
-                    }
-                }
-                gather(&mut got[..8 * n], n, &xs[..5 * n], &lists);
-                assert_eq!(&got[..8 * n], &want[..8 * n], "{which} gather, n = {n}");
             }
         }
     }

@@ -661,43 +661,6 @@ impl<'a> Tile<'a> {
         shared: Option<SharedWeights<'_>>,
         grads: Option<SharedGrads<'_>>,
     ) -> Result<(), TileError> {
-        self.backward_impl(t, b, source_partials, shared, grads, None)
-    }
-
-    /// [`Tile::backward_shared`], except that the input weights' gradient is left to the driver:
-    /// instead of adding `dL/dc` (this step's and sample's vector over the tile's neurons) to the
-    /// gradient rows of the step's input spikes, the tile writes it to `dldc` (its first
-    /// `neurons` entries). The recurrent weights' gradient is accumulated as usual.
-    ///
-    /// A driver keeps the vectors of a run of steps and samples and adds them all at once with
-    /// [`crate::rows::gather_add`], from lists of the input spikes by input in the order of the
-    /// calls: the same additions in the same order as [`Tile::backward_shared`] makes, but each
-    /// gradient row is loaded and stored once per run instead of once per spike. `BadInput` if
-    /// `dldc` is shorter than the tile's neurons.
-    pub fn backward_deferred(
-        &mut self,
-        t: usize,
-        b: usize,
-        source_partials: bool,
-        shared: Option<SharedWeights<'_>>,
-        grads: Option<SharedGrads<'_>>,
-        dldc: &mut [f32],
-    ) -> Result<(), TileError> {
-        if dldc.len() < self.cfg.neurons {
-            return Err(TileError::BadInput);
-        }
-        self.backward_impl(t, b, source_partials, shared, grads, Some(dldc))
-    }
-
-    fn backward_impl(
-        &mut self,
-        t: usize,
-        b: usize,
-        source_partials: bool,
-        shared: Option<SharedWeights<'_>>,
-        grads: Option<SharedGrads<'_>>,
-        dldc: Option<&mut [f32]>,
-    ) -> Result<(), TileError> {
         self.check_tb(t, b)?;
         self.check_shared(&shared)?;
         if let Some(gr) = &grads {
@@ -737,10 +700,7 @@ impl<'a> Tile<'a> {
             Some(gr) => (gr.dw, gr.dv),
             None => (&mut *self.dw, &mut *self.dv),
         };
-        match dldc {
-            Some(out) => out[..n].copy_from_slice(self.c),
-            None => scatter_add(dw, self.c, input.spikes()),
-        }
+        scatter_add(dw, self.c, input.spikes());
         let (w, v): (&[f32], &[f32]) = match &shared {
             Some(sh) => (sh.w, sh.v),
             None => (self.w, self.v),

@@ -48,19 +48,6 @@ struct Outcome {
 /// engine does: forward supersteps with merge and commit, then backward with recurrent partials
 /// reduced over tiles and fed back as dL/dS of the previous step.
 fn run_layer(net: &Net, splits: &[usize], recurrent: bool, window: f32, cap: usize) -> Outcome {
-    run_layer_with(net, splits, recurrent, window, cap, false)
-}
-
-/// [`run_layer`]; with `deferred`, the backward pass leaves the input weights' gradient to the
-/// end ([`Tile::backward_deferred`]) and adds it from lists by input ([`rows::gather_add`]).
-fn run_layer_with(
-    net: &Net,
-    splits: &[usize],
-    recurrent: bool,
-    window: f32,
-    cap: usize,
-    deferred: bool,
-) -> Outcome {
     let params = NeuronParams { window, ..NeuronParams::default() };
     let mut arenas: Vec<Vec<u32>> = Vec::new();
     let cfgs: Vec<TileConfig> = splits
@@ -157,12 +144,9 @@ fn run_layer_with(
     // dL/dS of the layer at the step being processed, dense per sample (global ids).
     let mut rec_in = vec![vec![0.0f32; WIDTH]; B];
     let mut partials = Vec::new();
-    // Deferred: each tile's dL/dc vectors, in call order ((T - 1 - t) * B + b).
-    let mut dldc_runs: Vec<Vec<f32>> =
-        tiles.iter().map(|x| vec![0.0f32; T * B * x.config().neurons]).collect();
     for t in (0..T).rev() {
         for b in 0..B {
-            for (k, tile) in tiles.iter_mut().enumerate() {
+            for tile in tiles.iter_mut() {
                 let f = tile.config().first_neuron;
                 let ids: Vec<u16> = tile.out_buffer(t, b).ids.to_vec();
                 let d = tile.dlds_mut(b);
@@ -170,15 +154,7 @@ fn run_layer_with(
                     let gi = f + i as usize;
                     d[k] = dldc[b * WIDTH + gi] + rec_in[b][gi];
                 }
-                if deferred {
-                    let n = tile.config().neurons;
-                    let at = ((T - 1 - t) * B + b) * n;
-                    let mut x = vec![0.0f32; n];
-                    tile.backward_deferred(t, b, true, None, None, &mut x).unwrap();
-                    dldc_runs[k][at..at + n].copy_from_slice(&x);
-                } else {
-                    tile.backward(t, b).unwrap();
-                }
+                tile.backward(t, b).unwrap();
             }
             let mut next = vec![0.0f32; WIDTH];
             let mut src = vec![0.0f32; tiles[0].in_buffer(t, b).n_grad()];
@@ -192,28 +168,6 @@ fn run_layer_with(
             }
             partials.extend(src);
             rec_in[b] = next;
-        }
-    }
-    if deferred {
-        // Lists by input, uses in call order: the same additions as the scatters.
-        let (mut inputs, mut ends, mut uses) = (Vec::new(), Vec::new(), Vec::new());
-        for j in 0..INPUTS as u16 {
-            for t in (0..T).rev() {
-                for b in 0..B {
-                    if tiles[0].in_buffer(t, b).spikes().contains(&j) {
-                        uses.push(((T - 1 - t) * B + b) as u16);
-                    }
-                }
-            }
-            if ends.last().copied().unwrap_or(0) < uses.len() as u32 {
-                inputs.push(j);
-                ends.push(uses.len() as u32);
-            }
-        }
-        let lists = rows::InputLists { inputs: &inputs, ends: &ends, uses: &uses };
-        for (tile, xs) in tiles.iter_mut().zip(&dldc_runs) {
-            let n = tile.config().neurons;
-            rows::gather_add(tile.grads_mut().0, n, xs, &lists);
         }
     }
     let mut dw = vec![0.0f32; WIDTH * INPUTS];
@@ -272,23 +226,6 @@ fn split_layer_equals_single_tile_sparse_mode_with_overflow() {
         assert_eq!(one.stats.near_kept, many.stats.near_kept);
         assert_close(&one.dw, &many.dw, 1e-6, "dW");
         assert_close(&one.dv, &many.dv, 1e-6, "dV");
-    }
-}
-
-/// Deferring the input weights' gradient (vectors kept, added from lists by input) gives the
-/// same gradients, bit for bit, as adding them at every step; recurrent or not, split or not.
-#[test]
-fn deferred_input_gradients_are_bit_identical() {
-    let n = net(11);
-    for recurrent in [false, true] {
-        for splits in [&[0, WIDTH][..], &[0, 3, 5, WIDTH]] {
-            let a = run_layer_with(&n, splits, recurrent, 0.2, 4, false);
-            let b = run_layer_with(&n, splits, recurrent, 0.2, 4, true);
-            assert!(a.dw.iter().any(|&x| x != 0.0), "the test needs gradients");
-            assert_eq!(a.dw, b.dw, "recurrent {recurrent}, splits {splits:?}");
-            assert_eq!(a.dv, b.dv);
-            assert_eq!(a.partials, b.partials);
-        }
     }
 }
 

@@ -11,7 +11,7 @@
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use spiketile_core::rows::{accumulate_rows, gather_add, scatter_add, InputLists};
+use spiketile_core::rows::{accumulate_rows, scatter_add};
 use spiketile_core::spikes::build_into;
 use spiketile_core::{NeuronParams, Optimizer, OptimizerKind, SpikeView, Tile, TileConfig};
 
@@ -143,59 +143,6 @@ fn rows_at_w_scale(c: &mut Criterion) {
         })
     });
     g.finish();
-    // The same additions deferred: the dL/dc vectors of a run of 16 steps x 16 samples (one
-    // replica group of W) added to each gradient row once, from lists by input.
-    const RUN: usize = 16 * 16;
-    let run: Vec<Vec<u16>> = (0..RUN)
-        .map(|_| {
-            let mut ids = input_spikes(&mut rng);
-            ids.truncate(35);
-            ids
-        })
-        .collect();
-    let (inputs, ends, uses) = by_input(&run, 700);
-    let lists = InputLists { inputs: &inputs, ends: &ends, uses: &uses };
-    let xs = vec![0.01f32; RUN * LANES];
-    let mut g =
-        c.benchmark_group("deferred dW at W scale (16 tiles, runs of 16 steps x 16 samples)");
-    g.throughput(Throughput::Elements((TILES * uses.len()) as u64));
-    g.bench_function("gather_add", |b| {
-        b.iter(|| {
-            for w in w.iter_mut() {
-                gather_add(w, LANES, black_box(&xs), &lists);
-            }
-        })
-    });
-    g.throughput(Throughput::Elements(uses.len() as u64));
-    g.bench_function("lists by input (once per run, shared by the tiles)", |b| {
-        b.iter(|| black_box(by_input(black_box(&run), 700)))
-    });
-    g.finish();
-}
-
-/// Transposes spike buffers into lists by input (uses in buffer order).
-fn by_input(bufs: &[Vec<u16>], inputs: usize) -> (Vec<u16>, Vec<u32>, Vec<u16>) {
-    let mut count = vec![0u32; inputs + 1];
-    for ids in bufs {
-        for &j in ids {
-            count[j as usize + 1] += 1;
-        }
-    }
-    for j in 0..inputs {
-        count[j + 1] += count[j];
-    }
-    let mut uses = vec![0u16; count[inputs] as usize];
-    let mut at = count.clone();
-    for (k, ids) in bufs.iter().enumerate() {
-        for &j in ids {
-            uses[at[j as usize] as usize] = k as u16;
-            at[j as usize] += 1;
-        }
-    }
-    let used: Vec<u16> =
-        (0..inputs as u16).filter(|&j| count[j as usize + 1] > count[j as usize]).collect();
-    let ends = used.iter().map(|&j| count[j as usize + 1]).collect();
-    (used, ends, uses)
 }
 
 criterion_group!(benches, kernels, rows_at_w_scale);
