@@ -15,7 +15,8 @@
 //! step at once, taking their spikes as kept, and the merge then checks that guess step by step
 //! (`merge_ahead`). Backward, in blocks of steps from the end
 //! ([`TiledEngine::backward_block`]), layer by layer (top down) within a block, each tile gathering its
-//! `dL/dS` from the partials of the layer above. With a recurrent layer, which exchanges with
+//! `dL/dS` from the partials of the layer above (summed over that layer's tiles first, where it
+//! has several per replica: `sum_partials`). With a recurrent layer, which exchanges with
 //! itself every step, its forward runs in lockstep inside the merge and the backward runs step
 //! by step, every layer in each step's phase:
 //!
@@ -25,6 +26,7 @@
 //! | forward merge, layer `l` | replica `(l, r)` | its tiles (commit; lockstep: everything), layer buffers and `starts` of its samples | its tiles, layer buffers of `l-1` |
 //! | loss | thread 0 | counts, `dL/dc` | output layer buffers |
 //! | backward, layer `l` and a block of steps (or all layers and one step) | replica group `(l, p, g)` | their arenas, the leader's gradients, their partials of those steps | layer buffers, `starts`, partials of later steps, `dL/dc`, the leader's weights |
+//! | backward sum, layer `l > 0` of several tiles per replica, a block of steps | replica `(l, r)` | `part_sum` of its samples at those steps | its tiles' partials of those steps, layer buffers of `l-1` |
 //! | update | tile column `(l, p)` | the tiles `(l, *, p)` | the same |
 //!
 //! No region is written by two units of one phase or read by a unit while another writes it, so
@@ -100,6 +102,11 @@ struct LayerRt {
     /// step `t` writes slot `t % (block + 1)` (see [`TiledEngine::block`]); the source layer
     /// reads step `t + 1`'s.
     part_src: Shared<f32>,
+    /// The partials of `part_src` summed over the layer's tiles (tile order, from zero: the sums
+    /// the source layer's gather would make), `[slot][b][in_cap]`; only for a layer of several
+    /// tiles per replica in a backward pass in blocks, where the source layer's tiles then read
+    /// one buffer instead of every tile's (see [`TiledEngine::sum_partials`]).
+    part_sum: Shared<f32>,
     /// Partial `dL/dS` of this layer through recurrent weights, `[t % 2][r][p][m][cap]` (a
     /// network with a recurrent layer runs its backward pass step by step).
     part_rec: Shared<f32>,
@@ -253,6 +260,7 @@ impl TiledEngine {
                 } else {
                     (block + 1) * r * p * m * lp.in_capacity
                 }),
+                part_sum: Shared::new(part_sum_len(li, lp, block, b)),
                 part_rec: Shared::new(if lp.recurrent { 2 * r * p * m * lp.capacity } else { 0 }),
                 ahead_raw: Shared::new(if lp.recurrent { 0 } else { lp.tiles() * t_steps * 2 }),
             });
@@ -301,9 +309,10 @@ impl TiledEngine {
             "backward blocks of {steps} steps: at least 1, and 1 with a recurrent layer"
         );
         self.block = steps;
-        for lr in &mut self.layers[1..] {
+        for (li, lr) in self.layers.iter_mut().enumerate().skip(1) {
             let lp = &lr.plan;
             lr.part_src = Shared::new((steps + 1) * lp.tiles() * lp.micro_batch * lp.in_capacity);
+            lr.part_sum = Shared::new(part_sum_len(li, lp, steps, self.cfg.batch_size));
         }
         Ok(())
     }
@@ -421,12 +430,22 @@ impl TiledEngine {
         // `gather_dlds`), then steps back. With a recurrent layer, one phase per step for all
         // layers; otherwise blocks of steps from the end, one phase per layer (top down) and
         // block, each tile running the block's steps in turn.
+        // In blocks, a layer of several tiles per replica then sums its partials over its tiles
+        // (one phase per replica), so that the layer below reads one buffer (`sum_partials`).
         let mut backward = |units: (&[usize], usize), steps: std::ops::Range<usize>, at: u32| {
             self.phase(ctx, units, &mut rec, (Compute, bwd, at), |i| {
                 let started = Instant::now();
                 Self::record(ctx, self.backward_compute(ctx.input.len, u.group[i], steps.clone()));
                 self.charge(BackwardCompute, i, started);
             });
+            let l = (at & !LAYER) as usize;
+            if at & LAYER != 0 && self.summed(l) {
+                let units = (&u.mine_layer[tid][l][1][..], u.replica.len());
+                self.phase(ctx, units, &mut rec, (Exchange, bwd, at), |i| {
+                    let (l, r) = u.replica[i];
+                    self.sum_partials(ctx.input.len, l, r, steps.clone());
+                });
+            }
         };
         if self.block == 1 {
             for t in (0..t_steps).rev() {
@@ -811,31 +830,14 @@ impl TiledEngine {
         (b, bl, t): (usize, usize, usize),
         tile: &mut Tile<'_>,
     ) {
-        let lr = &self.layers[l];
         let last = l + 1 == self.layers.len();
         // Safety: layer buffers and starts are read-only in backward phases; the partials of
         // step t + 1 were written in an earlier phase.
         let buf = unsafe { self.layer_buf(l, b, t) };
-        let at = ((t * self.cfg.batch_size + b) * lr.p() + p) * 2;
-        let start = unsafe { lr.starts.slice(at, 2) };
+        let (s0, n0) = self.dlds_starts((l, p), (b, t), buf.n_spikes);
         let mine = tile.out_buffer(t, bl);
-        let (s0, n0) = (start[0] as usize, buf.n_spikes + start[1] as usize);
         let own = (s0..s0 + mine.n_spikes).chain(n0..n0 + mine.near().len());
-        // Where tile q's partials of sample b at step t + 1 start: `part[base + q * stride..]`.
-        let (slot, rec_slot) = (self.slot(t + 1), (t + 1) % 2);
-        let rec_at = lr.plan.recurrent.then(|| {
-            let (p_count, m, cap) = (lr.p(), lr.plan.micro_batch, lr.plan.capacity);
-            let base = ((rec_slot * lr.plan.tiles() + r * p_count) * m + bl) * cap;
-            (&lr.part_rec, base, m * cap, p_count)
-        });
-        let next_at = (!last).then(|| {
-            let nx = &self.layers[l + 1];
-            let (np, nm, ncap) = (nx.p(), nx.plan.micro_batch, nx.plan.in_capacity);
-            let base = ((slot * nx.plan.tiles() + (b / nm) * np) * nm + b % nm) * ncap;
-            (&nx.part_src, base, nm * ncap, np)
-        });
-        let sources: [_; 2] =
-            if t + 1 < self.cfg.time_steps { [rec_at, next_at] } else { [None, None] };
+        let sources = self.dlds_sources((l, r), (b, bl, t));
         let dldc = last.then(|| unsafe { self.dldc.slice(b * self.cfg.classes, self.cfg.classes) });
         let dst = tile.dlds_mut(bl);
         for (d, k) in dst.iter_mut().zip(own) {
@@ -849,6 +851,93 @@ impl TiledEngine {
                 a += d[buf.ids[k] as usize];
             }
             *d = a;
+        }
+    }
+
+    /// Where tile `p`'s entries of layer `l`'s buffer of sample `b` at step `t` start: its
+    /// spikes, and its near-threshold ids (`n_spikes` is the buffer's spike count).
+    fn dlds_starts(
+        &self,
+        (l, p): (usize, usize),
+        (b, t): (usize, usize),
+        n_spikes: usize,
+    ) -> (usize, usize) {
+        let lr = &self.layers[l];
+        let at = ((t * self.cfg.batch_size + b) * lr.p() + p) * 2;
+        // Safety: starts are read-only in backward phases.
+        let start = unsafe { lr.starts.slice(at, 2) };
+        (start[0] as usize, n_spikes + start[1] as usize)
+    }
+
+    /// The partial `dL/dS` buffers [`Self::gather_dlds`] sums for replica `r` of layer `l`,
+    /// sample `b` (the replica's `bl`), step `t`: `(buffer, base, stride, tiles)`, tile `q`'s
+    /// partial of layer-buffer entry `k` at `base + q * stride + k`; the recurrent ones, then
+    /// the next layer's.
+    #[allow(clippy::type_complexity)]
+    fn dlds_sources(
+        &self,
+        (l, r): (usize, usize),
+        (b, bl, t): (usize, usize, usize),
+    ) -> [Option<(&Shared<f32>, usize, usize, usize)>; 2] {
+        let lr = &self.layers[l];
+        let last = l + 1 == self.layers.len();
+        if t + 1 >= self.cfg.time_steps {
+            return [None, None];
+        }
+        let (slot, rec_slot) = (self.slot(t + 1), (t + 1) % 2);
+        let rec_at = lr.plan.recurrent.then(|| {
+            let (p_count, m, cap) = (lr.p(), lr.plan.micro_batch, lr.plan.capacity);
+            let base = ((rec_slot * lr.plan.tiles() + r * p_count) * m + bl) * cap;
+            (&lr.part_rec, base, m * cap, p_count)
+        });
+        let next_at = (!last).then(|| {
+            let nx = &self.layers[l + 1];
+            let (np, nm, ncap) = (nx.p(), nx.plan.micro_batch, nx.plan.in_capacity);
+            if self.summed(l + 1) {
+                return (&nx.part_sum, (slot * self.cfg.batch_size + b) * ncap, 0, 1);
+            }
+            let base = ((slot * nx.plan.tiles() + (b / nm) * np) * nm + b % nm) * ncap;
+            (&nx.part_src, base, nm * ncap, np)
+        });
+        [rec_at, next_at]
+    }
+
+    /// Whether layer `l`'s partial `dL/dS` are summed over its tiles before the layer below
+    /// reads them ([`Self::sum_partials`]): a layer above the first with several tiles per
+    /// replica, in a backward pass in blocks.
+    fn summed(&self, l: usize) -> bool {
+        l > 0 && self.block > 1 && self.layers[l].p() > 1
+    }
+
+    /// Sums replica `r` of layer `l`'s partial `dL/dS_{l-1}` of `steps` over its tiles into
+    /// `part_sum`: per entry from zero, in tile order, the sum [`Self::gather_dlds`] would make
+    /// from `part_src`, so the results are the same bit for bit. The source layer's tiles then
+    /// read one float per entry where they read one per tile of this layer, scattered over
+    /// buffers of up to hundreds of megabytes (at hidden 4096 this layer has 4 tiles per
+    /// replica, between two 4096-wide layers 820); here each tile's partials are read in order.
+    fn sum_partials(&self, batch: usize, l: usize, r: usize, steps: std::ops::Range<usize>) {
+        let lr = &self.layers[l];
+        let (np, m, cap, tiles) =
+            (lr.p(), lr.plan.micro_batch, lr.plan.in_capacity, lr.plan.tiles());
+        // Step 0's partials (dL/dS of step -1) have no reader.
+        for t in steps.filter(|&t| t > 0) {
+            let slot = self.slot(t);
+            for (bl, b) in lr.plan.samples_of(r, batch).enumerate() {
+                // Safety: the layer buffers are read-only in backward phases, this replica's
+                // partials of these steps were written in the phase before, and the sums of its
+                // samples at these steps belong to this unit alone.
+                let n = unsafe { self.layer_buf(l - 1, b, t - 1) }.n_grad();
+                let sum =
+                    unsafe { lr.part_sum.slice_mut((slot * self.cfg.batch_size + b) * cap, n) };
+                sum.fill(0.0);
+                for q in 0..np {
+                    let at = ((slot * tiles + r * np + q) * m + bl) * cap;
+                    let part = unsafe { lr.part_src.slice(at, n) };
+                    for (s, &x) in sum.iter_mut().zip(part) {
+                        *s += x;
+                    }
+                }
+            }
         }
     }
 
@@ -1165,10 +1254,27 @@ fn backward_block(plan: &Plan, t_steps: usize) -> usize {
     if plan.layers.iter().any(|lp| lp.recurrent) {
         return 1;
     }
-    // Per step, every layer's partials but the first's (nobody needs dL/dS of the data).
-    let per_step: usize =
-        plan.layers[1..].iter().map(|lp| lp.tiles() * lp.micro_batch * lp.in_capacity * 4).sum();
+    // Per step, every layer's partials but the first's (nobody needs dL/dS of the data), and
+    // their sums over tiles.
+    let per_step: usize = plan.layers[1..]
+        .iter()
+        .map(|lp| {
+            let sums = if lp.splits.len() > 1 { plan.batch_size } else { 0 };
+            (lp.tiles() * lp.micro_batch + sums) * lp.in_capacity * 4
+        })
+        .sum();
     (BLOCK_PARTIALS_BYTES / per_step.max(1)).saturating_sub(1).clamp(2, t_steps.max(2))
+}
+
+/// Floats of layer `li`'s `part_sum` (see [`LayerRt::part_sum`]) for backward blocks of
+/// `block` steps and batches of `batch` samples: none for the first layer, a layer of one tile
+/// per replica, or a backward pass step by step.
+fn part_sum_len(li: usize, lp: &LayerPlan, block: usize, batch: usize) -> usize {
+    if li == 0 || lp.splits.len() < 2 || block < 2 {
+        0
+    } else {
+        (block + 1) * batch * lp.in_capacity
+    }
 }
 
 fn copy_in(rowmajor: &[f32], n: usize, first: usize, cols: usize, dst: &mut [f32]) {
