@@ -740,6 +740,24 @@ impl<'a> Tile<'a> {
         crate::simd::prefetch(&self.in_hist[self.in_slot(t, b)]);
     }
 
+    /// Asks the CPU to start loading the tile's buffers of step `t`, every sample
+    /// ([`Tile::out_buffer`]), for a driver that merges them a while later. A hint: it changes no
+    /// result, and an out-of-range `t` is ignored.
+    #[inline]
+    pub fn prefetch_out_buffers(&self, t: usize) {
+        if self.check_tb(t, 0).is_err() {
+            return;
+        }
+        let slots = &self.out_hist[self.out_slot(t, 0)..self.out_slot(t, self.cfg.batch)];
+        // One hint per 64-byte line (32 ids).
+        for line in slots.chunks(32) {
+            crate::simd::prefetch(&line[0]);
+        }
+        if let Some(last) = slots.last() {
+            crate::simd::prefetch(last);
+        }
+    }
+
     /// This tile's partial `dL/dS_{l-1}[t-1]` for sample `b` after [`Tile::backward`] at `t`:
     /// entry `k` belongs to `in_buffer(t, b).ids[k]`.
     pub fn src_partials(&self, b: usize) -> &[f32] {

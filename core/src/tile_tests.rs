@@ -403,3 +403,18 @@ fn shared_weights_give_the_same_result_and_wrong_shapes_are_refused() {
     let short = SharedWeights { w: &w[1..], v: &v };
     assert_eq!(other.forward_shared(3, 1, input, rec, Some(short)), Err(TileError::BadInput));
 }
+
+/// The prefetch hints accept every step, in range or not, and change nothing.
+#[test]
+fn prefetch_hints_ignore_out_of_range_steps() {
+    let cfg = small_cfg();
+    let mut arena = vec![0u32; cfg.footprint().unwrap().arena() / 4];
+    let tile =
+        Tile::new(cfg, NeuronParams::default(), bytemuck::cast_slice_mut(&mut arena)).unwrap();
+    for t in [0, cfg.time_steps - 1, cfg.time_steps, usize::MAX] {
+        tile.prefetch_out_buffers(t);
+        tile.prefetch_backward(t, 0);
+        tile.prefetch_backward(t, cfg.batch);
+    }
+    assert_eq!(tile.out_buffer(0, 0).n_grad(), 0);
+}

@@ -55,6 +55,21 @@ impl<T> Shared<T> {
 }
 
 impl<T> Shared<T> {
+    /// Elements.
+    pub fn len(&self) -> usize {
+        self.cells.len()
+    }
+
+    /// Asks the CPU to start loading element `i` into the cache (a hint: nothing is read, and
+    /// an index beyond the end is ignored), so that a later read finds it there.
+    #[inline]
+    pub fn prefetch(&self, i: usize) {
+        if let Some(cell) = self.cells.get(i) {
+            // The cell's address only: no reference to its value is made.
+            spiketile_core::simd::prefetch(cell);
+        }
+    }
+
     /// Takes ownership of `values`.
     pub fn from_vec(values: Vec<T>) -> Self {
         Shared { cells: values.into_iter().map(UnsafeCell::new).collect() }

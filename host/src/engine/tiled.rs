@@ -657,6 +657,9 @@ impl TiledEngine {
             let home = unsafe { self.home(l, r * p_count + p) };
             let first = home.layout.config().first_neuron;
             let tile = home.tile()?;
+            // The next step's buffers, read after the other tiles' of this step: at large widths
+            // a replica has a hundred or more tiles, too many streams for the hardware to follow.
+            tile.prefetch_out_buffers(t + 1);
             let (mut kept, mut raw) = (0, 0);
             for bl in 0..m {
                 let view = tile.out_buffer(t, bl);
@@ -787,6 +790,7 @@ impl TiledEngine {
         let (slot, rec_slot) = (self.slot(t), t % 2);
         let samples = lr.plan.samples_of(r, batch);
         let last = samples.len().saturating_sub(1);
+        let far = self.far_partials(l);
         for (bl, b) in samples.enumerate() {
             // The history loads of this tile's next sample (or of its first at the step before,
             // its next work) overlap this sample's work.
@@ -794,6 +798,16 @@ impl TiledEngine {
                 (true, _) => tile.prefetch_backward(t, bl + 1),
                 (false, t) if t > 0 => tile.prefetch_backward(t - 1, 0),
                 _ => {}
+            }
+            // Partials in buffers larger than L2 (wide layers): the next sample's (their
+            // addresses known by now), and where those of the sample after start.
+            if far {
+                if bl < last {
+                    self.prefetch_dlds((l, r, p), (b + 1, bl + 1, t));
+                }
+                if bl + 1 < last {
+                    self.prefetch_dlds_starts((l, p), (b + 2, t));
+                }
             }
             self.gather_dlds((l, r, p), (b, bl, t), tile);
             tile.backward_shared(t, bl, l > 0, shared, grads.as_mut().map(SharedGrads::reborrow))?;
@@ -939,6 +953,46 @@ impl TiledEngine {
                 }
             }
         }
+    }
+
+    /// Whether the partial `dL/dS` layer `l` gathers from lie in buffers larger than a core's
+    /// L2 cache (then [`Self::backward_replica`] prefetches them a sample ahead; below that, the
+    /// hints cost more than they save).
+    fn far_partials(&self, l: usize) -> bool {
+        const L2_BYTES: usize = 2 << 20;
+        let sources = self.layers.get(l + 1).map(|nx| {
+            let part = if self.summed(l + 1) { &nx.part_sum } else { &nx.part_src };
+            part.len()
+        });
+        let rec = if self.layers[l].plan.recurrent { self.layers[l].part_rec.len() } else { 0 };
+        (sources.unwrap_or(0) + rec) * 4 > L2_BYTES
+    }
+
+    /// Asks for the cache lines [`Self::gather_dlds`] of sample `b` (the replica's `bl`) at
+    /// step `t` reads first: where the tile's entries start in each partial buffer of every
+    /// source tile (a tile's entries are a few consecutive floats). Above the first hidden
+    /// layer's tiles these lie in buffers of tens of megabytes, written a whole block of steps
+    /// earlier. A hint: it changes no result.
+    fn prefetch_dlds(&self, (l, r, p): (usize, usize, usize), (b, bl, t): (usize, usize, usize)) {
+        let cap = self.layers[l].plan.capacity;
+        // Safety: layer buffers are read-only in backward phases.
+        let n_spikes =
+            unsafe { self.layers[l].buf.slice((t * self.cfg.batch_size + b) * (cap + 2), 1) }[0];
+        let (s0, n0) = self.dlds_starts((l, p), (b, t), n_spikes as usize);
+        for &(part, base, stride, tiles) in self.dlds_sources((l, r), (b, bl, t)).iter().flatten() {
+            for q in 0..tiles {
+                part.prefetch(base + q * stride + s0);
+                part.prefetch(base + q * stride + n0);
+            }
+        }
+    }
+
+    /// Asks for what [`Self::prefetch_dlds`] of sample `b` at step `t` reads: the layer
+    /// buffer's header and tile `p`'s starts.
+    fn prefetch_dlds_starts(&self, (l, p): (usize, usize), (b, t): (usize, usize)) {
+        let lr = &self.layers[l];
+        lr.buf.prefetch((t * self.cfg.batch_size + b) * (lr.plan.capacity + 2));
+        lr.starts.prefetch(((t * self.cfg.batch_size + b) * lr.p() + p) * 2);
     }
 
     /// Sums the group leaders' gradients of tile column `(l, p)` (group order) into replica 0,
