@@ -3,10 +3,11 @@
 //! rows of the input spikes).
 //!
 //! Weights are input-major (`w[j * n + i]`), so one input spike `j` selects one contiguous row of
-//! `n` floats. Rows of the widths the planner makes (32, 20, 16, 8 and 4 lanes) are whole arrays:
-//! the sums stay in registers across all the spikes and each row costs one bounds check. Other
-//! widths are walked in register-sized blocks of 16, 8, 4, 2 and 1 lanes, looping over the spikes
-//! inside a block. Either way the rows' loads are independent of each other.
+//! `n` floats. Rows of the widths the planner makes for layers split over several tiles (1 to 32
+//! lanes) are whole arrays: the sums stay in registers across all the spikes and each row costs
+//! one bounds check. Wider rows (a layer on one tile) are walked in register-sized blocks of 16,
+//! 8, 4, 2 and 1 lanes, looping over the spikes inside a block. Either way the rows' loads are
+//! independent of each other.
 //!
 //! The arithmetic is that of the plain loops, lane by lane in spike order, so the results are
 //! bit-identical to them (and to the dense reference engine).
@@ -50,11 +51,12 @@ macro_rules! in_blocks {
     };
 }
 
-/// Runs `$body` with the constant `N` equal to `$n` if `$n` is one of the row widths the planner
-/// makes (32, 20, 16, 8 or 4 lanes), and does nothing otherwise.
+/// Runs `$body` with the constant `N` equal to `$n` if `$n` is a row width the planner makes
+/// (1 to 32 lanes), and does nothing otherwise.
 macro_rules! whole_rows {
     ($n:expr, N => $body:block) => {
-        whole_rows!(@ $n, $body, 32, 20, 16, 8, 4)
+        whole_rows!(@ $n, $body, 32, 20, 16, 8, 4, 1, 2, 3, 5, 6, 7, 9, 10, 11, 12, 13, 14, 15,
+            17, 18, 19, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31)
     };
     (@ $n:expr, $body:block, $($w:literal),*) => {
         match $n {
