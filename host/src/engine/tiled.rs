@@ -870,7 +870,7 @@ impl TiledEngine {
 
     /// Where tile `p`'s entries of layer `l`'s buffer of sample `b` at step `t` start: its
     /// spikes, and its near-threshold ids (`n_spikes` is the buffer's spike count).
-    #[inline]
+    #[inline(always)]
     fn dlds_starts(
         &self,
         (l, p): (usize, usize),
@@ -888,7 +888,7 @@ impl TiledEngine {
     /// sample `b` (the replica's `bl`), step `t`: `(buffer, base, stride, tiles)`, tile `q`'s
     /// partial of layer-buffer entry `k` at `base + q * stride + k`; the recurrent ones, then
     /// the next layer's.
-    #[inline]
+    #[inline(always)]
     #[allow(clippy::type_complexity)]
     fn dlds_sources(
         &self,
