@@ -232,17 +232,12 @@ fn plan_layer(
     plans.retain(|p| Some(key(p)) == top);
     let fewest = plans.iter().map(|p| p.total_bytes).min().unwrap_or(0);
     plans.retain(|p| p.total_bytes as f64 <= fewest as f64 * (1.0 + BYTES_SLACK));
-    let rank =
-        |p: &LayerPlan| (std::cmp::Reverse(p.splits.len()), std::cmp::Reverse(p.total_bytes));
+    // `max_by_key` keeps the last of equal maxima: the larger micro-batch.
     let best = plans
         .into_iter()
-        .fold(None::<LayerPlan>, |best, p| match best {
-            Some(b) if rank(&b) > rank(&p) => Some(b),
-            _ => Some(p),
-        })
-        .map(|p| ((), p));
+        .max_by_key(|p| (std::cmp::Reverse(p.splits.len()), std::cmp::Reverse(p.total_bytes)));
     match best {
-        Some((_, p)) => Ok(p),
+        Some(p) => Ok(p),
         None => {
             let one = TileConfig { neurons: 1, batch: 1, ..base }.footprint()?;
             // Number layers as the plan table does: 0 = the first hidden layer.

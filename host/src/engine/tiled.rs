@@ -432,14 +432,16 @@ impl TiledEngine {
         // block, each tile running the block's steps in turn.
         // In blocks, a layer of several tiles per replica then sums its partials over its tiles
         // (one phase per replica), so that the layer below reads one buffer (`sum_partials`).
-        let mut backward = |units: (&[usize], usize), steps: std::ops::Range<usize>, at: u32| {
+        let mut backward = |units: (&[usize], usize),
+                            steps: std::ops::Range<usize>,
+                            at: u32,
+                            layer: Option<usize>| {
             self.phase(ctx, units, &mut rec, (Compute, bwd, at), |i| {
                 let started = Instant::now();
                 Self::record(ctx, self.backward_compute(ctx.input.len, u.group[i], steps.clone()));
                 self.charge(BackwardCompute, i, started);
             });
-            let l = (at & !LAYER) as usize;
-            if at & LAYER != 0 && self.summed(l) {
+            if let Some(l) = layer.filter(|&l| self.summed(l)) {
                 let units = (&u.mine_layer[tid][l][1][..], u.replica.len());
                 self.phase(ctx, units, &mut rec, (Exchange, bwd, at), |i| {
                     let (l, r) = u.replica[i];
@@ -449,14 +451,14 @@ impl TiledEngine {
         };
         if self.block == 1 {
             for t in (0..t_steps).rev() {
-                backward(bwd_compute, t..t + 1, t as u32);
+                backward(bwd_compute, t..t + 1, t as u32, None);
             }
         } else {
             for k in (0..t_steps.div_ceil(self.block)).rev() {
                 let steps = k * self.block..((k + 1) * self.block).min(t_steps);
                 for l in (0..self.layers.len()).rev() {
                     let units = (&u.mine_layer[tid][l][2][..], u.group.len());
-                    backward(units, steps.clone(), LAYER | l as u32);
+                    backward(units, steps.clone(), LAYER | l as u32, Some(l));
                 }
             }
         }
@@ -976,11 +978,9 @@ impl TiledEngine {
     /// layer's tiles these lie in buffers of tens of megabytes, written a whole block of steps
     /// earlier. A hint: it changes no result.
     fn prefetch_dlds(&self, (l, r, p): (usize, usize, usize), (b, bl, t): (usize, usize, usize)) {
-        let cap = self.layers[l].plan.capacity;
         // Safety: layer buffers are read-only in backward phases.
-        let n_spikes =
-            unsafe { self.layers[l].buf.slice((t * self.cfg.batch_size + b) * (cap + 2), 1) }[0];
-        let (s0, n0) = self.dlds_starts((l, p), (b, t), n_spikes as usize);
+        let n_spikes = unsafe { self.layer_buf(l, b, t) }.n_spikes;
+        let (s0, n0) = self.dlds_starts((l, p), (b, t), n_spikes);
         for &(part, base, stride, tiles) in self.dlds_sources((l, r), (b, bl, t)).iter().flatten() {
             for q in 0..tiles {
                 part.prefetch(base + q * stride + s0);
