@@ -1,9 +1,9 @@
 //! Execution traces of the tile engine: what every worker thread did in every phase of a batch,
 //! like the IPU's execution-trace view (compute red, exchange blue, sync yellow).
 //!
-//! Recording costs nothing when tracing is off: the engine holds an `Option` of [`TraceBuffers`]
-//! and passes each worker an `Option<`[`Recorder`]`>`; with `None` a phase does exactly what it
-//! did before plus one branch. With tracing on, each thread appends raw [`Span`]s (phase id, time
+//! Recording costs nothing when tracing is off: the engine holds an `Option` of `TraceBuffers`
+//! and passes each worker an `Option<Recorder>`; with `None` a phase does exactly what it
+//! did before plus one branch. With tracing on, each thread appends raw `Span`s (phase id, time
 //! step, work units, two [`Instant`]s) to its own `Vec`, whose capacity is reserved before the
 //! batch: no allocation, no lock and no formatting inside the batch. Spans of one thread are
 //! contiguous (a phase starts at the instant the previous one ended), so a thread's phases add up
