@@ -44,6 +44,9 @@ use crate::spikes::{build_into, BuildResult, SpikeView};
 use crate::{Footprint, NeuronParams, Optimizer, OptimizerKind, TileError};
 use bytemuck::Pod;
 
+mod external;
+pub use external::StepInput;
+
 /// Everything that sizes a tile.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -498,15 +501,8 @@ impl<'a> Tile<'a> {
         rec: SpikeView<'_>,
         shared: Option<SharedWeights<'_>>,
     ) -> Result<BuildResult, TileError> {
-        self.check_tb(t, b)?;
-        self.check_shared(&shared)?;
+        self.check_step(t, b, &input, &rec, &shared)?;
         let cfg = self.cfg;
-        let rec_ok =
-            if cfg.recurrent { Self::fits(&rec, cfg.layer_capacity) } else { rec.ids.is_empty() };
-        if !Self::fits(&input, cfg.in_capacity) || !rec_ok {
-            return Err(TileError::BadInput);
-        }
-        let n = cfg.neurons;
         // The ids are checked while they are copied into the history (one pass over them); a
         // refused step leaves its history slots empty.
         let (si, sr) = (self.in_slot(t, b), self.rec_slot(t, b));
@@ -523,6 +519,43 @@ impl<'a> Tile<'a> {
             }
             return Err(TileError::BadInput);
         }
+        Ok(self.forward_step(t, b, StepInput { input, rec }, shared))
+    }
+
+    /// The checks of a forward step before its ids: `(t, b)` in range, the shared weights' shapes,
+    /// the buffers' lengths (a tile that is not recurrent takes no own-layer buffer).
+    fn check_step(
+        &self,
+        t: usize,
+        b: usize,
+        input: &SpikeView<'_>,
+        rec: &SpikeView<'_>,
+        shared: &Option<SharedWeights<'_>>,
+    ) -> Result<(), TileError> {
+        self.check_tb(t, b)?;
+        self.check_shared(shared)?;
+        let cfg = &self.cfg;
+        let rec_ok =
+            if cfg.recurrent { Self::fits(rec, cfg.layer_capacity) } else { rec.ids.is_empty() };
+        if Self::fits(input, cfg.in_capacity) && rec_ok {
+            Ok(())
+        } else {
+            Err(TileError::BadInput)
+        }
+    }
+
+    /// The forward step after every check: integrates `step`, updates the membranes and writes
+    /// the candidate buffer and the membranes of its gradient set.
+    fn forward_step(
+        &mut self,
+        t: usize,
+        b: usize,
+        step_in: StepInput<'_>,
+        shared: Option<SharedWeights<'_>>,
+    ) -> BuildResult {
+        let cfg = self.cfg;
+        let n = cfg.neurons;
+        let (input, rec) = (step_in.input, step_in.rec);
         let (w, v): (&[f32], &[f32]) = match &shared {
             Some(sh) => (sh.w, sh.v),
             None => (self.w, self.v),
@@ -560,7 +593,7 @@ impl<'a> Tile<'a> {
         }
         self.stats.spikes_raw += r.raw_spikes as u64;
         self.stats.near_raw += r.raw_near as u64;
-        Ok(r)
+        r
     }
 
     /// The tile's buffer of step `t`, sample `b` (local ids): candidates after
@@ -661,13 +694,52 @@ impl<'a> Tile<'a> {
         shared: Option<SharedWeights<'_>>,
         grads: Option<SharedGrads<'_>>,
     ) -> Result<(), TileError> {
+        self.check_backward(t, b, &shared, &grads)?;
+        // The step's source buffers are read from the histories while the rest of the tile
+        // changes: the histories are set aside meanwhile (the slices, not their contents).
+        let in_hist = core::mem::take(&mut self.in_hist);
+        let rec_hist = core::mem::take(&mut self.rec_hist);
+        let input = slot_view(&in_hist[self.in_slot(t, b)..]);
+        let rec = if self.cfg.recurrent {
+            slot_view(&rec_hist[self.rec_slot(t, b)..])
+        } else {
+            SpikeView::EMPTY
+        };
+        self.backward_step(t, b, StepInput { input, rec }, source_partials, shared, grads);
+        self.in_hist = in_hist;
+        self.rec_hist = rec_hist;
+        Ok(())
+    }
+
+    /// The checks of a backward step: `(t, b)` in range, the shapes of the shared weights and
+    /// gradient buffers.
+    fn check_backward(
+        &self,
+        t: usize,
+        b: usize,
+        shared: &Option<SharedWeights<'_>>,
+        grads: &Option<SharedGrads<'_>>,
+    ) -> Result<(), TileError> {
         self.check_tb(t, b)?;
-        self.check_shared(&shared)?;
-        if let Some(gr) = &grads {
-            if gr.dw.len() != self.dw.len() || gr.dv.len() != self.dv.len() {
-                return Err(TileError::BadInput);
+        self.check_shared(shared)?;
+        match grads {
+            Some(gr) if gr.dw.len() != self.dw.len() || gr.dv.len() != self.dv.len() => {
+                Err(TileError::BadInput)
             }
+            _ => Ok(()),
         }
+    }
+
+    /// The backward step after every check, with the source buffers the forward step integrated.
+    fn backward_step(
+        &mut self,
+        t: usize,
+        b: usize,
+        step_in: StepInput<'_>,
+        source_partials: bool,
+        shared: Option<SharedWeights<'_>>,
+        grads: Option<SharedGrads<'_>>,
+    ) {
         let cfg = self.cfg;
         let n = cfg.neurons;
         let kt = cfg.own_capacity();
@@ -695,7 +767,7 @@ impl<'a> Tile<'a> {
         for (c, &x) in self.c.iter_mut().zip(g.iter()) {
             *c = one_minus * x;
         }
-        let input = slot_view(&self.in_hist[step * (cfg.in_capacity + 2)..]);
+        let (input, rec) = (step_in.input, step_in.rec);
         let (dw, dv): (&mut [f32], &mut [f32]) = match grads {
             Some(gr) => (gr.dw, gr.dv),
             None => (&mut *self.dw, &mut *self.dv),
@@ -713,8 +785,6 @@ impl<'a> Tile<'a> {
             }
         }
         if cfg.recurrent {
-            let rec_slot = step * (cfg.layer_capacity + 2);
-            let rec = slot_view(&self.rec_hist[rec_slot..]);
             scatter_add(dv, self.c, rec.spikes());
             let p = &mut self.rec_partials[b * cfg.layer_capacity..];
             for (p, &j) in p.iter_mut().zip(rec.ids) {
@@ -722,7 +792,6 @@ impl<'a> Tile<'a> {
                 *p = dot(&v[j * n..(j + 1) * n], self.c);
             }
         }
-        Ok(())
     }
 
     /// Asks the CPU to start loading what [`Tile::backward`] of step `t`, sample `b` reads first
@@ -734,10 +803,17 @@ impl<'a> Tile<'a> {
         if self.check_tb(t, b).is_err() {
             return;
         }
+        self.prefetch_own_history(t, b);
+        crate::simd::prefetch(&self.in_hist[self.in_slot(t, b)]);
+    }
+
+    /// The hints of [`Tile::prefetch_backward`] for the tile's own buffer and its membranes;
+    /// `(t, b)` in range.
+    #[inline]
+    fn prefetch_own_history(&self, t: usize, b: usize) {
         let kt = self.cfg.own_capacity();
         crate::simd::prefetch(&self.out_hist[self.out_slot(t, b)]);
         crate::simd::prefetch(&self.u_hist[self.step_index(t, b) * kt]);
-        crate::simd::prefetch(&self.in_hist[self.in_slot(t, b)]);
     }
 
     /// Asks the CPU to start loading the tile's buffers of step `t`, every sample

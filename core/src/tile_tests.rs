@@ -48,6 +48,17 @@ struct Outcome {
 /// engine does: forward supersteps with merge and commit, then backward with recurrent partials
 /// reduced over tiles and fed back as dL/dS of the previous step.
 fn run_layer(net: &Net, splits: &[usize], recurrent: bool, window: f32, cap: usize) -> Outcome {
+    run_layer_with(net, splits, (recurrent, window, cap), false)
+}
+
+/// [`run_layer`] with `(recurrent, window, cap)`; with `external`, the tiles get their source
+/// buffers from the driver in both passes ([`Tile::forward_external`]) instead of keeping them.
+fn run_layer_with(
+    net: &Net,
+    splits: &[usize],
+    (recurrent, window, cap): (bool, f32, usize),
+    external: bool,
+) -> Outcome {
     let params = NeuronParams { window, ..NeuronParams::default() };
     let mut arenas: Vec<Vec<u32>> = Vec::new();
     let cfgs: Vec<TileConfig> = splits
@@ -102,7 +113,11 @@ fn run_layer(net: &Net, splits: &[usize], recurrent: bool, window: f32, cap: usi
                 SpikeView::EMPTY
             };
             for tile in tiles.iter_mut() {
-                tile.forward(t, b, input, rec).unwrap();
+                if external {
+                    tile.forward_external(t, b, StepInput { input, rec }, None).unwrap();
+                } else {
+                    tile.forward(t, b, input, rec).unwrap();
+                }
             }
             let mut out = vec![0u16; cap];
             let mut merge = LayerMerge::new(&mut out);
@@ -146,6 +161,11 @@ fn run_layer(net: &Net, splits: &[usize], recurrent: bool, window: f32, cap: usi
     let mut partials = Vec::new();
     for t in (0..T).rev() {
         for b in 0..B {
+            let input: &[u16] = if t == 0 { &[] } else { &net.data[b][t - 1] };
+            let input = SpikeView::new(input, input.len()).unwrap();
+            let (prev_ids, prev_ns): (Vec<u16>, usize) =
+                if t == 0 || !recurrent { (Vec::new(), 0) } else { layer[b][t - 1].clone() };
+            let rec = SpikeView::new(&prev_ids, prev_ns).unwrap();
             for tile in tiles.iter_mut() {
                 let f = tile.config().first_neuron;
                 let ids: Vec<u16> = tile.out_buffer(t, b).ids.to_vec();
@@ -154,15 +174,20 @@ fn run_layer(net: &Net, splits: &[usize], recurrent: bool, window: f32, cap: usi
                     let gi = f + i as usize;
                     d[k] = dldc[b * WIDTH + gi] + rec_in[b][gi];
                 }
-                tile.backward(t, b).unwrap();
+                if external {
+                    let step = StepInput { input, rec };
+                    tile.backward_external(t, b, step, true, None, None).unwrap();
+                } else {
+                    tile.backward(t, b).unwrap();
+                }
             }
             let mut next = vec![0.0f32; WIDTH];
-            let mut src = vec![0.0f32; tiles[0].in_buffer(t, b).n_grad()];
+            let mut src = vec![0.0f32; input.n_grad()];
             for tile in tiles.iter() {
                 for (s, p) in src.iter_mut().zip(tile.src_partials(b)) {
                     *s += p;
                 }
-                for (&j, p) in tile.rec_buffer(t, b).ids.iter().zip(tile.rec_partials(b)) {
+                for (&j, p) in rec.ids.iter().zip(tile.rec_partials(b)) {
                     next[j as usize] += p;
                 }
             }
@@ -240,6 +265,79 @@ fn window_covering_every_neuron_equals_exact_mode() {
     // A narrow window really is different (so the test above can fail).
     let narrow = run_layer(&n, &[0, 4, WIDTH], true, 0.05, WIDTH);
     assert_ne!(exact.dw, narrow.dw);
+}
+
+/// Source buffers kept by the driver give the tiles' own results, bit for bit: exact mode and
+/// overflow, with and without recurrent weights, on one tile and split.
+#[test]
+fn external_histories_equal_the_tiles_own() {
+    for recurrent in [false, true] {
+        for (seed, window, cap) in [(7, f32::INFINITY, WIDTH), (11, 0.3, 2)] {
+            let n = net(seed);
+            for splits in [&[0, WIDTH][..], &[0, 2, 5, WIDTH]] {
+                let own = run_layer_with(&n, splits, (recurrent, window, cap), false);
+                let ext = run_layer_with(&n, splits, (recurrent, window, cap), true);
+                assert!(own.dw.iter().any(|&g| g != 0.0), "gradients must flow");
+                assert_eq!(own.counts, ext.counts);
+                assert_eq!(own.dw, ext.dw);
+                assert_eq!(own.dv, ext.dv);
+                assert_eq!(own.partials, ext.partials);
+                assert_eq!(own.stats, ext.stats);
+            }
+        }
+    }
+}
+
+/// External buffers: [`StepInput::check`] refuses out-of-range ids, both passes refuse
+/// over-long buffers (and a refused step changes nothing), and an id out of range that was not
+/// checked panics (the next tests).
+#[test]
+fn external_buffers_are_checked() {
+    let cfg = small_cfg();
+    let mut arena = vec![0u32; cfg.footprint().unwrap().arena() / 4];
+    let mut tile =
+        Tile::new(cfg, NeuronParams::default(), bytemuck::cast_slice_mut(&mut arena)).unwrap();
+    tile.weights_mut().fill(0.5);
+    let ok = SpikeView::new(&[1, 11], 2).unwrap();
+    let bad = [
+        StepInput::feed_forward(SpikeView::new(&[13], 1).unwrap()),
+        StepInput { input: ok, rec: SpikeView::new(&[9], 1).unwrap() },
+        StepInput::feed_forward(SpikeView::new(&[0, 1, 2, 3, 4], 5).unwrap()),
+    ];
+    for step in &bad[..2] {
+        assert_eq!(step.check(cfg.inputs, cfg.layer_width), Err(TileError::BadInput));
+    }
+    let too_long = bad[2];
+    assert_eq!(tile.forward_external(0, 0, too_long, None), Err(TileError::BadInput));
+    assert_eq!(tile.out_buffer(0, 0), SpikeView::EMPTY, "a refused step writes nothing");
+    assert_eq!(tile.backward_external(0, 0, too_long, true, None, None), Err(TileError::BadInput));
+    assert!(tile.grads().0.iter().all(|&g| g == 0.0));
+    let step = StepInput::feed_forward(ok);
+    assert_eq!(step.check(cfg.inputs, cfg.layer_width), Ok(()));
+    assert_eq!(tile.forward_external(cfg.time_steps, 0, step, None), Err(TileError::OutOfRange));
+    assert!(tile.forward_external(0, 0, step, None).is_ok());
+}
+
+#[test]
+#[should_panic]
+fn external_forward_panics_on_an_id_out_of_range() {
+    let cfg = small_cfg();
+    let mut arena = vec![0u32; cfg.footprint().unwrap().arena() / 4];
+    let mut tile =
+        Tile::new(cfg, NeuronParams::default(), bytemuck::cast_slice_mut(&mut arena)).unwrap();
+    let step = StepInput::feed_forward(SpikeView::new(&[13], 1).unwrap());
+    let _ = tile.forward_external(0, 0, step, None);
+}
+
+#[test]
+#[should_panic]
+fn external_backward_panics_on_an_id_out_of_range() {
+    let cfg = small_cfg();
+    let mut arena = vec![0u32; cfg.footprint().unwrap().arena() / 4];
+    let mut tile =
+        Tile::new(cfg, NeuronParams::default(), bytemuck::cast_slice_mut(&mut arena)).unwrap();
+    let step = StepInput::feed_forward(SpikeView::new(&[13], 1).unwrap());
+    let _ = tile.backward_external(0, 0, step, true, None, None);
 }
 
 fn small_cfg() -> TileConfig {
@@ -415,6 +513,8 @@ fn prefetch_hints_ignore_out_of_range_steps() {
         tile.prefetch_out_buffers(t);
         tile.prefetch_backward(t, 0);
         tile.prefetch_backward(t, cfg.batch);
+        tile.prefetch_backward_external(t, 0);
+        tile.prefetch_backward_external(t, cfg.batch);
     }
     assert_eq!(tile.out_buffer(0, 0).n_grad(), 0);
 }

@@ -159,3 +159,27 @@ fn results_are_bit_identical_for_any_thread_count() {
         assert!(run(threads) == one, "{threads} threads differ from 1");
     }
 }
+
+/// An input spike id at or past the model's input width is an error naming the sample and step
+/// in both engines (the tiles index weight rows by these ids without checking them again).
+#[test]
+fn input_ids_out_of_range_are_an_error_in_both_engines() {
+    let cfg = small_config(&[6], false);
+    let params = scaled_init(&cfg, 1, 1.5);
+    let mut data = random_samples(&cfg, 3, 0.25, 4);
+    // Sample 2, step 1: one channel past the last.
+    let s = &mut data[2];
+    let at = s.offsets[2] as usize;
+    s.ids.insert(at, cfg.inputs as u16);
+    s.offsets[2..].iter_mut().for_each(|o| *o += 1);
+    let input = batch(&cfg, &data);
+    let mut dense = DenseEngine::new(&cfg, params.clone(), SpikeFn::Heaviside).unwrap();
+    let mut tiled = TiledEngine::new(&cfg, &params, 2).unwrap();
+    let errors =
+        [dense.run_batch(&input, true).unwrap_err(), tiled.run_batch(&input, true).unwrap_err()];
+    for e in errors {
+        let msg = format!("{e:#}");
+        assert!(msg.contains("sample 2") && msg.contains("step 1"), "{msg}");
+        assert!(msg.contains(&format!("id {}", cfg.inputs)), "{msg}");
+    }
+}

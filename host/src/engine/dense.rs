@@ -295,6 +295,7 @@ fn apply(
 impl Engine for DenseEngine {
     fn run_batch(&mut self, input: &InputBatch, train: bool) -> Result<BatchResult> {
         ensure!(input.len > 0, "empty batch");
+        input.check_ids(self.cfg.inputs)?;
         let (_, grads, result) = self.loss_and_grads(input)?;
         if train {
             let opt = self.cfg.optimizer()?;

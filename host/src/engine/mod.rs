@@ -34,6 +34,8 @@ pub struct InputBatch {
     pub labels: Vec<u16>,
     /// Input spikes kept / dropped.
     pub stats: LayerStats,
+    /// The largest id kept, with its sample and step (none if no spike was kept).
+    max_id: Option<(u16, usize, usize)>,
 }
 
 impl InputBatch {
@@ -42,6 +44,7 @@ impl InputBatch {
         let slot = capacity + 2;
         let mut slots = vec![0u16; samples.len() * time_steps * slot];
         let mut stats = LayerStats::default();
+        let mut max_id: Option<(u16, usize, usize)> = None;
         for (b, s) in samples.iter().enumerate() {
             for t in 0..time_steps {
                 let ids = s.step(t);
@@ -52,6 +55,11 @@ impl InputBatch {
                 dst[2..2 + keep].copy_from_slice(&ids[..keep]);
                 stats.spikes += keep as u64;
                 stats.overflow += (ids.len() - keep) as u64;
+                if let Some(&top) = ids[..keep].iter().max() {
+                    if max_id.is_none_or(|(m, _, _)| top > m) {
+                        max_id = Some((top, b, t));
+                    }
+                }
             }
         }
         stats.neuron_steps = 0;
@@ -62,6 +70,20 @@ impl InputBatch {
             slots,
             labels: samples.iter().map(|s| s.label).collect(),
             stats,
+            max_id,
+        }
+    }
+
+    /// Checks that every input spike id is below `inputs`, the model's input width (the
+    /// engines' tiles index weight rows by these ids without checking them again).
+    pub fn check_ids(&self, inputs: usize) -> Result<()> {
+        match self.max_id {
+            Some((id, b, t)) if id as usize >= inputs => bail!(
+                "sample {b} of the batch has input spike id {id} at step {t}, but the model has \
+                 {inputs} inputs (ids 0 to {})",
+                inputs - 1
+            ),
+            _ => Ok(()),
         }
     }
 

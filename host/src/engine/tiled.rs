@@ -48,8 +48,8 @@ use crate::plan::{LayerPlan, Plan};
 use anyhow::{anyhow, ensure, Result};
 use spiketile_core::spikes::append;
 use spiketile_core::{
-    Optimizer, OptimizerKind, SharedGrads, SharedWeights, SpikeView, Tile, TileConfig, TileError,
-    TileLayout, TileStats,
+    Optimizer, OptimizerKind, SharedGrads, SharedWeights, SpikeView, StepInput, Tile, TileConfig,
+    TileError, TileLayout, TileStats,
 };
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -438,7 +438,7 @@ impl TiledEngine {
                             layer: Option<usize>| {
             self.phase(ctx, units, &mut rec, (Compute, bwd, at), |i| {
                 let started = Instant::now();
-                Self::record(ctx, self.backward_compute(ctx.input.len, u.group[i], steps.clone()));
+                Self::record(ctx, self.backward_compute(ctx.input, u.group[i], steps.clone()));
                 self.charge(BackwardCompute, i, started);
             });
             if let Some(l) = layer.filter(|&l| self.summed(l)) {
@@ -609,17 +609,8 @@ impl TiledEngine {
         let before = tile.stats();
         for (bl, b) in lr.plan.samples_of(r, input.len).enumerate() {
             // Safety: layer buffers of step t-1 are not written in this phase.
-            let src = match (t, l) {
-                (0, _) => SpikeView::EMPTY,
-                (_, 0) => input.step(b, t - 1),
-                _ => unsafe { self.layer_buf(l - 1, b, t - 1) },
-            };
-            let rec = if lr.plan.recurrent && t > 0 {
-                unsafe { self.layer_buf(l, b, t - 1) }
-            } else {
-                SpikeView::EMPTY
-            };
-            tile.forward_shared(t, bl, src, rec, shared)?;
+            let step = unsafe { self.step_input(input, l, b, t) };
+            tile.forward_external(t, bl, step, shared)?;
         }
         // The tile counts what it finds; the difference is this step's.
         let after = tile.stats();
@@ -627,6 +618,32 @@ impl TiledEngine {
             (after.spikes_raw - before.spikes_raw) as u32,
             (after.near_raw - before.near_raw) as u32,
         ))
+    }
+
+    /// What layer `l`'s tiles integrate at step `t` for sample `b`: the input batch's or the
+    /// source layer's buffer of step `t - 1` and, if recurrent, the layer's own. The tiles do not
+    /// keep copies ([`Tile::forward_external`]): every tile of a replica reads the same buffers,
+    /// and the backward pass reads them here again.
+    ///
+    /// Safety: the caller's phase does not write layer buffers of step `t - 1`.
+    unsafe fn step_input<'s>(
+        &'s self,
+        input: &'s InputBatch,
+        l: usize,
+        b: usize,
+        t: usize,
+    ) -> StepInput<'s> {
+        if t == 0 {
+            return StepInput::EMPTY;
+        }
+        let src =
+            if l == 0 { input.step(b, t - 1) } else { unsafe { self.layer_buf(l - 1, b, t - 1) } };
+        let rec = if self.layers[l].plan.recurrent {
+            unsafe { self.layer_buf(l, b, t - 1) }
+        } else {
+            SpikeView::EMPTY
+        };
+        StepInput { input: src, rec }
     }
 
     /// Merges replica `(l, r)`'s tile buffers of step `t` into the layer buffers (all samples at
@@ -747,7 +764,7 @@ impl TiledEngine {
     /// core's cache (the update needs only their sum).
     fn backward_compute(
         &self,
-        batch: usize,
+        input: &InputBatch,
         (l, p, g): (usize, usize, usize),
         steps: std::ops::Range<usize>,
     ) -> Result<(), TileError> {
@@ -757,12 +774,12 @@ impl TiledEngine {
         // Safety: the tiles of group (l, p, g) and their partial out-buffers belong to this unit.
         let mut tile0 = unsafe { self.home(l, reps.start * p_count + p) }.tile()?;
         for t in steps.rev() {
-            self.backward_replica(batch, l, reps.start, p, t, &mut tile0, None, None)?;
+            self.backward_replica(input, l, reps.start, p, t, &mut tile0, None, None)?;
             let (shared, mut grads) = tile0.split_for_replicas();
             for r in reps.start + 1..reps.end {
                 let mut tile = unsafe { self.home(l, r * p_count + p) }.tile()?;
                 let g = Some(grads.reborrow());
-                self.backward_replica(batch, l, r, p, t, &mut tile, Some(shared), g)?;
+                self.backward_replica(input, l, r, p, t, &mut tile, Some(shared), g)?;
             }
         }
         Ok(())
@@ -775,7 +792,7 @@ impl TiledEngine {
 
     fn backward_replica(
         &self,
-        batch: usize,
+        input: &InputBatch,
         l: usize,
         r: usize,
         p: usize,
@@ -790,15 +807,15 @@ impl TiledEngine {
         // This step's partials go to its slot (step t + 1's, still to be read, is another).
         let tiles = lr.plan.tiles();
         let (slot, rec_slot) = (self.slot(t), t % 2);
-        let samples = lr.plan.samples_of(r, batch);
+        let samples = lr.plan.samples_of(r, input.len);
         let last = samples.len().saturating_sub(1);
         let far = self.far_partials(l);
         for (bl, b) in samples.enumerate() {
             // The history loads of this tile's next sample (or of its first at the step before,
             // its next work) overlap this sample's work.
             match (bl < last, t) {
-                (true, _) => tile.prefetch_backward(t, bl + 1),
-                (false, t) if t > 0 => tile.prefetch_backward(t - 1, 0),
+                (true, _) => tile.prefetch_backward_external(t, bl + 1),
+                (false, t) if t > 0 => tile.prefetch_backward_external(t - 1, 0),
                 _ => {}
             }
             // Partials in buffers larger than L2 (wide layers): the next sample's (their
@@ -812,10 +829,13 @@ impl TiledEngine {
                 }
             }
             self.gather_dlds((l, r, p), (b, bl, t), tile);
-            tile.backward_shared(t, bl, l > 0, shared, grads.as_mut().map(SharedGrads::reborrow))?;
+            // Safety: layer buffers are read-only in backward phases.
+            let step = unsafe { self.step_input(input, l, b, t) };
+            let grads = grads.as_mut().map(SharedGrads::reborrow);
+            tile.backward_external(t, bl, step, l > 0, shared, grads)?;
             if l > 0 {
                 let k = lr.plan.in_capacity;
-                let n = tile.in_buffer(t, bl).n_grad();
+                let n = step.input.n_grad();
                 // Safety: tile ti's partial out-buffer of this slot belongs to this unit alone.
                 let at = ((slot * tiles + ti) * m + bl) * k;
                 let dst = unsafe { lr.part_src.slice_mut(at, n) };
@@ -823,7 +843,7 @@ impl TiledEngine {
             }
             if lr.plan.recurrent {
                 let k = lr.plan.capacity;
-                let n = tile.rec_buffer(t, bl).n_grad();
+                let n = step.rec.n_grad();
                 let at = ((rec_slot * tiles + ti) * m + bl) * k;
                 let dst = unsafe { lr.part_rec.slice_mut(at, n) };
                 dst.copy_from_slice(&tile.rec_partials(bl)[..n]);
@@ -1121,6 +1141,7 @@ impl Engine for TiledEngine {
             self.cfg.batch_size
         );
         ensure!(input.capacity == self.plan.input_capacity, "input capacity differs from the plan");
+        input.check_ids(self.cfg.inputs)?;
         let ctx = BatchCtx {
             input,
             units: self.units(self.threads),
