@@ -6,6 +6,7 @@
 //!   with a smooth spike function, for finite-difference gradient checks).
 
 pub mod barrier;
+pub mod claims;
 pub mod dense;
 pub mod schedule;
 mod shared;
