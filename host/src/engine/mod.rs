@@ -89,6 +89,7 @@ impl InputBatch {
     }
 
     /// `S_0[t]` of sample `b`.
+    #[inline]
     pub fn step(&self, b: usize, t: usize) -> SpikeView<'_> {
         let slot = &self.slots[(t * self.len + b) * (self.capacity + 2)..];
         SpikeView { ids: &slot[2..2 + slot[1] as usize], n_spikes: slot[0] as usize }

@@ -518,6 +518,7 @@ impl TiledEngine {
     /// Layer `l`'s buffer of sample `b` at step `t`.
     ///
     /// Safety: the caller's phase does not write it.
+    #[inline(always)]
     unsafe fn layer_buf(&self, l: usize, b: usize, t: usize) -> SpikeView<'_> {
         let cap = self.layers[l].plan.capacity;
         let slot =
@@ -672,6 +673,7 @@ impl TiledEngine {
     /// and the backward pass reads them here again.
     ///
     /// Safety: the caller's phase does not write layer buffers of step `t - 1`.
+    #[inline(always)]
     unsafe fn step_input<'s>(
         &'s self,
         input: &'s InputBatch,
