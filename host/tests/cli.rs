@@ -236,6 +236,46 @@ fn bench_reports_throughput_and_activity() {
 }
 
 #[test]
+fn bench_repeats_report_the_median_and_the_range() {
+    let small =
+        ["bench", "--hidden", "32", "--time-steps", "20", "--batch-size", "8", "--steps", "1"];
+    spiketile()
+        .args(small)
+        .args(["--repeat", "3"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("samples/s (median of 3; "));
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("s.csv");
+    spiketile()
+        .args(small)
+        .args(["--repeat", "2", "--sweep", "threads", "--threads", "2", "--out"])
+        .arg(&csv)
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("(round 2 of 2)"));
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), 2, "one row per point: {text}");
+    for row in rows {
+        assert_eq!(row[col("repeats")], "2");
+        let value = |name: &str| row[col(name)].parse::<f64>().unwrap();
+        let (lo, mid, hi) =
+            (value("samples_per_s_min"), value("samples_per_s"), value("samples_per_s_max"));
+        assert!(lo <= mid && mid <= hi && lo > 0.0, "{lo} {mid} {hi}");
+    }
+    spiketile()
+        .args(small)
+        .args(["--repeat", "0"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("--repeat"));
+}
+
+#[test]
 fn bench_warns_when_the_hidden_layer_is_silent() {
     let args =
         ["bench", "--hidden", "32", "--time-steps", "20", "--batch-size", "8", "--steps", "1"];

@@ -60,13 +60,20 @@ pub struct BenchArgs {
     /// Timed steps (batches) traced with --trace.
     #[arg(long, default_value_t = 2, requires = "trace")]
     pub trace_steps: usize,
+    /// Measure this many times and report the median samples/s with the range; a sweep runs
+    /// its points in turn, round after round, so that a machine whose speed drifts affects every
+    /// point alike (on a shared or virtual machine, 5 or more).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000), conflicts_with = "trace")]
+    pub repeat: u32,
 }
 
-/// One measurement.
+/// One measurement, or the median of several ([`median`]).
 #[derive(Clone, Debug)]
 pub struct BenchResult {
-    /// Training samples per second.
+    /// Training samples per second (the median, over repeats).
     pub samples_per_s: f64,
+    /// The slowest and fastest of the repeats, and how many there were (`(x, x, 1)` for one).
+    pub spread: (f64, f64, usize),
     /// Per layer (hidden..., output) statistics over the timed steps.
     pub layers: Vec<LayerStats>,
     /// Tiles in the plan.
@@ -161,14 +168,32 @@ pub fn measure(
     }
     super::trace::finish(engine.as_mut(), args.trace.as_deref())?;
     let samples = steps * cfg.batch_size;
+    let samples_per_s = samples as f64 / seconds;
     Ok(BenchResult {
-        samples_per_s: samples as f64 / seconds,
+        samples_per_s,
+        spread: (samples_per_s, samples_per_s, 1),
         layers,
         tiles: plan.tiles(),
         tile_bytes: plan.total_bytes(),
         weights: params.count(),
         peak_rss: peak_rss(),
     })
+}
+
+/// The median of `runs` (of one configuration): its samples/s (the mean of the middle two for an
+/// even count), the range, and the other figures of the run at or just below the median. `None`
+/// for no runs.
+pub fn median(runs: &[BenchResult]) -> Option<BenchResult> {
+    let mut order: Vec<&BenchResult> = runs.iter().collect();
+    order.sort_by(|a, b| a.samples_per_s.total_cmp(&b.samples_per_s));
+    let n = order.len();
+    let lower = order.get((n.max(1) - 1) / 2)?;
+    let upper = order[n / 2];
+    let mut out = (*lower).clone();
+    out.samples_per_s = (lower.samples_per_s + upper.samples_per_s) / 2.0;
+    out.spread = (order[0].samples_per_s, order[n - 1].samples_per_s, n);
+    out.peak_rss = runs.iter().filter_map(|r| r.peak_rss).max();
+    Some(out)
 }
 
 /// A warning when a hidden layer fires outside 2-20 % of its neuron-steps: throughput of a
@@ -201,13 +226,16 @@ fn describe(r: &BenchResult) -> String {
             format!("{name} {:.2}% (overflow {})", 100.0 * s.activity(), s.overflow)
         })
         .collect();
+    let rate = |x: f64| if x < 10.0 { format!("{x:.2}") } else { format!("{x:.0}") };
+    let (lo, hi, n) = r.spread;
+    let spread = if n > 1 {
+        format!(" (median of {n}; {} to {})", rate(lo), rate(hi))
+    } else {
+        String::new()
+    };
     format!(
-        "{} samples/s  activity: {}  tiles {}  tile memory {:.1} MiB  peak RSS {}",
-        if r.samples_per_s < 10.0 {
-            format!("{:.2}", r.samples_per_s)
-        } else {
-            format!("{:.0}", r.samples_per_s)
-        },
+        "{} samples/s{spread}  activity: {}  tiles {}  tile memory {:.1} MiB  peak RSS {}",
+        rate(r.samples_per_s),
         act.join(", "),
         r.tiles,
         r.tile_bytes as f64 / (1 << 20) as f64,
@@ -232,7 +260,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
             threads,
             args.steps
         );
-        let r = measure(&args, &base, threads, args.activity)?;
+        let runs = (0..args.repeat)
+            .map(|_| measure(&args, &base, threads, args.activity))
+            .collect::<Result<Vec<_>>>()?;
+        let r = median(&runs).expect("at least one run");
         println!("{}", describe(&r));
         if let Some(note) = activity_note(&r) {
             eprintln!("{note}");
@@ -260,17 +291,33 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
     };
     let mut csv = String::from(
-        "sweep,value,hidden,input_activity,threads,samples_per_s,weights,weight_updates_per_s,hidden_activity,output_activity,overflow,tiles,tile_bytes,peak_rss_bytes\n",
+        "sweep,value,hidden,input_activity,threads,samples_per_s,weights,weight_updates_per_s,hidden_activity,output_activity,overflow,tiles,tile_bytes,peak_rss_bytes,repeats,samples_per_s_min,samples_per_s_max\n",
     );
-    for (cfg, t, a, value) in points {
-        let r = measure(&args, &cfg, t, a)?;
-        eprintln!("{sweep:?} = {value}: {}", describe(&r));
+    // Round after round over all points, so that drift of the machine's speed hits each alike.
+    let mut runs: Vec<Vec<BenchResult>> = vec![Vec::new(); points.len()];
+    for round in 1..=args.repeat {
+        for ((cfg, t, a, value), runs) in points.iter().zip(runs.iter_mut()) {
+            let r = measure(&args, cfg, *t, *a)?;
+            let of = if args.repeat > 1 {
+                format!(" (round {round} of {})", args.repeat)
+            } else {
+                String::new()
+            };
+            eprintln!("{sweep:?} = {value}{of}: {}", describe(&r));
+            runs.push(r);
+        }
+    }
+    for ((cfg, t, a, value), runs) in points.into_iter().zip(&runs) {
+        let r = median(runs).expect("at least one run");
+        if args.repeat > 1 {
+            eprintln!("{sweep:?} = {value}: {}", describe(&r));
+        }
         let hidden_act = r.layers.first().map_or(0.0, LayerStats::activity);
         let out_act = r.layers.last().map_or(0.0, LayerStats::activity);
         let overflow: u64 = r.layers.iter().map(|s| s.overflow).sum();
         writeln!(
             csv,
-            "{:?},{value},{},{a},{t},{:.1},{},{:.4e},{:.5},{:.5},{overflow},{},{},{}",
+            "{:?},{value},{},{a},{t},{:.1},{},{:.4e},{:.5},{:.5},{overflow},{},{},{},{},{:.1},{:.1}",
             sweep,
             cfg.hidden.iter().map(|h| h.to_string()).collect::<Vec<_>>().join("-"),
             r.samples_per_s,
@@ -281,6 +328,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
             r.tiles,
             r.tile_bytes,
             r.peak_rss.unwrap_or(0),
+            r.spread.2,
+            r.spread.0,
+            r.spread.1,
         )?;
     }
     match &args.out {
@@ -317,6 +367,34 @@ mod tests {
                 }
             }
         }
+    }
+
+    fn run(samples_per_s: f64, rss: u64) -> BenchResult {
+        BenchResult {
+            samples_per_s,
+            spread: (samples_per_s, samples_per_s, 1),
+            layers: vec![LayerStats { spikes: samples_per_s as u64, ..LayerStats::default() }],
+            tiles: 3,
+            tile_bytes: 10,
+            weights: 5,
+            peak_rss: Some(rss),
+        }
+    }
+
+    #[test]
+    fn median_of_repeats() {
+        assert!(median(&[]).is_none());
+        let one = median(&[run(7.0, 1)]).unwrap();
+        assert_eq!((one.samples_per_s, one.spread), (7.0, (7.0, 7.0, 1)));
+        let odd = median(&[run(30.0, 5), run(10.0, 9), run(20.0, 7)]).unwrap();
+        assert_eq!((odd.samples_per_s, odd.spread), (20.0, (10.0, 30.0, 3)));
+        assert_eq!(odd.layers[0].spikes, 20, "the other figures are the median run's");
+        assert_eq!(odd.peak_rss, Some(9), "the peak over all runs");
+        let even = median(&[run(40.0, 1), run(10.0, 1), run(20.0, 1), run(30.0, 1)]).unwrap();
+        assert_eq!((even.samples_per_s, even.spread), (25.0, (10.0, 40.0, 4)));
+        assert_eq!(even.layers[0].spikes, 20);
+        let text = describe(&odd);
+        assert!(text.starts_with("20 samples/s (median of 3; 10 to 30)"), "{text}");
     }
 
     #[test]
