@@ -180,9 +180,10 @@ pub fn measure(
     })
 }
 
-/// The median of `runs` (of one configuration): its samples/s (the mean of the middle two for an
-/// even count), the range, and the other figures of the run at or just below the median. `None`
-/// for no runs.
+/// The median of `runs` (of one configuration, in the order they ran): its samples/s (the mean of
+/// the middle two for an even count), the range, the peak RSS as of the first run (the process's
+/// peak grows with the larger points of a sweep's later rounds), and the other figures of the run
+/// at or just below the median. `None` for no runs.
 pub fn median(runs: &[BenchResult]) -> Option<BenchResult> {
     let mut order: Vec<&BenchResult> = runs.iter().collect();
     order.sort_by(|a, b| a.samples_per_s.total_cmp(&b.samples_per_s));
@@ -192,7 +193,7 @@ pub fn median(runs: &[BenchResult]) -> Option<BenchResult> {
     let mut out = (*lower).clone();
     out.samples_per_s = (lower.samples_per_s + upper.samples_per_s) / 2.0;
     out.spread = (order[0].samples_per_s, order[n - 1].samples_per_s, n);
-    out.peak_rss = runs.iter().filter_map(|r| r.peak_rss).max();
+    out.peak_rss = runs[0].peak_rss;
     Some(out)
 }
 
@@ -389,7 +390,7 @@ mod tests {
         let odd = median(&[run(30.0, 5), run(10.0, 9), run(20.0, 7)]).unwrap();
         assert_eq!((odd.samples_per_s, odd.spread), (20.0, (10.0, 30.0, 3)));
         assert_eq!(odd.layers[0].spikes, 20, "the other figures are the median run's");
-        assert_eq!(odd.peak_rss, Some(9), "the peak over all runs");
+        assert_eq!(odd.peak_rss, Some(5), "the first run's peak");
         let even = median(&[run(40.0, 1), run(10.0, 1), run(20.0, 1), run(30.0, 1)]).unwrap();
         assert_eq!((even.samples_per_s, even.spread), (25.0, (10.0, 40.0, 4)));
         assert_eq!(even.layers[0].spikes, 20);
