@@ -95,9 +95,10 @@ struct LayerRt {
     tiles: Shared<TileHome>,
     /// Layer buffers `[t][b][cap + 2]`, global ids.
     buf: Shared<u16>,
-    /// Where each tile's entries start in the layer buffers, `[t][b][p][2]`: its first spike,
-    /// and how many near-threshold ids of earlier tiles precede its own (written by the merge,
-    /// read by the backward gather).
+    /// Where each tile's entries start in the layer buffers, `[p][t][b][2]`: the positions of
+    /// its first spike and of its first near-threshold id in the buffer of sample `b` at step `t`
+    /// (written by the merge, read by the backward gather: for one tile, a replica's samples of
+    /// one step are next to each other).
     starts: Shared<u16>,
     /// Partial `dL/dS` of the source layer from each tile, `[slot][r][p][m][in_cap]`: backward
     /// step `t` writes slot `t % (block + 1)` (see [`TiledEngine::block`]); the source layer
@@ -739,9 +740,9 @@ impl TiledEngine {
                 sc.keep[p * m + bl] = taken;
                 let b = samples.start + bl;
                 // Safety: sample b's entries of step t belong to this unit.
-                let at = ((t * self.cfg.batch_size + b) * p_count + p) * 2;
-                let start = unsafe { lr.starts.slice_mut(at, 2) };
+                let start = unsafe { lr.starts.slice_mut(self.start_at(p, (b, t)), 2) };
                 start[0] = (n_spikes[bl] - taken) as u16;
+                // Relative to the buffer's spike count, known after the last tile (below).
                 start[1] = (near_raw[bl] - nr.len()) as u16;
                 sc.keep[(p_count + p) * m + bl] = nr.len();
                 spike_dropped |= taken < s.len();
@@ -753,6 +754,16 @@ impl TiledEngine {
             home.stats.near_kept += raw as u64;
         }
         dropped |= spike_dropped;
+        for p in 0..p_count {
+            // Safety: as above. A tile's near-threshold ids follow all spikes of the buffer
+            // (positions stay below the layer width: kept spikes and offered near-threshold
+            // ids are distinct neurons).
+            let at = self.start_at(p, (samples.start, t));
+            let starts = unsafe { lr.starts.slice_mut(at, 2 * m) };
+            for (start, &ns) in starts.chunks_exact_mut(2).zip(n_spikes.iter()) {
+                start[1] += ns as u16;
+            }
+        }
         for (bl, b) in samples.enumerate() {
             let ns = n_spikes[bl];
             let kn = near_raw[bl].min(cap - ns);
@@ -917,8 +928,7 @@ impl TiledEngine {
         let last = l + 1 == self.layers.len();
         // Safety: layer buffers and starts are read-only in backward phases; the partials of
         // step t + 1 were written in an earlier phase.
-        let buf = unsafe { self.layer_buf(l, b, t) };
-        let (s0, n0) = self.dlds_starts((l, p), (b, t), buf.n_spikes);
+        let (s0, n0) = self.dlds_starts((l, p), (b, t));
         let mine = tile.out_buffer(t, bl);
         let own = (s0..s0 + mine.n_spikes).chain(n0..n0 + mine.near().len());
         let sources = self.dlds_sources((l, r), (b, bl, t));
@@ -932,26 +942,26 @@ impl TiledEngine {
                 }
             }
             if let Some(d) = dldc {
-                a += d[buf.ids[k] as usize];
+                // Safety: as above.
+                a += d[unsafe { self.layer_buf(l, b, t) }.ids[k] as usize];
             }
             *d = a;
         }
     }
 
     /// Where tile `p`'s entries of layer `l`'s buffer of sample `b` at step `t` start: its
-    /// spikes, and its near-threshold ids (`n_spikes` is the buffer's spike count).
+    /// spikes, and its near-threshold ids.
     #[inline(always)]
-    fn dlds_starts(
-        &self,
-        (l, p): (usize, usize),
-        (b, t): (usize, usize),
-        n_spikes: usize,
-    ) -> (usize, usize) {
-        let lr = &self.layers[l];
-        let at = ((t * self.cfg.batch_size + b) * lr.p() + p) * 2;
+    fn dlds_starts(&self, (l, p): (usize, usize), (b, t): (usize, usize)) -> (usize, usize) {
         // Safety: starts are read-only in backward phases.
-        let start = unsafe { lr.starts.slice(at, 2) };
-        (start[0] as usize, n_spikes + start[1] as usize)
+        let start = unsafe { self.layers[l].starts.slice(self.start_at(p, (b, t)), 2) };
+        (start[0] as usize, start[1] as usize)
+    }
+
+    /// Index of tile `p`'s entry for sample `b` at step `t` in a layer's `starts`.
+    #[inline(always)]
+    fn start_at(&self, p: usize, (b, t): (usize, usize)) -> usize {
+        ((p * self.cfg.time_steps + t) * self.cfg.batch_size + b) * 2
     }
 
     /// The partial `dL/dS` buffers [`Self::gather_dlds`] sums for replica `r` of layer `l`,
@@ -1046,9 +1056,7 @@ impl TiledEngine {
     /// layer's tiles these lie in buffers of tens of megabytes, written a whole block of steps
     /// earlier. A hint: it changes no result.
     fn prefetch_dlds(&self, (l, r, p): (usize, usize, usize), (b, bl, t): (usize, usize, usize)) {
-        // Safety: layer buffers are read-only in backward phases.
-        let n_spikes = unsafe { self.layer_buf(l, b, t) }.n_spikes;
-        let (s0, n0) = self.dlds_starts((l, p), (b, t), n_spikes);
+        let (s0, n0) = self.dlds_starts((l, p), (b, t));
         for &(part, base, stride, tiles) in self.dlds_sources((l, r), (b, bl, t)).iter().flatten() {
             for q in 0..tiles {
                 part.prefetch(base + q * stride + s0);
@@ -1057,12 +1065,9 @@ impl TiledEngine {
         }
     }
 
-    /// Asks for what [`Self::prefetch_dlds`] of sample `b` at step `t` reads: the layer
-    /// buffer's header and tile `p`'s starts.
+    /// Asks for what [`Self::prefetch_dlds`] of sample `b` at step `t` reads: tile `p`'s starts.
     fn prefetch_dlds_starts(&self, (l, p): (usize, usize), (b, t): (usize, usize)) {
-        let lr = &self.layers[l];
-        lr.buf.prefetch((t * self.cfg.batch_size + b) * (lr.plan.capacity + 2));
-        lr.starts.prefetch(((t * self.cfg.batch_size + b) * lr.p() + p) * 2);
+        self.layers[l].starts.prefetch(self.start_at(p, (b, t)));
     }
 
     /// Sums the group leaders' gradients of tile column `(l, p)` (group order) into replica 0,
