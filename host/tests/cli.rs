@@ -276,6 +276,29 @@ fn bench_repeats_report_the_median_and_the_range() {
 }
 
 #[test]
+fn bench_min_time_keeps_stepping() {
+    let small = ["bench", "--hidden", "32", "--time-steps", "20", "--batch-size", "8"];
+    spiketile()
+        .args(small)
+        .args(["--steps", "1", "--min-time", "0.3"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("1 timed steps or more, at least 0.3 s"))
+        .stdout(predicate::function(|out: &str| {
+            // "... N steps in S s": it stopped only once 0.3 s had been timed.
+            let words: Vec<&str> = out.split_whitespace().collect();
+            let at = words.iter().position(|w| *w == "steps").unwrap();
+            words[at + 1] == "in" && words[at + 2].parse::<f64>().unwrap() >= 0.3
+        }));
+    spiketile()
+        .args(small)
+        .args(["--min-time=-1"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("--min-time").and(predicate::str::contains(">= 0")));
+}
+
+#[test]
 fn bench_warns_when_the_hidden_layer_is_silent() {
     let args =
         ["bench", "--hidden", "32", "--time-steps", "20", "--batch-size", "8", "--steps", "1"];

@@ -44,6 +44,10 @@ pub struct BenchArgs {
     /// Untimed steps first.
     #[arg(long, default_value_t = 1)]
     pub warmup: usize,
+    /// Keep taking timed steps (at least --steps) until this many seconds have been timed: a
+    /// sweep then times its small and large points over similar stretches of time.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_seconds)]
+    pub min_time: f64,
     /// Seed of the weights and the random input.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -67,6 +71,14 @@ pub struct BenchArgs {
     pub repeat: u32,
 }
 
+/// A number of seconds: finite and not negative.
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if x.is_finite() && x >= 0.0 => Ok(x),
+        _ => Err(format!("expected seconds (a number >= 0), got {s:?}")),
+    }
+}
+
 /// One measurement, or the median of several ([`median`]).
 #[derive(Clone, Debug)]
 pub struct BenchResult {
@@ -84,6 +96,8 @@ pub struct BenchResult {
     pub weights: usize,
     /// Peak resident memory of the process so far (bytes), if known.
     pub peak_rss: Option<u64>,
+    /// Timed steps (batches) and the seconds they took.
+    pub timed: (usize, f64),
 }
 
 /// Peak resident set size of this process (Linux `VmHWM`).
@@ -155,9 +169,10 @@ pub fn measure(
     }
     super::trace::start(engine.as_mut(), args.trace.as_deref(), args.trace_steps)?;
     let mut layers = vec![LayerStats::default(); cfg.hidden.len() + 1];
-    let steps = args.steps.max(1);
+    let mut steps = 0;
     let mut seconds = 0.0;
-    for _ in 0..steps {
+    while steps < args.steps.max(1) || seconds < args.min_time {
+        steps += 1;
         let batch = next_batch();
         let started = Instant::now();
         let r = engine.run_batch(&batch, true)?;
@@ -177,6 +192,7 @@ pub fn measure(
         tile_bytes: plan.total_bytes(),
         weights: params.count(),
         peak_rss: peak_rss(),
+        timed: (steps, seconds),
     })
 }
 
@@ -235,12 +251,14 @@ fn describe(r: &BenchResult) -> String {
         String::new()
     };
     format!(
-        "{} samples/s{spread}  activity: {}  tiles {}  tile memory {:.1} MiB  peak RSS {}",
+        "{} samples/s{spread}  activity: {}  tiles {}  tile memory {:.1} MiB  peak RSS {}  {} steps in {:.2} s",
         rate(r.samples_per_s),
         act.join(", "),
         r.tiles,
         r.tile_bytes as f64 / (1 << 20) as f64,
         r.peak_rss.map_or("?".into(), |b| format!("{:.1} MiB", b as f64 / (1 << 20) as f64)),
+        r.timed.0,
+        r.timed.1,
     )
 }
 
@@ -250,7 +268,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let threads = args.model.threads();
     let Some(sweep) = args.sweep else {
         eprintln!(
-            "bench: {}-{}-{}, T {}, batch {}, {}, input activity {}, {} threads, {} timed steps",
+            "bench: {}-{}-{}, T {}, batch {}, {}, input activity {}, {} threads, {} timed steps{}",
             base.inputs,
             base.hidden.iter().map(|h| h.to_string()).collect::<Vec<_>>().join("-"),
             base.classes,
@@ -259,7 +277,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
             base.optimizer,
             args.activity,
             threads,
-            args.steps
+            args.steps,
+            if args.min_time > 0.0 {
+                format!(" or more, at least {} s", args.min_time)
+            } else {
+                String::new()
+            }
         );
         let runs = (0..args.repeat)
             .map(|_| measure(&args, &base, threads, args.activity))
@@ -379,6 +402,7 @@ mod tests {
             tile_bytes: 10,
             weights: 5,
             peak_rss: Some(rss),
+            timed: (2, 0.5),
         }
     }
 
