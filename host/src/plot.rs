@@ -13,6 +13,7 @@ use crate::atomic::write_atomic;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 use plotters::style::{register_font, FontStyle};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -546,16 +547,17 @@ impl Picture for SweepPicture {
                 &|c, s, st| Circle::new(c, s, st),
             ))
             .drawn()?;
-        // Each point labelled with its throughput (and the hidden activity it ran at).
+        // Each point labelled with its throughput (and the hidden activity it ran at); the last
+        // point's label ends at the point, so that it stays inside the picture.
+        let last = pts.len().saturating_sub(1);
         let labels = self.points.iter().zip(&pts).enumerate().map(|(i, (p, &(x, y)))| {
             let act =
                 p.hidden_activity.map_or(String::new(), |a| format!(" (hidden {:.1}%)", 100.0 * a));
-            EmptyElement::at((x, y))
-                + Text::new(
-                    format!("{y:.0}{act}"),
-                    (-30, if i % 2 == 0 { -26 } else { 12 }),
-                    (FONT, 15).into_font(),
-                )
+            let dy = if i % 2 == 0 { -26 } else { 12 };
+            let (dx, align) =
+                if i == last && i > 0 { (10, HPos::Right) } else { (-30, HPos::Left) };
+            let style = TextStyle::from((FONT, 15).into_font()).pos(Pos::new(align, VPos::Top));
+            EmptyElement::at((x, y)) + Text::new(format!("{y:.0}{act}"), (dx, dy), style)
         });
         chart.draw_series(labels).drawn()?;
         Ok(())
