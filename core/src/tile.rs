@@ -17,6 +17,10 @@
 //!
 //! Finally [`Tile::apply`] runs the optimizer on the tile's own weights.
 //!
+//! A driver that keeps every step's source buffers itself (as the host engine does) passes them
+//! to [`Tile::forward_external`] and [`Tile::backward_external`] instead, and the tile does not
+//! copy them into its histories (module `external`).
+//!
 //! Weights are stored input-major (`w[j * neurons + i]` is the weight from source neuron `j` to
 //! local neuron `i`) so that one input spike touches one contiguous row.
 //!

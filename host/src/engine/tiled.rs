@@ -932,7 +932,10 @@ impl TiledEngine {
         let mine = tile.out_buffer(t, bl);
         let own = (s0..s0 + mine.n_spikes).chain(n0..n0 + mine.near().len());
         let sources = self.dlds_sources((l, r), (b, bl, t));
-        let dldc = last.then(|| unsafe { self.dldc.slice(b * self.cfg.classes, self.cfg.classes) });
+        // The output layer's dL/dc, and the class of each entry of its buffer.
+        let dldc = last.then(|| unsafe {
+            (self.dldc.slice(b * self.cfg.classes, self.cfg.classes), self.layer_buf(l, b, t).ids)
+        });
         let dst = tile.dlds_mut(bl);
         for (d, k) in dst.iter_mut().zip(own) {
             let mut a = 0.0f32;
@@ -941,9 +944,8 @@ impl TiledEngine {
                     a += unsafe { part.slice(base + q * stride + k, 1)[0] };
                 }
             }
-            if let Some(d) = dldc {
-                // Safety: as above.
-                a += d[unsafe { self.layer_buf(l, b, t) }.ids[k] as usize];
+            if let Some((dldc, ids)) = dldc {
+                a += dldc[ids[k] as usize];
             }
             *d = a;
         }
