@@ -1,5 +1,6 @@
 //! Criterion benches of the hot kernels of one tile: the forward step (sparse accumulate, membrane
-//! update, buffer construction), buffer construction alone, the backward step, and Adam; and the
+//! update, buffer construction; with the tile's own history and with the source buffer kept by the
+//! driver, as the host engine runs it), buffer construction alone, the backward step, and Adam; and the
 //! two row kernels alone at the scale of W, where the rows come from L2 (the bound on W's
 //! throughput that docs/performance.md derives).
 //!
@@ -13,7 +14,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use spiketile_core::rows::{accumulate_rows, scatter_add};
 use spiketile_core::spikes::build_into;
-use spiketile_core::{NeuronParams, Optimizer, OptimizerKind, SpikeView, Tile, TileConfig};
+use spiketile_core::{
+    NeuronParams, Optimizer, OptimizerKind, SpikeView, StepInput, Tile, TileConfig,
+};
 
 /// A tile of the W workload's hidden layer (700 inputs, 256-wide layer, 5 % input activity).
 fn config() -> TileConfig {
@@ -56,6 +59,22 @@ fn kernels(c: &mut Criterion) {
             black_box(r)
         })
     });
+    // The same with the source buffer kept by the driver (the host engine's way): no copy into
+    // the tile's history.
+    c.bench_function(
+        "tile forward step, external source buffers (18 neurons, 35 input spikes)",
+        |b| {
+            let mut t = 0;
+            b.iter(|| {
+                let ids = &inputs[t % cfg.time_steps];
+                let step = StepInput::feed_forward(SpikeView::new(ids, ids.len()).unwrap());
+                let r = tile.forward_external(t % cfg.time_steps, 1, step, None).unwrap();
+                tile.commit_all(t % cfg.time_steps, 1).unwrap();
+                t += 1;
+                black_box(r)
+            })
+        },
+    );
     for s in 0..cfg.time_steps {
         for b in 0..cfg.batch {
             let ids = &inputs[s];
