@@ -6,9 +6,10 @@
 //! runs the work units [`super::schedule::assign`] gave it (by their measured cost in the last
 //! batch, the same units from batch to batch, so a tile's memory stays in one core's cache). The
 //! replicas of a tile column `(l, p)` are split into at most [`REPLICA_GROUPS`] contiguous
-//! *groups* `(l, p, g)`; a group's first replica is its leader, whose weights the others read and
-//! whose gradient buffers they accumulate into (their weights are bit-identical, so reading one
-//! copy keeps it in cache).
+//! *groups* `(l, p, g)`; a group's first replica is its leader, whose gradient buffers the others
+//! accumulate into. Every replica's tiles read one copy of their column's weights, which the
+//! update writes from replica 0 (the only one whose own weights and optimizer state are kept:
+//! the others' weights would be bit-identical copies, so they are neither copied nor touched).
 //!
 //! The math is one superstep per time step (SPEC §1, §3); the phases group many supersteps where
 //! that changes no result. Forward, layer by layer: the tiles of a feed-forward layer run every
@@ -22,12 +23,12 @@
 //!
 //! | phase | unit | writes | reads |
 //! |---|---|---|---|
-//! | forward ahead, layer `l` (feed-forward) | replica group `(l, p, g)`: its replicas in turn, all steps | their arenas, their rows of `ahead_raw` | layer buffers of `l-1`, the leader's weights |
+//! | forward ahead, layer `l` (feed-forward) | replica group `(l, p, g)`: its replicas in turn, all steps | their arenas, their rows of `ahead_raw` | layer buffers of `l-1`, the column's weights |
 //! | forward merge, layer `l` | replica `(l, r)` | its tiles (commit; lockstep: everything), layer buffers and `starts` of its samples | its tiles, layer buffers of `l-1` |
 //! | loss | thread 0 | counts, `dL/dc` | output layer buffers |
-//! | backward, layer `l` and a block of steps (or all layers and one step) | replica group `(l, p, g)` | their arenas, the leader's gradients, their partials of those steps | layer buffers, `starts`, partials of later steps, `dL/dc`, the leader's weights |
+//! | backward, layer `l` and a block of steps (or all layers and one step) | replica group `(l, p, g)` | their arenas, the leader's gradients, their partials of those steps | layer buffers, `starts`, partials of later steps, `dL/dc`, the column's weights |
 //! | backward sum, layer `l > 0` of several tiles per replica, a block of steps | replica `(l, r)` | `part_sum` of its samples at those steps | its tiles' partials of those steps, layer buffers of `l-1` |
-//! | update | tile column `(l, p)` | the tiles `(l, *, p)` | the same |
+//! | update | tile column `(l, p)` | replica 0's and the group leaders' tiles `(l, *, p)`, the column's weights | the same |
 //!
 //! No region is written by two units of one phase or read by a unit while another writes it, so
 //! results are bit-identical for any number of threads; sums over tiles and replicas run in a
@@ -73,6 +74,11 @@ fn cache_aligned(words: &[u32]) -> usize {
     }
 }
 
+/// Weights of one tile column in [`LayerRt::col_w`]: incoming and recurrent.
+fn col_lens(cfg: &TileConfig) -> (usize, usize) {
+    (cfg.neurons * cfg.inputs, if cfg.recurrent { cfg.neurons * cfg.layer_width } else { 0 })
+}
+
 /// One tile's home: its validated layout, arena and spike counts.
 struct TileHome {
     layout: TileLayout,
@@ -93,6 +99,10 @@ struct LayerRt {
     plan: LayerPlan,
     /// `[r * P + p]`.
     tiles: Shared<TileHome>,
+    /// The weights every replica of tile column `p` reads: incoming, then recurrent (see
+    /// [`TiledEngine::col_weights`]); `col_at[p]` is where they start and how many of each.
+    col_w: Shared<f32>,
+    col_at: Vec<(usize, usize, usize)>,
     /// Layer buffers `[t][b][cap + 2]`, global ids.
     buf: Shared<u16>,
     /// Where each tile's entries start in the layer buffers, `[p][t][b][2]`: the positions of
@@ -287,9 +297,20 @@ impl TiledEngine {
                 }
             }
             let (r, p, m) = (lp.replicas, lp.splits.len(), lp.micro_batch);
+            let col_at: Vec<(usize, usize, usize)> = homes[..p]
+                .iter()
+                .scan(0, |at, h| {
+                    let (nw, nv) = col_lens(h.layout.config());
+                    *at += nw + nv;
+                    Some((*at - nw - nv, nw, nv))
+                })
+                .collect();
+            let col_total = col_at.last().map_or(0, |&(at, nw, nv)| at + nw + nv);
             layers.push(LayerRt {
                 plan: lp.clone(),
                 tiles: Shared::from_vec(homes),
+                col_w: Shared::new(col_total),
+                col_at,
                 buf: Shared::new(b * t_steps * (lp.capacity + 2)),
                 starts: Shared::new(t_steps * b * lp.splits.len() * 2),
                 // The first layer's partials (dL/dS of the data) have no reader.
@@ -532,10 +553,22 @@ impl TiledEngine {
         unsafe { &mut self.layers[l].tiles.slice_mut(index, 1)[0] }
     }
 
+    /// The weights of tile column `(l, p)`, which every replica's tile reads: replica 0's,
+    /// copied there by the update. Only replica 0's tiles keep their own weights up to date
+    /// (the optimizer steps there); the other replicas' copies are not read or written after
+    /// they are built, so their pages stay untouched.
+    ///
+    /// Safety: the caller's phase is not the update.
+    #[inline(always)]
+    unsafe fn col_weights(&self, l: usize, p: usize) -> SharedWeights<'_> {
+        let lr = &self.layers[l];
+        let (at, nw, nv) = lr.col_at[p];
+        unsafe { SharedWeights { w: lr.col_w.slice(at, nw), v: lr.col_w.slice(at + nw, nv) } }
+    }
+
     /// Runs the tiles of replica group `(l, p, g)` (a feed-forward layer) through all steps, each
-    /// on its own, as if the layer kept every spike they emit: replicas after the leader read
-    /// the leader's weights (bit-identical by construction), and each tile's weights stay in
-    /// this core's cache for the whole run. [`Self::merge_ahead`] then checks the guess.
+    /// on its own, as if the layer kept every spike they emit: every replica reads the column's
+    /// weights ([`Self::col_weights`]), which stay in this core's cache for the whole run. [`Self::merge_ahead`] then checks the guess.
     fn forward_ahead(
         &self,
         input: &InputBatch,
@@ -545,14 +578,12 @@ impl TiledEngine {
     ) -> Result<(), TileError> {
         let lr = &self.layers[l];
         let p_count = lr.p();
-        let reps = lr.group(g);
-        // Safety: the tiles of group (l, p, g) and their rows of `ahead_raw` belong to this unit
-        // alone in this phase.
-        let mut tile0 = unsafe { self.home(l, reps.start * p_count + p) }.tile()?;
-        self.run_ahead(input, l, reps.start, p, &mut tile0, None)?;
-        for r in reps.start + 1..reps.end {
+        // Safety: not the update phase.
+        let shared = unsafe { self.col_weights(l, p) };
+        for r in lr.group(g) {
+            // Safety: the tiles of group (l, p, g) and their rows of `ahead_raw` belong to this
+            // unit alone in this phase.
             let mut tile = unsafe { self.home(l, r * p_count + p) }.tile()?;
-            let shared = SharedWeights { w: tile0.weights(), v: tile0.recurrent() };
             self.run_ahead(input, l, r, p, &mut tile, Some(shared))?;
         }
         Ok(())
@@ -629,7 +660,8 @@ impl TiledEngine {
                 for p in 0..p_count {
                     let home = home(p);
                     let mut tile = home.tile()?;
-                    self.forward_replica(input, l, r, t, &mut tile, None)?;
+                    let shared = unsafe { self.col_weights(l, p) };
+                    self.forward_replica(input, l, r, t, &mut tile, Some(shared))?;
                     let stats = tile.stats();
                     home.stats.add(&stats);
                 }
@@ -818,9 +850,9 @@ impl TiledEngine {
     }
 
     /// Backward compute of `steps` (from the last down) for replica group `(l, p, g)`: at each
-    /// step, every replica in turn; replicas after the leader read the leader's weights and
-    /// accumulate their weight gradients into its buffers, so one copy of each stays in this
-    /// core's cache (the update needs only their sum).
+    /// step, every replica in turn; every replica reads the column's weights, and those after
+    /// the leader accumulate their weight gradients into its buffers, so one copy of each stays
+    /// in this core's cache (the update needs only their sum).
     fn backward_compute(
         &self,
         input: &InputBatch,
@@ -830,11 +862,14 @@ impl TiledEngine {
         let lr = &self.layers[l];
         let p_count = lr.p();
         let reps = lr.group(g);
+        // Safety: not the update phase.
+        let shared = unsafe { self.col_weights(l, p) };
         // Safety: the tiles of group (l, p, g) and their partial out-buffers belong to this unit.
         let mut tile0 = unsafe { self.home(l, reps.start * p_count + p) }.tile()?;
         for t in steps.rev() {
-            self.backward_replica(input, l, reps.start, p, t, &mut tile0, None, None)?;
-            let (shared, mut grads) = tile0.split_for_replicas();
+            self.backward_replica(input, l, reps.start, p, t, &mut tile0, Some(shared), None)?;
+            let (dw, dv) = tile0.grads_mut();
+            let mut grads = SharedGrads { dw, dv };
             for r in reps.start + 1..reps.end {
                 let mut tile = unsafe { self.home(l, r * p_count + p) }.tile()?;
                 let g = Some(grads.reborrow());
@@ -1073,20 +1108,18 @@ impl TiledEngine {
     }
 
     /// Sums the group leaders' gradients of tile column `(l, p)` (group order) into replica 0,
-    /// applies the optimizer there and gives every other replica the new weights (what each
-    /// replica's own update with the summed gradient would compute, bit for bit), and clears the
-    /// gradients. Only replica 0 steps the optimizer, so only its optimizer state is kept up to
-    /// date (checkpoints read it there); the others' stays as it was loaded.
+    /// applies the optimizer there, copies the new weights to the column's weights that every
+    /// replica reads ([`Self::col_weights`]: what each replica's own update with the summed
+    /// gradient would compute, bit for bit), and clears the gradients. Only replica 0 steps the
+    /// optimizer and keeps weights and optimizer state (checkpoints read them there).
     fn update(&self, l: usize, p: usize) -> Result<(), TileError> {
         let lr = &self.layers[l];
         let p_count = lr.p();
-        // Safety: the column's tiles belong to this unit alone in this phase.
-        let mut tiles: Vec<Tile<'_>> = (0..lr.plan.replicas)
-            .map(|r| unsafe { self.home(l, r * p_count + p) }.tile())
-            .collect::<Result<_, _>>()?;
-        let Some((first, rest)) = tiles.split_first_mut() else { return Ok(()) };
+        // Safety: the column's tiles and its weights in `col_w` belong to this unit alone in
+        // this phase.
+        let mut first = unsafe { self.home(l, p) }.tile()?;
         for g in 1..lr.groups() {
-            let leader = &mut rest[lr.group(g).start - 1];
+            let mut leader = unsafe { self.home(l, lr.group(g).start * p_count + p) }.tile()?;
             let (sw, sv) = first.grads_mut();
             let (dw, dv) = leader.grads();
             sw.iter_mut().zip(dw).for_each(|(a, b)| *a += b);
@@ -1095,10 +1128,10 @@ impl TiledEngine {
         }
         first.apply(&self.optimizer, self.step + 1);
         first.zero_grads();
-        for other in rest.iter_mut() {
-            other.weights_mut().copy_from_slice(first.weights());
-            other.recurrent_mut().copy_from_slice(first.recurrent());
-        }
+        let (at, nw, nv) = lr.col_at[p];
+        let col = unsafe { lr.col_w.slice_mut(at, nw + nv) };
+        col[..nw].copy_from_slice(first.weights());
+        col[nw..].copy_from_slice(first.recurrent());
         Ok(())
     }
 
@@ -1311,7 +1344,19 @@ impl Engine for TiledEngine {
                 lp.recurrent.is_some() == lr.plan.recurrent,
                 "layer {l}: recurrent weights mismatch"
             );
-            for home in lr.tiles.get_mut() {
+            // Replica 0 holds the weights and the optimizer state (see `update`), group leaders
+            // gradients; the other replicas' tiles only their own step state.
+            let (p_count, leaders) = (lr.p(), (0..lr.groups()).map(|g| lr.group(g).start));
+            let leaders: Vec<usize> = leaders.collect();
+            let (col_w, col_at) = (lr.col_w.get_mut(), &lr.col_at);
+            for (i, home) in lr.tiles.get_mut().iter_mut().enumerate() {
+                let (r, p) = (i / p_count, i % p_count);
+                if r > 0 {
+                    if leaders.contains(&r) {
+                        home.tile().map_err(|e| anyhow!("{e}"))?.zero_grads();
+                    }
+                    continue;
+                }
                 let cfg = *home.layout.config();
                 let mut tile = home.tile().map_err(|e| anyhow!("{e}"))?;
                 let (n, f) = (cfg.neurons, cfg.first_neuron);
@@ -1319,6 +1364,9 @@ impl Engine for TiledEngine {
                 if let Some(v) = &lp.recurrent {
                     copy_in(v, n, f, cfg.layer_width, tile.recurrent_mut());
                 }
+                let (at, nw, nv) = col_at[p];
+                col_w[at..at + nw].copy_from_slice(tile.weights());
+                col_w[at + nw..at + nw + nv].copy_from_slice(tile.recurrent());
                 let nw = cfg.inputs * n;
                 let nv = if cfg.recurrent { cfg.layer_width * n } else { 0 };
                 let st = tile.optimizer_state_mut();
