@@ -235,13 +235,15 @@ pub struct Tile<'a> {
     stats: TileStats,
 }
 
-/// Takes the next `count` elements of type `T` off the front of `rest`, padded to 4 bytes.
-fn carve<'a, T: Pod>(rest: &mut &'a mut [u8], count: usize) -> Result<&'a mut [T], TileError> {
-    let bytes = count * core::mem::size_of::<T>();
-    let taken = core::mem::take(rest);
-    let (head, tail) = taken.split_at_mut(pad4(bytes));
+/// Takes the next `count` elements of type `T` (`f32` or `u16`) off the front of `rest`, padded
+/// to whole 4-byte words. The casts from words cannot fail (`T` is no larger than a word and
+/// its alignment divides 4), so they compile to nothing; what remains is one bounds check.
+#[inline(always)]
+fn carve<'a, T: Pod>(rest: &mut &'a mut [u32], count: usize) -> &'a mut [T] {
+    let words = pad4(count * core::mem::size_of::<T>()) / 4;
+    let (head, tail) = core::mem::take(rest).split_at_mut(words);
     *rest = tail;
-    bytemuck::try_cast_slice_mut(&mut head[..bytes]).map_err(|_| TileError::Misaligned)
+    &mut bytemuck::cast_slice_mut(head)[..count]
 }
 
 /// A buffer slot in a history: `[n_spikes, n_grad, ids...]`.
@@ -321,25 +323,27 @@ impl<'a> Tile<'a> {
             return Err(TileError::Misaligned);
         }
         let (cfg, params, r) = (layout.cfg, layout.params, &layout.regions);
-        let (arena, _) = arena.split_at_mut(layout.arena);
-        let mut rest = arena;
+        // Every region is whole 4-byte words (`layout.arena` is their sum).
+        let words: &mut [u32] = bytemuck::try_cast_slice_mut(&mut arena[..layout.arena])
+            .map_err(|_| TileError::Misaligned)?;
+        let mut rest = words;
         let n = cfg.neurons;
-        let w = carve(&mut rest, r.weights)?;
-        let v = carve(&mut rest, r.recurrent)?;
-        let dw = carve(&mut rest, r.weights)?;
-        let dv = carve(&mut rest, r.recurrent)?;
-        let opt = carve(&mut rest, r.opt_words)?;
-        let state: &mut [f32] = carve(&mut rest, r.state_words)?;
+        let w = carve(&mut rest, r.weights);
+        let v = carve(&mut rest, r.recurrent);
+        let dw = carve(&mut rest, r.weights);
+        let dv = carve(&mut rest, r.recurrent);
+        let opt = carve(&mut rest, r.opt_words);
+        let state: &mut [f32] = carve(&mut rest, r.state_words);
         let (u, state) = state.split_at_mut(cfg.batch * n);
         let (g, state) = state.split_at_mut(cfg.batch * n);
         let (cur, c) = state.split_at_mut(n);
-        let u_hist = carve(&mut rest, r.u_hist)?;
-        let out_hist = carve(&mut rest, r.out_hist)?;
-        let in_hist = carve(&mut rest, r.in_hist)?;
-        let rec_hist = carve(&mut rest, r.rec_hist)?;
-        let dlds = carve(&mut rest, r.dlds)?;
-        let src_partials = carve(&mut rest, r.src_partials)?;
-        let rec_partials = carve(&mut rest, r.rec_partials)?;
+        let u_hist = carve(&mut rest, r.u_hist);
+        let out_hist = carve(&mut rest, r.out_hist);
+        let in_hist = carve(&mut rest, r.in_hist);
+        let rec_hist = carve(&mut rest, r.rec_hist);
+        let dlds = carve(&mut rest, r.dlds);
+        let src_partials = carve(&mut rest, r.src_partials);
+        let rec_partials = carve(&mut rest, r.rec_partials);
         debug_assert!(rest.is_empty(), "footprint and carving disagree");
         Ok(Tile {
             cfg,
