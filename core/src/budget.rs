@@ -36,6 +36,9 @@ pub struct Footprint {
     /// What the backward pass needs of the forward pass: own spike buffers and membranes at the
     /// gradient set, input (and recurrent) spike buffers, per sample and step.
     pub history: usize,
+    /// Of `history`, the input (and recurrent) spike buffers: a driver that keeps those itself
+    /// ([`crate::Tile::forward_external`]) never writes them.
+    pub input_history: usize,
     /// Exchange buffers: dL/dS arriving, partial dL/dS leaving.
     pub exchange: usize,
     /// The tile descriptor (`size_of::<Tile>()`).
@@ -99,6 +102,7 @@ impl Footprint {
             optimizer: f32s(r.opt_words),
             state: f32s(r.state_words),
             history: f32s(r.u_hist) + u16s(r.out_hist) + u16s(r.in_hist) + u16s(r.rec_hist),
+            input_history: u16s(r.in_hist) + u16s(r.rec_hist),
             exchange: f32s(r.dlds) + f32s(r.src_partials) + f32s(r.rec_partials),
             header: core::mem::size_of::<crate::Tile<'static>>(),
         })

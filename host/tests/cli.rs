@@ -266,6 +266,10 @@ fn bench_repeats_report_the_median_and_the_range() {
         let (lo, mid, hi) =
             (value("samples_per_s_min"), value("samples_per_s"), value("samples_per_s_max"));
         assert!(lo <= mid && mid <= hi && lo > 0.0, "{lo} {mid} {hi}");
+        // The tiled engine leaves the input histories alone: it writes less than the plan.
+        let (written, planned) = (value("tile_bytes_written"), value("tile_bytes"));
+        assert!(0.0 < written && written < planned, "{written} of {planned}");
+        assert!(value("engine_buffer_bytes") > 0.0);
     }
     spiketile()
         .args(small)

@@ -5,7 +5,7 @@ use super::train::make_engine;
 use crate::atomic::write_atomic;
 use crate::config::ModelConfig;
 use crate::data::BinnedSample;
-use crate::engine::{InputBatch, LayerStats};
+use crate::engine::{EngineMemory, InputBatch, LayerStats};
 use crate::model::Params;
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
@@ -92,6 +92,8 @@ pub struct BenchResult {
     pub tiles: usize,
     /// Bytes of tile memory.
     pub tile_bytes: usize,
+    /// The tiled engine's account of its memory: tile bytes written, its own buffers.
+    pub memory: Option<EngineMemory>,
     /// Weights in the model.
     pub weights: usize,
     /// Peak resident memory of the process so far (bytes), if known.
@@ -190,6 +192,7 @@ pub fn measure(
         layers,
         tiles: plan.tiles(),
         tile_bytes: plan.total_bytes(),
+        memory: engine.memory(),
         weights: params.count(),
         peak_rss: peak_rss(),
         timed: (steps, seconds),
@@ -251,15 +254,25 @@ fn describe(r: &BenchResult) -> String {
         String::new()
     };
     format!(
-        "{} samples/s{spread}  activity: {}  tiles {}  tile memory {:.1} MiB  peak RSS {}  {} steps in {:.2} s",
+        "{} samples/s{spread}  activity: {}  tiles {}  tile memory {}{}  peak RSS {}  {} steps in {:.2} s",
         rate(r.samples_per_s),
         act.join(", "),
         r.tiles,
-        r.tile_bytes as f64 / (1 << 20) as f64,
-        r.peak_rss.map_or("?".into(), |b| format!("{:.1} MiB", b as f64 / (1 << 20) as f64)),
+        mib(r.tile_bytes as u64),
+        r.memory.map_or(String::new(), |m| format!(
+            " (written {}; engine buffers {})",
+            mib(m.tile_written as u64),
+            mib(m.buffers as u64)
+        )),
+        r.peak_rss.map_or("?".into(), mib),
         r.timed.0,
         r.timed.1,
     )
+}
+
+/// `bytes` in MiB, one decimal.
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
 }
 
 /// Runs `spiketile bench`.
@@ -315,7 +328,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
     };
     let mut csv = String::from(
-        "sweep,value,hidden,input_activity,threads,samples_per_s,weights,weight_updates_per_s,hidden_activity,output_activity,overflow,tiles,tile_bytes,peak_rss_bytes,repeats,samples_per_s_min,samples_per_s_max\n",
+        "sweep,value,hidden,input_activity,threads,samples_per_s,weights,weight_updates_per_s,hidden_activity,output_activity,overflow,tiles,tile_bytes,peak_rss_bytes,repeats,samples_per_s_min,samples_per_s_max,tile_bytes_written,engine_buffer_bytes\n",
     );
     // Round after round over all points, so that drift of the machine's speed hits each alike.
     let mut runs: Vec<Vec<BenchResult>> = vec![Vec::new(); points.len()];
@@ -341,7 +354,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let overflow: u64 = r.layers.iter().map(|s| s.overflow).sum();
         writeln!(
             csv,
-            "{:?},{value},{},{a},{t},{:.1},{},{:.4e},{:.5},{:.5},{overflow},{},{},{},{},{:.1},{:.1}",
+            "{:?},{value},{},{a},{t},{:.1},{},{:.4e},{:.5},{:.5},{overflow},{},{},{},{},{:.1},{:.1},{},{}",
             sweep,
             cfg.hidden.iter().map(|h| h.to_string()).collect::<Vec<_>>().join("-"),
             r.samples_per_s,
@@ -355,6 +368,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
             r.spread.2,
             r.spread.0,
             r.spread.1,
+            r.memory.map_or(String::new(), |m| m.tile_written.to_string()),
+            r.memory.map_or(String::new(), |m| m.buffers.to_string()),
         )?;
     }
     match &args.out {
@@ -400,6 +415,7 @@ mod tests {
             layers: vec![LayerStats { spikes: samples_per_s as u64, ..LayerStats::default() }],
             tiles: 3,
             tile_bytes: 10,
+            memory: Some(EngineMemory { tile_written: 8, buffers: 1 }),
             weights: 5,
             peak_rss: Some(rss),
             timed: (2, 0.5),

@@ -159,6 +159,21 @@ pub trait Engine: Send {
     fn take_trace(&mut self) -> Option<trace::ExecTrace> {
         None
     }
+    /// Where the memory of an engine that runs tiles goes ([`tiled::TiledEngine`]), or `None`.
+    fn memory(&mut self) -> Option<EngineMemory> {
+        None
+    }
+}
+
+/// The memory of the tiled engine besides the process's own.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EngineMemory {
+    /// Bytes of the tiles' memory the engine writes: the plan reserves every region of every
+    /// tile, the host engine leaves some of them alone, and their pages are never resident.
+    pub tile_written: usize,
+    /// Bytes of the engine's own buffers: layer buffers, partial `dL/dS`, the column weights
+    /// every replica reads, loss buffers.
+    pub buffers: usize,
 }
 
 /// Sums per-sample losses and writes `dL/dc` (scaled by `1 / batch`) for every sample.

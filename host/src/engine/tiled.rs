@@ -43,7 +43,7 @@ use super::claims::Claims;
 use super::schedule;
 use super::shared::Shared;
 use super::trace::{ExecTrace, Pass, PhaseKind, Recorder, TraceBuffers, TraceMeta, LAYER, NO_STEP};
-use super::{batch_loss, BatchResult, Engine, InputBatch, LayerStats};
+use super::{batch_loss, BatchResult, Engine, EngineMemory, InputBatch, LayerStats};
 use crate::config::ModelConfig;
 use crate::model::{OptimState, Params};
 use crate::plan::{LayerPlan, Plan};
@@ -1404,6 +1404,36 @@ impl Engine for TiledEngine {
         &self.cfg
     }
 
+    /// Replica 0's tiles write everything but their input histories (the engine keeps the
+    /// source buffers: [`Tile::forward_external`]); the group leaders' tiles also leave their
+    /// weights and optimizer state alone (every replica reads the column's weights), and the
+    /// other replicas' tiles their gradients too (they accumulate into their leader's). Counted by
+    /// whole regions, not pages. The buffers are every [`Shared`] buffer of the engine.
+    fn memory(&mut self) -> Option<EngineMemory> {
+        let mut bytes = 0;
+        let mut buffers = 4 * (self.counts.len() + self.dldc.len());
+        for lr in &mut self.layers {
+            buffers += 2 * (lr.buf.len() + lr.starts.len())
+                + 4 * (lr.col_w.len()
+                    + lr.part_src.len()
+                    + lr.part_sum.len()
+                    + lr.part_rec.len()
+                    + lr.ahead_raw.len());
+            let p_count = lr.p();
+            let leaders: Vec<usize> = (0..lr.groups()).map(|g| lr.group(g).start).collect();
+            for (i, home) in lr.tiles.get_mut().iter().enumerate() {
+                let f = home.layout.config().footprint().ok()?;
+                let step_state = f.state + f.history - f.input_history + f.exchange;
+                bytes += match i / p_count {
+                    0 => step_state + f.weights + f.grads + f.optimizer,
+                    r if leaders.contains(&r) => step_state + f.grads,
+                    _ => step_state,
+                };
+            }
+        }
+        Some(EngineMemory { tile_written: bytes, buffers })
+    }
+
     fn start_trace(&mut self, batches: usize) -> Result<()> {
         let meta = TraceMeta {
             layers: self.layers.len(),
@@ -1497,5 +1527,46 @@ mod tests {
                 assert_eq!(home.arena[home.start..].as_ptr() as usize % CACHE_LINE, 0);
             }
         }
+    }
+
+    /// What [`Engine::memory`] counts as not written stays untouched through training: the input
+    /// histories of every tile, the weights and optimizer state of every replica but the first,
+    /// and the gradients of every replica that leads no group.
+    #[test]
+    fn regions_counted_unwritten_stay_zero() {
+        let mut cfg = crate::config::test_config();
+        (cfg.max_samples_per_tile, cfg.max_neurons_per_tile) = (Some(2), Some(4));
+        let mut engine = TiledEngine::new(&cfg, &Params::init(&cfg, 3), 2).unwrap();
+        let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(5);
+        for _ in 0..2 {
+            let samples = crate::cli::bench::random_batch(&cfg, 0.3, &mut rng);
+            let refs: Vec<&crate::data::BinnedSample> = samples.iter().collect();
+            let batch = InputBatch::new(&refs, cfg.time_steps, cfg.capacity(cfg.inputs));
+            engine.run_batch(&batch, true).unwrap();
+        }
+        let memory = engine.memory().unwrap();
+        assert!(memory.tile_written < engine.plan.total_bytes() && memory.buffers > 0);
+        let zero = |x: &[f32]| x.iter().all(|&v| v == 0.0);
+        let mut checked = 0;
+        for lr in &mut engine.layers {
+            assert_eq!((lr.plan.replicas, lr.groups()), (4, 2));
+            let p_count = lr.p();
+            for (i, home) in lr.tiles.get_mut().iter_mut().enumerate() {
+                let r = i / p_count;
+                let tile = home.tile().unwrap();
+                let cfg = *tile.config();
+                for (t, b) in (0..cfg.time_steps).flat_map(|t| (0..cfg.batch).map(move |b| (t, b)))
+                {
+                    assert_eq!(tile.in_buffer(t, b).n_grad(), 0, "tile {i}: input history");
+                }
+                assert_eq!(r == 0, !zero(tile.weights()), "tile {i}: weights");
+                assert_eq!(r == 0, !zero(tile.optimizer_state()), "tile {i}: Adam moments");
+                if r != 0 && r != 2 {
+                    assert!(zero(tile.grads().0), "tile {i}: gradients");
+                }
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 4 * (3 + 1));
     }
 }
