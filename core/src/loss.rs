@@ -11,7 +11,7 @@
 //! let counts = [0.0f32, 0.0];
 //! let mut g = [0.0f32; 2];
 //! let l = loss_and_grad(LossKind::CeCount, &counts, 1, 1.0, &mut g);
-//! assert!((l - 2f32.ln()).abs() < 1e-6);
+//! assert!((l - 2f32.ln()).abs() < 1e-3); // within 1e-6 with libm; the `fast-math` logarithm is coarser
 //! assert_eq!(g, [0.5, -0.5]);
 //! assert_eq!(predict(&counts), 0);
 //! ```

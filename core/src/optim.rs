@@ -72,17 +72,21 @@ impl Optimizer {
             }
             OptimizerKind::Adam => {
                 let bc1 = 1.0 - math::powi(self.beta1, step);
-                let bc2_sqrt = math::sqrt(1.0 - math::powi(self.beta2, step));
-                let step_size = self.lr / bc1;
-                let (b1, b2) = (self.beta1, self.beta2);
-                let k = AdamConsts { b1, b2, bc2_sqrt, step_size, eps: self.eps };
+                let k = AdamConsts {
+                    b1: self.beta1,
+                    b2: self.beta2,
+                    bc2_sqrt: math::sqrt(1.0 - math::powi(self.beta2, step)),
+                    step_size: self.lr / bc1,
+                    eps: self.eps,
+                };
                 // The vector kernel takes whole groups of lanes, the loop below the rest.
                 let done = adam_lanes(&k, w, g, m, v);
                 let (w, g, m, v) = (&mut w[done..], &g[done..], &mut m[done..], &mut v[done..]);
+                let AdamConsts { b1, b2, bc2_sqrt, step_size, eps } = k;
                 for (((w, &g), m), v) in w.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
                     *m = b1 * *m + (1.0 - b1) * g;
                     *v = b2 * *v + (1.0 - b2) * g * g;
-                    let denom = math::sqrt(*v) / bc2_sqrt + self.eps;
+                    let denom = math::sqrt(*v) / bc2_sqrt + eps;
                     *w -= step_size * (*m / denom);
                 }
             }
@@ -180,9 +184,12 @@ mod tests {
         let mut w = [1.0f32, -1.0, 0.5];
         let g = [0.3f32, -2.0, 0.0];
         let (mut m, mut v) = ([0.0; 3], [0.0; 3]);
+        // The `fast-math` square root is approximate (micromath's, to about 2 %: here the first
+        // step moves the first weight by 0.0982 instead of 0.1).
+        let tol = if cfg!(feature = "fast-math") { 2.5e-3 } else { 1e-6 };
         opt.step(1, &mut w, &g, &mut m, &mut v);
-        assert!((w[0] - 0.9).abs() < 1e-6 && (w[1] + 0.9).abs() < 1e-6 && w[2] == 0.5);
+        assert!((w[0] - 0.9).abs() < tol && (w[1] + 0.9).abs() < tol && w[2] == 0.5, "{w:?}");
         opt.step(2, &mut w, &g, &mut m, &mut v);
-        assert!((w[0] - 0.8).abs() < 1e-5, "{}", w[0]);
+        assert!((w[0] - 0.8).abs() < 10.0 * tol, "{}", w[0]);
     }
 }
