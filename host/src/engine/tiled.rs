@@ -1452,7 +1452,6 @@ impl Engine for TiledEngine {
     }
 }
 
-/// Row-major `[rows][cols]` rows `first..first+n` → input-major `[cols][n]`.
 /// Bytes the backward blocks may spend on partial `dL/dS` buffers, over all layers.
 const BLOCK_PARTIALS_BYTES: usize = 256 << 20;
 
@@ -1488,6 +1487,7 @@ fn part_sum_len(li: usize, lp: &LayerPlan, block: usize, batch: usize) -> usize 
     }
 }
 
+/// Row-major `[rows][cols]` rows `first..first+n` → input-major `[cols][n]`.
 fn copy_in(rowmajor: &[f32], n: usize, first: usize, cols: usize, dst: &mut [f32]) {
     for j in 0..cols {
         for i in 0..n {
