@@ -49,7 +49,9 @@ pub use loss::LossKind;
 pub use optim::{Optimizer, OptimizerKind};
 pub use spikes::{LayerMerge, SpikeBuffer, SpikeView};
 pub use surrogate::Surrogate;
-pub use tile::{SharedGrads, SharedWeights, StepInput, Tile, TileConfig, TileLayout, TileStats};
+pub use tile::{
+    OutBuffers, SharedGrads, SharedWeights, StepInput, Tile, TileConfig, TileLayout, TileStats,
+};
 
 #[cfg(test)]
 mod tile_tests;

@@ -49,7 +49,9 @@ use crate::{Footprint, NeuronParams, Optimizer, OptimizerKind, TileError};
 use bytemuck::Pod;
 
 mod external;
+mod out_view;
 pub use external::StepInput;
+pub use out_view::OutBuffers;
 
 /// Everything that sizes a tile.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -822,24 +824,6 @@ impl<'a> Tile<'a> {
         let kt = self.cfg.own_capacity();
         crate::simd::prefetch(&self.out_hist[self.out_slot(t, b)]);
         crate::simd::prefetch(&self.u_hist[self.step_index(t, b) * kt]);
-    }
-
-    /// Asks the CPU to start loading the tile's buffers of step `t`, every sample
-    /// ([`Tile::out_buffer`]), for a driver that merges them a while later. A hint: it changes no
-    /// result, and an out-of-range `t` is ignored.
-    #[inline]
-    pub fn prefetch_out_buffers(&self, t: usize) {
-        if self.check_tb(t, 0).is_err() {
-            return;
-        }
-        let slots = &self.out_hist[self.out_slot(t, 0)..self.out_slot(t, self.cfg.batch)];
-        // One hint per 64-byte line (32 ids).
-        for line in slots.chunks(32) {
-            crate::simd::prefetch(&line[0]);
-        }
-        if let Some(last) = slots.last() {
-            crate::simd::prefetch(last);
-        }
     }
 
     /// This tile's partial `dL/dS_{l-1}[t-1]` for sample `b` after [`Tile::backward`] at `t`:

@@ -518,3 +518,66 @@ fn prefetch_hints_ignore_out_of_range_steps() {
     }
     assert_eq!(tile.out_buffer(0, 0).n_grad(), 0);
 }
+
+/// The buffers read through the layout alone are the attached tile's, every step and sample;
+/// the arena is checked as `attach_layout` checks it.
+#[test]
+fn out_buffers_without_attaching_equal_the_tiles() {
+    let cfg = small_cfg();
+    let params = NeuronParams::default();
+    let layout = TileLayout::new(cfg, params).unwrap();
+    let mut arena = vec![0u32; layout.arena_bytes() / 4 + 1];
+    let mut r = Lcg(11);
+    let mut want = Vec::new();
+    {
+        let mut tile = Tile::new(cfg, params, bytemuck::cast_slice_mut(&mut arena)).unwrap();
+        tile.weights_mut().iter_mut().for_each(|w| *w = r.next() * 30.0 - 5.0);
+        tile.recurrent_mut().iter_mut().for_each(|w| *w = r.next() * 10.0 - 5.0);
+        for t in 0..cfg.time_steps {
+            for b in 0..cfg.batch {
+                let ids: Vec<u16> = (0..cfg.inputs as u16).filter(|_| r.next() < 0.3).collect();
+                let input = SpikeView::new(&ids[..ids.len().min(cfg.in_capacity)], 0).unwrap();
+                let input = SpikeView { n_spikes: input.ids.len(), ..input };
+                let rec = if t == 0 { SpikeView::EMPTY } else { tile.out_buffer(t - 1, b) };
+                let rec_ids: Vec<u16> = rec.ids.iter().map(|&i| i + 2).collect();
+                let rec = SpikeView::new(&rec_ids, rec.n_spikes).unwrap();
+                tile.forward(t, b, input, rec).unwrap();
+                tile.commit_all(t, b).unwrap();
+            }
+        }
+        for t in 0..cfg.time_steps {
+            for b in 0..cfg.batch {
+                let v = tile.out_buffer(t, b);
+                want.push((v.ids.to_vec(), v.n_spikes));
+            }
+        }
+    }
+    assert!(want.iter().any(|(ids, n)| *n > 0 && ids.len() > *n), "spikes and near ids both seen");
+    let bytes = bytemuck::cast_slice::<u32, u8>(&arena);
+    let out = layout.out_buffers(bytes).unwrap();
+    for t in 0..cfg.time_steps {
+        out.prefetch(t);
+        for b in 0..cfg.batch {
+            let (ids, n) = &want[t * cfg.batch + b];
+            assert_eq!(out.get(t, b), SpikeView::new(ids, *n).unwrap(), "step {t}, sample {b}");
+        }
+    }
+    out.prefetch(cfg.time_steps);
+    out.prefetch(usize::MAX);
+    let n = layout.arena_bytes();
+    assert_eq!(
+        layout.out_buffers(&bytes[..n - 4]).unwrap_err(),
+        TileError::ArenaTooSmall { needed: n, got: n - 4 }
+    );
+    assert_eq!(layout.out_buffers(&bytes[1..]).unwrap_err(), TileError::Misaligned);
+}
+
+#[test]
+#[should_panic(expected = "sample 3 of a tile of 3")]
+fn out_buffers_panic_on_a_sample_out_of_range() {
+    let cfg = small_cfg();
+    let layout = TileLayout::new(cfg, NeuronParams::default()).unwrap();
+    let mut arena = vec![0u32; layout.arena_bytes() / 4];
+    Tile::new(cfg, NeuronParams::default(), bytemuck::cast_slice_mut(&mut arena)).unwrap();
+    let _ = layout.out_buffers(bytemuck::cast_slice(&arena)).unwrap().get(0, cfg.batch);
+}

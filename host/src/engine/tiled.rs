@@ -50,8 +50,8 @@ use crate::plan::{LayerPlan, Plan};
 use anyhow::{anyhow, ensure, Result};
 use spiketile_core::spikes::append;
 use spiketile_core::{
-    Optimizer, OptimizerKind, SharedGrads, SharedWeights, SpikeView, StepInput, Tile, TileConfig,
-    TileError, TileLayout, TileStats,
+    Optimizer, OptimizerKind, OutBuffers, SharedGrads, SharedWeights, SpikeView, StepInput, Tile,
+    TileConfig, TileError, TileLayout, TileStats,
 };
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -91,6 +91,11 @@ struct TileHome {
 impl TileHome {
     fn tile(&mut self) -> Result<Tile<'_>, TileError> {
         Tile::attach_layout(&self.layout, bytemuck::cast_slice_mut(&mut self.arena[self.start..]))
+    }
+
+    /// The tile's own spike buffers, read-only, without attaching it.
+    fn out_buffers(&self) -> Result<OutBuffers<'_>, TileError> {
+        self.layout.out_buffers(bytemuck::cast_slice(&self.arena[self.start..]))
     }
 }
 
@@ -756,13 +761,14 @@ impl TiledEngine {
             // Safety: this unit owns the tiles of replica (l, r) in this phase.
             let home = unsafe { self.home(l, r * p_count + p) };
             let first = home.layout.config().first_neuron;
-            let tile = home.tile()?;
+            // Read without attaching the tile (it is attached below only to commit a drop).
+            let out = home.out_buffers()?;
             // The next step's buffers, read after the other tiles' of this step: at large widths
             // a replica has a hundred or more tiles, too many streams for the hardware to follow.
-            tile.prefetch_out_buffers(t + 1);
+            out.prefetch(t + 1);
             let (mut kept, mut raw) = (0, 0);
             for bl in 0..m {
-                let view = tile.out_buffer(t, bl);
+                let view = out.get(t, bl);
                 let (s, nr) = (view.spikes(), view.near());
                 let range = bl * cap..(bl + 1) * cap;
                 let taken = append(&mut spikes[range.clone()], n_spikes[bl], s, first);

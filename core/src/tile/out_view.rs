@@ -1,0 +1,106 @@
+//! A tile's own spike buffers read without attaching the tile.
+//!
+//! An exchange that merges many tiles' buffers at every step (the host engine merges every tile
+//! of a replica at every step) only reads them, as long as nothing was dropped.
+//! [`TileLayout::out_buffers`] finds them in the arena from the layout alone, where
+//! [`Tile::attach_layout`] carves every region of the tile.
+//!
+//! ```
+//! use spiketile_core::{NeuronParams, OptimizerKind, SpikeView, Tile, TileConfig, TileLayout};
+//! let cfg = TileConfig {
+//!     neurons: 2, first_neuron: 0, layer_width: 2, inputs: 3, recurrent: false,
+//!     batch: 1, time_steps: 2, in_capacity: 3, layer_capacity: 2,
+//!     optimizer: OptimizerKind::Sgd,
+//! };
+//! let layout = TileLayout::new(cfg, NeuronParams::default()).unwrap();
+//! let mut arena = vec![0u32; layout.arena_bytes() / 4];
+//! let mut tile = Tile::new(cfg, NeuronParams::default(), bytemuck::cast_slice_mut(&mut arena)).unwrap();
+//! tile.weights_mut().fill(30.0);
+//! tile.forward(0, 0, SpikeView::EMPTY, SpikeView::EMPTY).unwrap();
+//! tile.forward(1, 0, SpikeView::new(&[0, 2], 2).unwrap(), SpikeView::EMPTY).unwrap();
+//! let out = layout.out_buffers(bytemuck::cast_slice(&arena)).unwrap();
+//! assert_eq!(out.get(1, 0).spikes(), &[0, 1]);
+//! ```
+
+use super::{slot_view, Tile, TileLayout};
+use crate::spikes::SpikeView;
+use crate::TileError;
+
+/// The own spike buffers of one tile, every step and sample, read-only
+/// ([`TileLayout::out_buffers`]).
+#[derive(Clone, Copy, Debug)]
+pub struct OutBuffers<'a> {
+    slots: &'a [u16],
+    /// Words per slot: `own_capacity + 2`.
+    slot: usize,
+    batch: usize,
+}
+
+impl<'a> OutBuffers<'a> {
+    /// The buffer of step `t`, sample `b`: what [`Tile::out_buffer`] returns.
+    ///
+    /// # Panics
+    /// If `(t, b)` is out of the tile's range.
+    pub fn get(&self, t: usize, b: usize) -> SpikeView<'a> {
+        assert!(b < self.batch, "sample {b} of a tile of {}", self.batch);
+        slot_view(&self.slots[(t * self.batch + b) * self.slot..])
+    }
+
+    /// Asks the CPU to start loading the buffers of step `t`, every sample (see
+    /// [`Tile::prefetch_out_buffers`]). A hint: it changes no result, and an out-of-range `t`
+    /// is ignored.
+    #[inline]
+    pub fn prefetch(&self, t: usize) {
+        let len = self.batch * self.slot;
+        let at = t.checked_mul(len).and_then(|at| Some(at..at.checked_add(len)?));
+        if let Some(slots) = at.and_then(|range| self.slots.get(range)) {
+            prefetch_lines(slots);
+        }
+    }
+}
+
+/// One prefetch hint per 64-byte line of `slots` (32 ids), and one for the last.
+pub(super) fn prefetch_lines(slots: &[u16]) {
+    for line in slots.chunks(32) {
+        crate::simd::prefetch(&line[0]);
+    }
+    if let Some(last) = slots.last() {
+        crate::simd::prefetch(last);
+    }
+}
+
+impl TileLayout {
+    /// The own spike buffers of the tile of this layout in `arena` (initialised by [`Tile::new`]
+    /// with this configuration), without attaching it. The same checks of the arena as
+    /// [`Tile::attach_layout`]: `ArenaTooSmall`, `Misaligned`.
+    pub fn out_buffers<'a>(&self, arena: &'a [u8]) -> Result<OutBuffers<'a>, TileError> {
+        if arena.len() < self.arena {
+            return Err(TileError::ArenaTooSmall { needed: self.arena, got: arena.len() });
+        }
+        let r = &self.regions;
+        // The regions before the buffers, in the order `Tile::attach_layout` carves them, all
+        // of f32 words.
+        let before = 2 * r.weights + 2 * r.recurrent + r.opt_words + r.state_words + r.u_hist;
+        let words: &[u32] =
+            bytemuck::try_cast_slice(&arena[..self.arena]).map_err(|_| TileError::Misaligned)?;
+        let slots: &[u16] = bytemuck::cast_slice(&words[before..]);
+        let cfg = &self.cfg;
+        Ok(OutBuffers {
+            slots: &slots[..r.out_hist],
+            slot: cfg.own_capacity() + 2,
+            batch: cfg.batch,
+        })
+    }
+}
+
+impl Tile<'_> {
+    /// Asks the CPU to start loading the tile's buffers of step `t`, every sample
+    /// ([`Tile::out_buffer`]), for a driver that merges them a while later. A hint: it changes no
+    /// result, and an out-of-range `t` is ignored.
+    #[inline]
+    pub fn prefetch_out_buffers(&self, t: usize) {
+        if t < self.cfg.time_steps {
+            prefetch_lines(&self.out_hist[self.out_slot(t, 0)..self.out_slot(t, self.cfg.batch)]);
+        }
+    }
+}
