@@ -15,11 +15,11 @@
 //! - [`budget`]: the 624 KiB budget and the exact footprint of a tile configuration (SPEC §3);
 //! - [`rows`]: the row kernels of the forward and backward steps;
 //! - [`simd`]: run-time detection of the vector instructions the row kernels may use (with the
-//!   AVX2 dispatch in [`rows`], the only `unsafe` code of the crate, each use with its safety
-//!   argument);
+//!   AVX2 dispatch in [`rows`] and Adam's SSE loop in [`optim`], the only `unsafe` code of the
+//!   crate, each use with its safety argument);
 //! - [`tile`]: a tile's memory and its superstep programs: forward, commit, backward, update;
 //! - [`loss`]: the readout losses on output spike counts and their gradients (SPEC §1.3);
-//! - [`optim`]: SGD and Adam on tile-local slices.
+//! - [`optim`]: SGD and Adam on tile-local slices (Adam four lanes at a time on x86-64).
 //!
 //! ```
 //! use spiketile_core::spikes::SpikeBuffer;
