@@ -8,7 +8,8 @@
 //! the wider registers) supports it. Both builds do the same additions lane by lane, in the same
 //! order, so the results are bit-identical; only the number of instructions differs.
 //!
-//! On other architectures [`avx2`] is always false.
+//! Adam's loop ([`crate::optim`]) uses SSE directly, which the baseline has (`sqrtps` and `divps`
+//! round like their scalar forms). On other architectures [`avx2`] is always false.
 //!
 //! ```
 //! use spiketile_core::simd::{avx2, mask_at_least};
