@@ -158,6 +158,9 @@ pub fn measure(
     let params = Params::init(cfg, args.seed);
     let plan = crate::plan::Plan::new(cfg)?;
     let mut engine = make_engine(args.model.engine, cfg, &params, threads)?;
+    // The engine holds the weights now: the peak RSS is the engine's, not a second copy.
+    let weights = params.count();
+    drop(params);
     let mut rng = ChaCha8Rng::seed_from_u64(args.seed ^ 0xBE4C);
     // Each batch is drawn just before its step (outside the timed part), so the peak RSS is the
     // engine's and not that of every batch at once.
@@ -193,7 +196,7 @@ pub fn measure(
         tiles: plan.tiles(),
         tile_bytes: plan.total_bytes(),
         memory: engine.memory(),
-        weights: params.count(),
+        weights,
         peak_rss: peak_rss(),
         timed: (steps, seconds),
     })
