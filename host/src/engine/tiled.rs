@@ -978,6 +978,19 @@ impl TiledEngine {
             (self.dldc.slice(b * self.cfg.classes, self.cfg.classes), self.layer_buf(l, b, t).ids)
         });
         let dst = tile.dlds_mut(bl);
+        if sources.iter().all(Option::is_none) {
+            // Nothing to sum (the output layer, and every layer at the last step): the same
+            // sums as below, from zero, without their loops.
+            match dldc {
+                Some((dldc, ids)) => {
+                    for (d, k) in dst.iter_mut().zip(own) {
+                        *d = 0.0 + dldc[ids[k] as usize];
+                    }
+                }
+                None => dst.iter_mut().zip(own).for_each(|(d, _)| *d = 0.0),
+            }
+            return;
+        }
         for (d, k) in dst.iter_mut().zip(own) {
             let mut a = 0.0f32;
             for &(part, base, stride, tiles) in sources.iter().flatten() {
