@@ -147,6 +147,11 @@ impl LayerRt {
         let (r, k) = (self.plan.replicas, self.groups());
         g * r / k..(g + 1) * r / k
     }
+
+    /// Whether replica `r` leads a group (its gradient buffers hold the group's sum).
+    fn leads_group(&self, r: usize) -> bool {
+        (0..self.groups()).any(|g| self.group(g).start == r)
+    }
 }
 
 /// The work units of a batch and which of them each thread runs.
@@ -573,7 +578,8 @@ impl TiledEngine {
 
     /// Runs the tiles of replica group `(l, p, g)` (a feed-forward layer) through all steps, each
     /// on its own, as if the layer kept every spike they emit: every replica reads the column's
-    /// weights ([`Self::col_weights`]), which stay in this core's cache for the whole run. [`Self::merge_ahead`] then checks the guess.
+    /// weights ([`Self::col_weights`]), which stay in this core's cache for the whole run.
+    /// [`Self::merge_ahead`] then checks the guess.
     fn forward_ahead(
         &self,
         input: &InputBatch,
@@ -665,6 +671,7 @@ impl TiledEngine {
                 for p in 0..p_count {
                     let home = home(p);
                     let mut tile = home.tile()?;
+                    // Safety: not the update phase.
                     let shared = unsafe { self.col_weights(l, p) };
                     self.forward_replica(input, l, r, t, &mut tile, Some(shared))?;
                     let stats = tile.stats();
@@ -1148,6 +1155,7 @@ impl TiledEngine {
         first.apply(&self.optimizer, self.step + 1);
         first.zero_grads();
         let (at, nw, nv) = lr.col_at[p];
+        // Safety: as above (the column's weights).
         let col = unsafe { lr.col_w.slice_mut(at, nw + nv) };
         col[..nw].copy_from_slice(first.weights());
         col[nw..].copy_from_slice(first.recurrent());
@@ -1365,13 +1373,13 @@ impl Engine for TiledEngine {
             );
             // Replica 0 holds the weights and the optimizer state (see `update`), group leaders
             // gradients; the other replicas' tiles only their own step state.
-            let (p_count, leaders) = (lr.p(), (0..lr.groups()).map(|g| lr.group(g).start));
-            let leaders: Vec<usize> = leaders.collect();
+            let p_count = lr.p();
+            let leaders: Vec<bool> = (0..lr.plan.replicas).map(|r| lr.leads_group(r)).collect();
             let (col_w, col_at) = (lr.col_w.get_mut(), &lr.col_at);
             for (i, home) in lr.tiles.get_mut().iter_mut().enumerate() {
                 let (r, p) = (i / p_count, i % p_count);
                 if r > 0 {
-                    if leaders.contains(&r) {
+                    if leaders[r] {
                         home.tile().map_err(|e| anyhow!("{e}"))?.zero_grads();
                     }
                     continue;
@@ -1386,8 +1394,6 @@ impl Engine for TiledEngine {
                 let (at, nw, nv) = col_at[p];
                 col_w[at..at + nw].copy_from_slice(tile.weights());
                 col_w[at + nw..at + nw + nv].copy_from_slice(tile.recurrent());
-                let nw = cfg.inputs * n;
-                let nv = if cfg.recurrent { cfg.layer_width * n } else { 0 };
                 let st = tile.optimizer_state_mut();
                 st.fill(0.0);
                 if let Some(o) = optim {
@@ -1439,13 +1445,13 @@ impl Engine for TiledEngine {
                     + lr.part_rec.len()
                     + lr.ahead_raw.len());
             let p_count = lr.p();
-            let leaders: Vec<usize> = (0..lr.groups()).map(|g| lr.group(g).start).collect();
+            let leaders: Vec<bool> = (0..lr.plan.replicas).map(|r| lr.leads_group(r)).collect();
             for (i, home) in lr.tiles.get_mut().iter().enumerate() {
                 let f = home.layout.config().footprint().ok()?;
                 let step_state = f.state + f.history - f.input_history + f.exchange;
                 bytes += match i / p_count {
                     0 => step_state + f.weights + f.grads + f.optimizer,
-                    r if leaders.contains(&r) => step_state + f.grads,
+                    r if leaders[r] => step_state + f.grads,
                     _ => step_state,
                 };
             }
