@@ -386,3 +386,43 @@ fn synth_leaves_no_partial_output() {
         .failure()
         .stderr(predicate::str::contains("does not exist"));
 }
+
+/// Runs `spiketile train --data PATH ARGS...` (under `dir`; one step unless `args` say).
+fn train(dir: &TempDir, path: &Path, args: &[&str]) -> assert_cmd::assert::Assert {
+    let mut cmd = Command::cargo_bin("spiketile").unwrap();
+    cmd.current_dir(dir.path())
+        .args(["train", "--quiet", "--hidden", "4", "--time-steps", "5"])
+        .arg("--data")
+        .arg(path)
+        .args(args);
+    if !args.contains(&"--max-steps") {
+        cmd.args(["--max-steps", "1"]);
+    }
+    cmd.assert()
+}
+
+#[test]
+fn train_reads_channels_and_classes_from_flags_or_weights() {
+    let dir = TempDir::new().unwrap();
+    // Largest unit id 3 and largest label 1: the data alone says 4 channels, 2 classes.
+    let path = h5(&dir, "small.h5", good);
+    train(&dir, &path, &["--save", "data.safetensors"]).success();
+    train(&dir, &path, &["--channels", "6", "--classes", "3", "--save", "flags.safetensors"])
+        .success();
+    // A model with more inputs and classes than the data happens to use trains on it.
+    train(&dir, &path, &["--init", "flags.safetensors", "--save", "init.safetensors"]).success();
+    train(&dir, &path, &["--resume", "init.safetensors", "--max-steps", "2"]).success();
+    train(&dir, &path, &["--classes", "1"])
+        .failure()
+        .stderr(predicate::str::contains("sample 0: label 1 >= classes 1"));
+    train(&dir, &path, &["--channels", "3"])
+        .failure()
+        .stderr(predicate::str::contains("small.h5"))
+        .stderr(predicate::str::contains("sample 0"));
+    train(&dir, &path, &["--init", "flags.safetensors", "--classes", "2"])
+        .failure()
+        .stderr(predicate::str::contains("--classes 2: the --init weights have 3"));
+    train(&dir, &path, &["--init", "data.safetensors", "--channels", "6"])
+        .failure()
+        .stderr(predicate::str::contains("--channels 6: the --init weights have 4"));
+}

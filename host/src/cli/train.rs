@@ -38,6 +38,14 @@ pub struct TrainArgs {
     /// Treat non-finite or negative event times in data files as errors.
     #[arg(long)]
     pub strict: bool,
+    /// Input channels of --data (default: the --init or --resume weights' inputs, else the
+    /// largest unit id + 1); unit ids are checked against it.
+    #[arg(long, requires = "data")]
+    pub channels: Option<usize>,
+    /// Classes of --data (default: the --init or --resume weights' outputs, else the largest
+    /// label + 1); labels are checked against it.
+    #[arg(long, requires = "data")]
+    pub classes: Option<usize>,
     /// Epochs to train.
     #[arg(long, default_value_t = 6)]
     pub epochs: usize,
@@ -115,13 +123,35 @@ pub fn run(args: TrainArgs) -> Result<()> {
         ),
         None => None,
     };
+    let init = match &args.init {
+        Some(path) => Some(InitWeights::load(path)?),
+        None => None,
+    };
     let seed = resumed.as_ref().map_or(args.seed, |s| s.run.seed);
     let time_steps = resumed.as_ref().map_or(args.model.time_steps, |s| s.run.model.time_steps);
     let duration = resumed.as_ref().map_or(args.model.duration, |s| s.run.model.duration);
+    // The model's inputs and outputs, when weights fix them: the data is read against them (a
+    // file whose labels never reach the last class still has that class).
+    let shape = match (&resumed, &init) {
+        (Some(s), _) => Some((s.run.model.inputs, s.run.model.classes, "--resume")),
+        (None, Some(i)) => Some((i.inputs, i.classes, "--init")),
+        (None, None) => None,
+    };
+    if let Some((inputs, classes, flag)) = shape {
+        for (given, fixed, name) in
+            [(args.channels, inputs, "--channels"), (args.classes, classes, "--classes")]
+        {
+            if let Some(n) = given.filter(|&n| n != fixed) {
+                bail!("{name} {n}: the {flag} weights have {fixed}");
+            }
+        }
+    }
+    let channels = shape.map(|s| s.0).or(args.channels);
+    let classes = shape.map(|s| s.1).or(args.classes);
     let (train_set, test_set) = match &args.data {
         Some(path) => {
             let f = &args.format;
-            let train = load_dataset(path, Split::Train, f, None, None, args.strict)?;
+            let train = load_dataset(path, Split::Train, f, channels, classes, args.strict)?;
             let (channels, classes) = (Some(train.channels), Some(train.classes));
             // A dataset directory holds its own test split: the default test data.
             let test_path = match &args.test_data {
@@ -160,7 +190,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
             (s.run, s.params, Some(s.optim), s.progress)
         }
         None => {
-            let (cfg, params) = initial(&args, train_set.channels, train_set.classes, seed)?;
+            let (cfg, params) = initial(&args, init, train_set.channels, train_set.classes, seed)?;
             let run = RunConfig { model: cfg, seed, shuffle: !args.no_shuffle };
             (run, params, None, Progress { seed, ..Progress::default() })
         }
@@ -229,31 +259,50 @@ pub fn run(args: TrainArgs) -> Result<()> {
     Ok(())
 }
 
+/// The weights of `--init` and the architecture their shapes give.
+struct InitWeights {
+    path: PathBuf,
+    params: Params,
+    inputs: usize,
+    hidden: Vec<usize>,
+    classes: usize,
+    recurrent: bool,
+}
+
+impl InitWeights {
+    fn load(path: &std::path::Path) -> Result<Self> {
+        let ck = Checkpoint::load(path)?;
+        let (params, inputs, hidden, classes, recurrent) =
+            params_from_tensors(&ck).with_context(|| format!("--init {}", path.display()))?;
+        Ok(InitWeights { path: path.to_path_buf(), params, inputs, hidden, classes, recurrent })
+    }
+}
+
 /// The model configuration and initial weights: from `--init` (architecture from the tensor
 /// shapes) or drawn from the seed.
 fn initial(
     args: &TrainArgs,
+    init: Option<InitWeights>,
     channels: usize,
     classes: usize,
     seed: u64,
 ) -> Result<(ModelConfig, Params)> {
-    match &args.init {
-        Some(path) => {
-            let ck = Checkpoint::load(path)?;
-            let (params, inputs, hidden, out, recurrent) =
-                params_from_tensors(&ck).with_context(|| format!("--init {}", path.display()))?;
-            if inputs != channels || out != classes {
+    match init {
+        Some(init) => {
+            if init.inputs != channels || init.classes != classes {
                 bail!(
-                    "--init {}: the weights are for {inputs} inputs and {out} classes, the data has \
+                    "--init {}: the weights are for {} inputs and {} classes, the data has \
                      {channels} channels and {classes} classes",
-                    path.display()
+                    init.path.display(),
+                    init.inputs,
+                    init.classes
                 );
             }
             let mut model = args.model.clone();
-            model.hidden = hidden;
-            model.recurrent = recurrent;
+            model.hidden = init.hidden;
+            model.recurrent = init.recurrent;
             let cfg = model.config(channels, classes)?;
-            Ok((cfg, params))
+            Ok((cfg, init.params))
         }
         None => {
             let cfg = args.model.config(channels, classes)?;
