@@ -52,6 +52,44 @@ pub fn temp_path_for(path: &Path) -> PathBuf {
     path.with_file_name(tmp_name)
 }
 
+/// Checks, before any long work, that [`write_atomic`] could write `path` later: it has a file
+/// name, is not a directory, and a temporary file can be created (and is removed again) next to
+/// it. Commands call it on their output paths first, so that a missing directory or a read-only
+/// one is reported before a training run, not after it.
+///
+/// ```
+/// use spiketile::atomic::check_writable;
+/// let dir = tempfile::tempdir()?;
+/// check_writable(&dir.path().join("out.csv"))?;
+/// assert!(check_writable(&dir.path().join("missing/out.csv")).is_err());
+/// assert!(check_writable(dir.path()).is_err());
+/// assert_eq!(std::fs::read_dir(dir.path())?.count(), 0);
+/// # Ok::<(), anyhow::Error>(())
+/// ```
+///
+/// # Errors
+/// Naming `path` and what is wrong.
+pub fn check_writable(path: &Path) -> anyhow::Result<()> {
+    let run = || -> anyhow::Result<()> {
+        if path.file_name().is_none() {
+            anyhow::bail!("the path has no file name");
+        }
+        if path.is_dir() {
+            anyhow::bail!("it is a directory");
+        }
+        let tmp = temp_path_for(path);
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .with_context(|| format!("cannot create a file next to it ({})", tmp.display()))?;
+        std::fs::remove_file(&tmp)
+            .with_context(|| format!("cannot remove the test file {}", tmp.display()))?;
+        Ok(())
+    };
+    run().with_context(|| format!("cannot write {}", path.display()))
+}
+
 /// Writes `bytes` to `path` atomically (see the [module docs](self)).
 ///
 /// # Errors

@@ -84,6 +84,9 @@ impl ModelConfig {
         if !(self.lr.is_finite() && self.lr >= 0.0) {
             bail!("--lr must be a finite non-negative number");
         }
+        if !(self.init_gain.is_finite() && self.init_gain >= 0.0) {
+            bail!("--init-gain must be a finite non-negative number (got {})", self.init_gain);
+        }
         if self.batch_size == 0 {
             bail!("--batch-size must be at least 1");
         }

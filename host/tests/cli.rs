@@ -331,6 +331,45 @@ fn bad_flags_are_refused_with_the_flag_named() {
         .assert()
         .failure()
         .stderr(predicate::str::contains("--hidden"));
+    for gain in ["inf", "nan"] {
+        spiketile()
+            .args(["train", "--init-gain", gain])
+            .assert()
+            .failure()
+            .stderr(predicate::str::contains("--init-gain"));
+    }
+}
+
+#[test]
+fn unwritable_outputs_are_refused_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing");
+    let cases: [(&[&str], &str); 5] = [
+        (&["train", "--save"], "x.safetensors"),
+        (&["train", "--metrics"], "m.jsonl"),
+        (&["train", "--trace"], "t.json"),
+        (&["bench", "--sweep", "threads", "--out"], "s.csv"),
+        (&["eval", "--checkpoint", "none.safetensors", "--predictions"], "p.csv"),
+    ];
+    for (args, name) in cases {
+        let path = missing.join(name);
+        spiketile()
+            .current_dir(dir.path())
+            .args(args)
+            .arg(&path)
+            .assert()
+            .failure()
+            .stdout(predicate::str::is_empty())
+            .stderr(predicate::str::contains(format!("cannot write {}", path.display())));
+    }
+    // A directory is not a file to write either; and nothing was left behind.
+    spiketile()
+        .args(["train", "--save"])
+        .arg(dir.path())
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("is a directory"));
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
 
 fn write_bad(dir: &Path, name: &str, f: impl FnOnce(&mut Checkpoint)) {

@@ -122,10 +122,18 @@ impl ModelArgs {
     }
 
     /// Worker threads: the flag, or all cores.
+    /// More threads than cores is allowed (results do not depend on the thread count) but slow,
+    /// since the threads wait for each other at every superstep: a warning says so.
     pub fn threads(&self) -> usize {
-        self.threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-            .max(1)
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = self.threads.unwrap_or(cores).max(1);
+        if threads > cores {
+            eprintln!(
+                "warning: --threads {threads} on {cores} cores: the threads meet at a barrier every \
+                 superstep, so more threads than cores run much slower (same results)"
+            );
+        }
+        threads
     }
 }
 

@@ -2,7 +2,7 @@
 
 use super::args::{ModelArgs, ShapeArgs};
 use super::train::make_engine;
-use crate::atomic::write_atomic;
+use crate::atomic::{check_writable, write_atomic};
 use crate::config::ModelConfig;
 use crate::data::BinnedSample;
 use crate::engine::{EngineMemory, InputBatch, LayerStats};
@@ -36,7 +36,7 @@ pub struct BenchArgs {
     #[command(flatten)]
     pub shape: ShapeArgs,
     /// Fraction of input channels spiking per step.
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.05, value_parser = parse_fraction)]
     pub activity: f64,
     /// Timed training steps (batches).
     #[arg(long, default_value_t = 5)]
@@ -76,6 +76,14 @@ fn parse_seconds(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(x) if x.is_finite() && x >= 0.0 => Ok(x),
         _ => Err(format!("expected seconds (a number >= 0), got {s:?}")),
+    }
+}
+
+/// A fraction: a number in [0, 1].
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if (0.0..=1.0).contains(&x) => Ok(x),
+        _ => Err(format!("expected a fraction in [0, 1], got {s:?}")),
     }
 }
 
@@ -280,6 +288,9 @@ fn mib(bytes: u64) -> String {
 
 /// Runs `spiketile bench`.
 pub fn run(args: BenchArgs) -> Result<()> {
+    for path in [&args.out, &args.trace].into_iter().flatten() {
+        check_writable(path)?;
+    }
     let base = args.model.config(args.shape.inputs, args.shape.classes)?;
     let threads = args.model.threads();
     let Some(sweep) = args.sweep else {

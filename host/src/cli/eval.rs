@@ -3,7 +3,7 @@
 use super::args::ModelArgs;
 use super::dataset::{bin_all, builtin, load_dataset, FormatArgs, SplitArg};
 use super::train::make_engine;
-use crate::atomic::write_atomic;
+use crate::atomic::{check_writable, write_atomic};
 use crate::checkpoint::{Checkpoint, META_VERSION};
 use crate::snapshot::{params_from_tensors, Snapshot};
 use crate::train::evaluate;
@@ -48,6 +48,9 @@ pub struct EvalArgs {
 
 /// Runs `spiketile eval`.
 pub fn run(args: EvalArgs) -> Result<()> {
+    if let Some(path) = &args.predictions {
+        check_writable(path)?;
+    }
     let ck = Checkpoint::load(&args.checkpoint)?;
     let (cfg, params, seed) = if ck.meta(META_VERSION).is_some() {
         let s = Snapshot::from_checkpoint(&ck)

@@ -2,6 +2,7 @@
 
 use super::args::{EngineKind, ModelArgs};
 use super::dataset::{bin_all, builtin, load_dataset, FormatArgs};
+use crate::atomic::check_writable;
 use crate::checkpoint::Checkpoint;
 use crate::config::ModelConfig;
 use crate::data::camera::Split;
@@ -116,6 +117,10 @@ fn stop_flag() -> Arc<AtomicBool> {
 
 /// Runs `spiketile train`.
 pub fn run(args: TrainArgs) -> Result<()> {
+    // Outputs first: a bad --save path is reported now, not after the training it would keep.
+    for path in [&args.save, &args.metrics, &args.trace].into_iter().flatten() {
+        check_writable(path)?;
+    }
     let resumed = match &args.resume {
         Some(path) => Some(
             Snapshot::from_checkpoint(&Checkpoint::load(path)?)
