@@ -6,6 +6,8 @@
 //! windowed networks. Skipped, with a printed note, when python3 lacks numpy or h5py.
 #![cfg(feature = "hdf5")]
 
+mod common;
+
 use std::process::Command;
 
 #[test]

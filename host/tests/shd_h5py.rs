@@ -3,24 +3,14 @@
 //! printed note, when `python3 -c "import h5py"` fails.
 #![cfg(feature = "hdf5")]
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
 use spiketile::data::shd::{self, LoadOptions};
 use spiketile::data::{EventDataset, Sample};
 use tempfile::TempDir;
-
-fn h5py_available() -> bool {
-    let ok = Command::new("python3")
-        .args(["-c", "import h5py, numpy"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !ok {
-        eprintln!("note: python3 with h5py and numpy not available; skipping the h5py interoperability test");
-    }
-    ok
-}
 
 fn python(script: &str, path: &Path) -> String {
     let out = Command::new("python3")
@@ -60,7 +50,7 @@ with h5py.File(sys.argv[1], "w") as f:
 
 #[test]
 fn reads_a_file_written_by_h5py() {
-    if !h5py_available() {
+    if !common::python_with_h5py("the h5py interoperability test") {
         return;
     }
     let dir = TempDir::new().unwrap();
@@ -92,7 +82,7 @@ fn reads_a_file_written_by_h5py() {
 
 #[test]
 fn h5py_reads_what_we_write() {
-    if !h5py_available() {
+    if !common::python_with_h5py("the h5py interoperability test") {
         return;
     }
     let dir = TempDir::new().unwrap();

@@ -26,3 +26,16 @@ pub const TINY: &[&str] = &[
 pub fn spiketile() -> Command {
     Command::cargo_bin("spiketile").unwrap()
 }
+
+/// Whether `python3` can import numpy and h5py; if not, prints that `test` is skipped.
+pub fn python_with_h5py(test: &str) -> bool {
+    let ok = std::process::Command::new("python3")
+        .args(["-c", "import h5py, numpy"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !ok {
+        eprintln!("note: python3 with h5py and numpy not available; skipping {test}");
+    }
+    ok
+}
