@@ -18,8 +18,9 @@ pub struct ModelConfig {
     pub recurrent: bool,
     /// Time steps `T`.
     pub time_steps: usize,
-    /// Seconds binned onto the `T` steps.
-    pub duration: f32,
+    /// Seconds binned onto the `T` steps (f64: the boundaries of the steps are those of the
+    /// decimal the user gave, as SPEC §4's formula has them).
+    pub duration: f64,
     /// Membrane decay.
     pub alpha: f32,
     /// Firing threshold.

@@ -27,7 +27,7 @@ pub struct ModelArgs {
     pub time_steps: usize,
     /// Seconds of each sample binned onto the time steps.
     #[arg(long, default_value_t = 1.4)]
-    pub duration: f32,
+    pub duration: f64,
     /// Membrane decay per step.
     #[arg(long, default_value_t = 0.95)]
     pub alpha: f32,

@@ -42,7 +42,7 @@ pub struct InspectArgs {
     pub split: Option<SplitArg>,
     /// Seconds mapped onto the time steps; events at or past it are counted as dropped.
     #[arg(long, default_value_t = 1.4)]
-    pub duration: f32,
+    pub duration: f64,
     /// Make events with non-finite or negative times an error instead of dropping them.
     #[arg(long)]
     pub strict: bool,

@@ -188,7 +188,7 @@ pub fn builtin(seed: u64, train: usize, test: usize) -> (EventDataset, EventData
 }
 
 /// Bins every sample (sparse per-step channel lists).
-pub fn bin_all(data: &EventDataset, time_steps: usize, duration: f32) -> Vec<BinnedSample> {
+pub fn bin_all(data: &EventDataset, time_steps: usize, duration: f64) -> Vec<BinnedSample> {
     let binning = Binning { time_steps, duration };
     data.samples.iter().map(|s| bin_sample(s, binning)).collect()
 }

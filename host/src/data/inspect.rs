@@ -57,7 +57,7 @@ pub struct DatasetStats {
     /// `None` when no sample has an event.
     pub sample_duration: Option<Summary>,
     /// The binning duration the counts below refer to, in seconds.
-    pub duration: f32,
+    pub duration: f64,
     /// Events at or past `duration` (binning drops them).
     pub events_past_duration: usize,
     /// Samples with at least one event at or past `duration`.
@@ -76,7 +76,7 @@ fn first_few(indices: &[usize]) -> String {
 }
 
 /// Computes the statistics of `data` for binning over `duration` seconds.
-pub fn inspect(data: &EventDataset, duration: f32) -> DatasetStats {
+pub fn inspect(data: &EventDataset, duration: f64) -> DatasetStats {
     let mut class_counts = vec![0usize; data.classes];
     let mut channel_seen = vec![false; data.channels];
     let mut events_per_sample = Vec::with_capacity(data.samples.len());
@@ -123,7 +123,7 @@ pub fn inspect(data: &EventDataset, duration: f32) -> DatasetStats {
         if last.is_finite() {
             durations.push(f64::from(last));
         }
-        let n_past = s.times.iter().filter(|&&t| t >= duration).count();
+        let n_past = s.times.iter().filter(|&&t| f64::from(t) >= duration).count();
         past += n_past;
         samples_past += usize::from(n_past > 0);
     }
@@ -171,7 +171,7 @@ pub fn inspect(data: &EventDataset, duration: f32) -> DatasetStats {
         ));
     }
     if let Some(d) = sample_duration {
-        if d.max < 0.5 * f64::from(duration) {
+        if d.max < 0.5 * duration {
             warnings.push(format!(
                 "every sample ends before {:.3} s, less than half of --duration {duration} s: most time steps will be empty",
                 d.max

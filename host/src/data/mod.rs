@@ -43,7 +43,7 @@ pub struct Binning {
     /// Number of time steps `T`.
     pub time_steps: usize,
     /// Seconds mapped onto the `T` steps; events at or past it are dropped.
-    pub duration: f32,
+    pub duration: f64,
 }
 
 /// A binned sample: step `t` holds the sorted, de-duplicated channel ids
@@ -74,7 +74,7 @@ pub fn bin_sample(sample: &Sample, binning: Binning) -> BinnedSample {
         .iter()
         .zip(&sample.units)
         .filter_map(|(&tau, &unit)| {
-            let step = (f64::from(tau) / f64::from(binning.duration) * t_steps as f64).floor();
+            let step = (f64::from(tau) / binning.duration * t_steps as f64).floor();
             (step >= 0.0 && step < t_steps as f64).then_some((step as u32, unit))
         })
         .collect();
@@ -106,5 +106,14 @@ mod tests {
         assert_eq!(b.step(9), &[2]);
         assert_eq!(b.ids.len(), 3);
         assert_eq!(b.label, 4);
+    }
+
+    #[test]
+    fn step_boundaries_are_those_of_the_given_decimal() {
+        // 0.1875 / 0.3 * 1000 = 625 exactly; with 0.3 rounded to f32 (0.30000001) it would be
+        // 624.99997, step 624.
+        let s = Sample { times: vec![0.1875], units: vec![0], label: 0 };
+        let b = bin_sample(&s, Binning { time_steps: 1000, duration: 0.3 });
+        assert_eq!(b.step(625), &[0]);
     }
 }
