@@ -63,7 +63,8 @@ fn resume_continues_bit_identically() {
         .args(["--epochs", "3", "--max-steps", "12", "--resume", "half.safetensors"])
         .args(["--save", "resumed.safetensors"])
         .assert()
-        .success();
+        .success()
+        .stderr(predicate::str::is_empty());
     let full = tensors(&dir.path().join("full.safetensors"));
     let resumed = tensors(&dir.path().join("resumed.safetensors"));
     assert!(full == resumed, "resumed run differs from the uninterrupted one");
@@ -71,6 +72,41 @@ fn resume_continues_bit_identically() {
         full != tensors(&dir.path().join("half.safetensors")),
         "training must move the weights"
     );
+}
+
+#[test]
+fn model_flags_a_checkpoint_overrides_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    train(dir.path(), &["--max-steps", "1", "--save", "ck.safetensors"]).success();
+    // The saved run's own values, --threads and --engine: nothing to report.
+    let mut same = vec!["train", "--quiet", "--max-steps", "2", "--resume", "ck.safetensors"];
+    same.extend_from_slice(TINY);
+    same.extend_from_slice(&["--threads", "1", "--lr", "0.005"]);
+    spiketile()
+        .current_dir(dir.path())
+        .args(&same)
+        .assert()
+        .success()
+        .stderr(predicate::str::is_empty());
+    spiketile()
+        .current_dir(dir.path())
+        .args(["train", "--quiet", "--max-steps", "2", "--resume", "ck.safetensors"])
+        .args(["--lr", "0.1", "--hidden", "7", "--window", "inf", "--threads", "1"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(
+            "warning: ignored --hidden 7 (kept: 12), --lr 0.1 (kept: 0.005), --window inf (kept: \
+             0.1): --resume continues the saved run's model",
+        ));
+    spiketile()
+        .current_dir(dir.path())
+        .args(["eval", "--checkpoint", "ck.safetensors", "--test-samples", "20"])
+        .args(["--time-steps", "30"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(
+            "warning: ignored --time-steps 30 (kept: 20): the checkpoint's model is evaluated",
+        ));
 }
 
 #[test]

@@ -77,6 +77,25 @@ pub struct ModelArgs {
     /// Engine.
     #[arg(long, value_enum, default_value_t = EngineKind::Tiled)]
     pub engine: EngineKind,
+    /// The flags of this struct given on the command line (their field names), filled in by
+    /// [`crate::cli::main`]: for commands that take the model from a file and may ignore them.
+    #[arg(skip)]
+    pub given: Vec<String>,
+}
+
+/// A configuration value as a flag would give it: numbers at f32 precision (`0.1`, not
+/// `0.10000000149011612`), strings unquoted, lists comma-separated, `None` as `none`.
+fn flag_value(v: &serde_json::Value) -> String {
+    use serde_json::Value;
+    match v {
+        Value::Number(n) if n.is_f64() => {
+            n.as_f64().map_or(n.to_string(), |x| (x as f32).to_string())
+        }
+        Value::String(s) => s.clone(),
+        Value::Array(items) => items.iter().map(flag_value).collect::<Vec<_>>().join(","),
+        Value::Null => "none".into(),
+        other => other.to_string(),
+    }
 }
 
 fn parse_window(s: &str) -> Result<f32, String> {
@@ -92,7 +111,40 @@ fn parse_window(s: &str) -> Result<f32, String> {
 impl ModelArgs {
     /// The model configuration for data with `inputs` channels and `classes` classes.
     pub fn config(&self, inputs: usize, classes: usize) -> Result<ModelConfig> {
-        let cfg = ModelConfig {
+        if self.hidden.is_empty() {
+            bail!("--hidden needs at least one width");
+        }
+        let cfg = self.unchecked_config(inputs, classes);
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Warns (on stderr) about every model flag given on the command line whose value differs
+    /// from `saved`, the model of a file that `why` says takes precedence. `--threads` and
+    /// `--engine` are not part of a saved model: they always apply.
+    pub fn warn_ignored(&self, saved: &ModelConfig, why: &str) {
+        let flags = self.unchecked_config(saved.inputs, saved.classes);
+        let (Ok(serde_json::Value::Object(ours)), Ok(serde_json::Value::Object(theirs))) =
+            (serde_json::to_value(&flags), serde_json::to_value(saved))
+        else {
+            return;
+        };
+        let ignored: Vec<String> = ours
+            .iter()
+            .filter(|(k, v)| self.given.contains(k) && theirs.get(*k) != Some(*v))
+            .map(|(k, v)| {
+                let saved = theirs.get(k).map_or("nothing".into(), flag_value);
+                format!("--{} {} (kept: {saved})", k.replace('_', "-"), flag_value(v))
+            })
+            .collect();
+        if !ignored.is_empty() {
+            eprintln!("warning: ignored {}: {why}", ignored.join(", "));
+        }
+    }
+
+    /// [`ModelArgs::config`] without the checks.
+    fn unchecked_config(&self, inputs: usize, classes: usize) -> ModelConfig {
+        ModelConfig {
             inputs,
             hidden: self.hidden.clone(),
             classes,
@@ -113,12 +165,7 @@ impl ModelArgs {
             init_gain: self.init_gain,
             max_neurons_per_tile: self.max_neurons_per_tile,
             max_samples_per_tile: self.max_samples_per_tile,
-        };
-        if self.hidden.is_empty() {
-            bail!("--hidden needs at least one width");
         }
-        cfg.validate()?;
-        Ok(cfg)
     }
 
     /// Worker threads: the flag, or all cores.

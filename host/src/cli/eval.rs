@@ -55,6 +55,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let (cfg, params, seed) = if ck.meta(META_VERSION).is_some() {
         let s = Snapshot::from_checkpoint(&ck)
             .with_context(|| format!("reading {}", args.checkpoint.display()))?;
+        args.model.warn_ignored(&s.run.model, "the checkpoint's model is evaluated");
         (s.run.model, s.params, s.run.seed)
     } else {
         let (params, inputs, hidden, classes, recurrent) = params_from_tensors(&ck)?;

@@ -1,7 +1,8 @@
 //! The `spiketile` command line (SPEC §5): `train`, `eval`, `plan`, `bench`, `data`, `trace`,
 //! `plot`.
 
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::process::ExitCode;
 
 pub mod args;
@@ -42,9 +43,28 @@ pub enum Command {
     Plot(plot::PlotArgs),
 }
 
+/// The ids (field names) of the arguments given on the command line.
+fn given(m: &ArgMatches) -> Vec<String> {
+    m.ids()
+        .filter(|id| {
+            matches!(m.try_get_raw(id.as_str()), Ok(Some(_)))
+                && m.value_source(id.as_str()) == Some(ValueSource::CommandLine)
+        })
+        .map(|id| id.to_string())
+        .collect()
+}
+
 /// Parses the command line, runs it, and turns errors into a message and a non-zero exit.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let Some((_, sub)) = matches.subcommand() {
+        match &mut cli.command {
+            Command::Train(a) => a.model.given = given(sub),
+            Command::Eval(a) => a.model.given = given(sub),
+            _ => {}
+        }
+    }
     let result = match cli.command {
         Command::Train(args) => train::run(*args),
         Command::Eval(args) => eval::run(*args),

@@ -128,6 +128,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
         ),
         None => None,
     };
+    if let Some(s) = &resumed {
+        args.model.warn_ignored(&s.run.model, "--resume continues the saved run's model");
+    }
     let init = match &args.init {
         Some(path) => Some(InitWeights::load(path)?),
         None => None,
