@@ -135,7 +135,10 @@ fn init_from_a_tensors_only_file_takes_the_architecture_from_shapes() {
         dir.path(),
         &["--init", "foreign.safetensors", "--max-steps", "1", "--save", "out.safetensors"],
     )
-    .success();
+    .success()
+    .stderr(predicate::str::contains(
+        "warning: ignored --hidden/--recurrent: the --init weights are 9",
+    ));
     let out = tensors(&dir.path().join("out.safetensors"));
     assert_eq!(
         out["layers.0.weight"].shape,

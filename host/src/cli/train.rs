@@ -309,6 +309,16 @@ fn initial(
             let mut model = args.model.clone();
             model.hidden = init.hidden;
             model.recurrent = init.recurrent;
+            let given = |flag: &str| args.model.given.iter().any(|g| g == flag);
+            if (given("hidden") && args.model.hidden != model.hidden)
+                || (given("recurrent") && !model.recurrent)
+            {
+                eprintln!(
+                    "warning: ignored --hidden/--recurrent: the --init weights are {}{}",
+                    model.hidden.iter().map(|h| h.to_string()).collect::<Vec<_>>().join(","),
+                    if model.recurrent { " (recurrent)" } else { "" }
+                );
+            }
             let cfg = model.config(channels, classes)?;
             Ok((cfg, init.params))
         }
