@@ -2,6 +2,10 @@
 reverse-mode automatic differentiation, where the spike's backward is the SuperSpike surrogate
 (SPEC §1.2) and the reset factor is a constant (§1.5).
 
+Sparse mode too: the spike buffers of SPEC §2 with the over-capacity policy the README states
+(spikes before near-threshold ids, lowest ids first in each, capacity ceil(F * N); what does not
+fit did not spike), the surrogate only on the gradient set.
+
 Drives the `spiketile` CLI through its public interface only, as an outside check would:
 writes SHD-layout HDF5 data (h5py) and a tensors-only safetensors file of initial weights,
 runs `train` for one SGD step (the gradient is (W0 - W1) / lr) and `eval` (predictions and
@@ -55,12 +59,30 @@ def linear(w, x):
     return Var(x.val @ w.val.T, (w, x), lambda g: [g.T @ x.val, g @ w.val])
 
 
-def spike(u, theta, beta, window):
-    """Heaviside forward; SuperSpike backward, zero below theta - window (SPEC §1.2, §2)."""
-    s = (u.val - theta >= 0).astype(np.float64)
+def capacity(fraction, n):
+    """K = ceil(fraction * n) (SPEC §2), at least 1."""
+    return max(1, min(n, int(np.ceil(round(fraction * n, 9)))))
+
+
+def first_k(mask, k):
+    """Per row of a boolean [B, N] mask, only its first k set entries (the lowest ids)."""
+    return mask & (np.cumsum(mask, axis=1) <= k)
+
+
+DROPPED = [0]  # spikes and near-threshold ids the buffers dropped, for the checks' report
+
+
+def spike(u, theta, beta, window, k):
+    """The layer's spike buffer of capacity k (SPEC §2: spikes before near-threshold neurons,
+    lowest ids first in each; what does not fit did not spike). Forward: the kept spikes;
+    backward: SuperSpike on the gradient set (kept spikes and kept near-threshold ids), zero
+    elsewhere (SPEC §1.2)."""
+    spikes = first_k(u.val >= theta, k)
+    near = first_k((u.val >= theta - window) & (u.val < theta), k - spikes.sum(axis=1, keepdims=True))
+    DROPPED[0] += int((u.val >= theta - window).sum() - spikes.sum() - near.sum())
     sg = 1.0 / (beta * np.abs(u.val - theta) + 1.0) ** 2
-    sg = np.where(u.val >= theta - window, sg, 0.0)
-    return Var(s, (u,), lambda g: [g * sg])
+    sg = np.where(spikes | near, sg, 0.0)
+    return Var(spikes.astype(np.float64), (u,), lambda g: [g * sg])
 
 
 def backward(out):
@@ -103,12 +125,15 @@ def loss(counts, labels, kind):
 
 def forward(ws, vs, x, p):
     """SPEC §1.1 and §1.4. x [T, B, N0] binary input; returns output counts [B, C]."""
-    steps, batch, _ = x.shape
-    src = [const(x[t]) for t in range(steps)]
+    steps, batch, n_in = x.shape
+    k_in = capacity(p["max_activity"], n_in)
+    src = [const(first_k(x[t] > 0, k_in).astype(np.float64)) for t in range(steps)]
+    DROPPED[0] += int(x.sum() - sum(s.val.sum() for s in src))
     for l, w in enumerate(ws):
         n, m = w.val.shape
         out_layer = l == len(ws) - 1
         window = p["output_window"] if out_layer else p["window"]
+        k = n if out_layer else capacity(p["max_activity"], n)
         u = const(np.zeros((batch, n)))
         prev = const(np.zeros((batch, n)))
         outs = []
@@ -118,7 +143,7 @@ def forward(ws, vs, x, p):
                 i_t = add(i_t, linear(vs[l], prev))
             keep = const(1.0 - prev.val)
             u = add(scale(mul(u, keep), p["alpha"]), scale(i_t, 1.0 - p["alpha"]))
-            prev = spike(u, p["theta"], p["beta"], window)
+            prev = spike(u, p["theta"], p["beta"], window, k)
             outs.append(prev)
         src = outs
     counts = src[0]
@@ -173,7 +198,7 @@ def cli(binary, args):
 
 
 def check(binary, name, widths, batch, steps, seed, recurrent=False, kind="ce-count",
-          window="inf", tiles=(), threads="2", lr=100.0):
+          window="inf", max_activity="1", tiles=(), threads="2", lr=100.0):
     """One SGD step and `eval` of a random network on random data; returns the failures."""
     rng = np.random.default_rng(seed)
     n_in, classes, duration = widths[0], widths[-1], 1.0
@@ -203,8 +228,14 @@ def check(binary, name, widths, batch, steps, seed, recurrent=False, kind="ce-co
         else:
             vs.append(None)
     p = {"alpha": 0.95, "theta": 1.0, "beta": 10.0, "window": float(window),
-         "output_window": float("inf")}
+         "output_window": float("inf"), "max_activity": float(max_activity)}
+    DROPPED[0] = 0
     counts = forward(ws, vs, x, p)
+    dropped = DROPPED[0]
+    if float(max_activity) < 1 and dropped == 0:
+        failures_early = [f"{name}: nothing overflowed (the test needs smaller buffers)"]
+    else:
+        failures_early = []
     total = loss(counts, labels, kind)
     backward(total)
     with tempfile.TemporaryDirectory() as d:
@@ -212,7 +243,7 @@ def check(binary, name, widths, batch, steps, seed, recurrent=False, kind="ce-co
         out, pred = os.path.join(d, "out.safetensors"), os.path.join(d, "pred.csv")
         write_shd(data, times, units, labels)
         write_safetensors(init, tensors)
-        model = ["--time-steps", str(steps), "--duration", str(duration), "--max-activity", "1",
+        model = ["--time-steps", str(steps), "--duration", str(duration), "--max-activity", max_activity,
                  "--window", window, "--loss", kind, "--threads", threads] + list(tiles)
         if recurrent:
             model.append("--recurrent")
@@ -223,7 +254,7 @@ def check(binary, name, widths, batch, steps, seed, recurrent=False, kind="ce-co
         trained = read_safetensors(out)
         with open(pred) as f:
             rows = [line.split(",") for line in f.read().split()[1:]]
-    failures, worst = [], 0.0
+    failures, worst = failures_early, 0.0
     for l in range(len(ws)):
         for key, var in ((f"layers.{l}.weight", ws[l]), (f"layers.{l}.recurrent", vs[l])):
             if var is None:
@@ -246,7 +277,7 @@ def check(binary, name, widths, batch, steps, seed, recurrent=False, kind="ce-co
             failures.append(f"{name}: eval row {b} is {r}, the reference says {want}")
     if len(rows) != batch:
         failures.append(f"{name}: eval wrote {len(rows)} rows for {batch} samples")
-    print(f"{name}: loss {float(total.val):.5f}, {c.sum():.0f} output spikes, "
+    print(f"{name}: loss {float(total.val):.5f}, {c.sum():.0f} output spikes, {dropped} dropped, "
           f"worst gradient error {worst:.1e}")
     return failures
 
@@ -261,6 +292,13 @@ def main():
     failures += check(binary, "40-30-5 on tiles of 7 neurons and 2 samples", [40, 30, 5], 6, 30,
                       4, tiles=("--max-neurons-per-tile", "7", "--max-samples-per-tile", "2"))
     failures += check(binary, "40-30-5 window 0.3", [40, 30, 5], 6, 30, 5, window="0.3")
+    failures += check(binary, "40-30-5 sparse: capacity 0.1, window 0.1", [40, 30, 5], 6, 30, 6,
+                      window="0.1", max_activity="0.1")
+    failures += check(binary, "40-30-5 sparse on tiles of 7 neurons and 2 samples", [40, 30, 5], 6,
+                      30, 7, window="0.2", max_activity="0.15",
+                      tiles=("--max-neurons-per-tile", "7", "--max-samples-per-tile", "2"))
+    failures += check(binary, "30-20-3 recurrent sparse", [30, 20, 3], 4, 20, 10, recurrent=True,
+                      window="0.1", max_activity="0.2")
     for f in failures:
         print("FAIL", f)
     sys.exit(1 if failures else 0)
