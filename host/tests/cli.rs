@@ -110,6 +110,15 @@ fn model_flags_a_checkpoint_overrides_are_reported() {
 }
 
 #[test]
+fn events_past_the_duration_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    // The built-in samples last up to about a second.
+    train(dir.path(), &["--max-steps", "1", "--duration", "0.5"])
+        .success()
+        .stderr(predicate::str::contains("are at or past --duration 0.5 s and are dropped"));
+}
+
+#[test]
 fn init_from_a_tensors_only_file_takes_the_architecture_from_shapes() {
     let dir = tempfile::tempdir().unwrap();
     // Written as another tool would: plain safetensors, no metadata, shapes [N_l, N_{l-1}].

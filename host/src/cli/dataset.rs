@@ -187,8 +187,25 @@ pub fn builtin(seed: u64, train: usize, test: usize) -> (EventDataset, EventData
     synthetic::generate(&SynthConfig { seed, train_samples: train, test_samples: test })
 }
 
-/// Bins every sample (sparse per-step channel lists).
+/// Bins every sample (sparse per-step channel lists). Events at or past `duration`, which
+/// binning drops, are counted and reported in one note (a `--duration` too short for the data
+/// would otherwise lose them silently).
 pub fn bin_all(data: &EventDataset, time_steps: usize, duration: f64) -> Vec<BinnedSample> {
     let binning = Binning { time_steps, duration };
+    let (mut late, mut late_samples, mut events) = (0usize, 0usize, 0usize);
+    for s in &data.samples {
+        let n = s.times.iter().filter(|&&t| binning.step_of(t).is_none()).count();
+        late += n;
+        late_samples += usize::from(n > 0);
+        events += s.times.len();
+    }
+    if late > 0 {
+        eprintln!(
+            "note: {}: {late} of {events} events ({:.2} %) in {late_samples} samples are at or past \
+             --duration {duration} s and are dropped by binning",
+            data.name,
+            100.0 * late as f64 / events as f64
+        );
+    }
     data.samples.iter().map(|s| bin_sample(s, binning)).collect()
 }

@@ -65,6 +65,15 @@ impl BinnedSample {
     }
 }
 
+impl Binning {
+    /// The step of an event at `tau` seconds, `floor(tau / duration * T)`; `None` at or past
+    /// `duration` (or before 0).
+    pub fn step_of(&self, tau: f32) -> Option<u32> {
+        let step = (f64::from(tau) / self.duration * self.time_steps as f64).floor();
+        (step >= 0.0 && step < self.time_steps as f64).then_some(step as u32)
+    }
+}
+
 /// Bins one sample: an event at `tau` goes to step `floor(tau / duration * T)`; events at or past
 /// `duration` are dropped; several events of one channel in one step make one spike.
 pub fn bin_sample(sample: &Sample, binning: Binning) -> BinnedSample {
@@ -73,10 +82,7 @@ pub fn bin_sample(sample: &Sample, binning: Binning) -> BinnedSample {
         .times
         .iter()
         .zip(&sample.units)
-        .filter_map(|(&tau, &unit)| {
-            let step = (f64::from(tau) / binning.duration * t_steps as f64).floor();
-            (step >= 0.0 && step < t_steps as f64).then_some((step as u32, unit))
-        })
+        .filter_map(|(&tau, &unit)| binning.step_of(tau).map(|step| (step, unit)))
         .collect();
     pairs.sort_unstable();
     pairs.dedup();
