@@ -21,9 +21,11 @@ pub struct TrainOptions {
     pub epochs: usize,
     /// Stop after this many optimizer steps in total.
     pub max_steps: Option<u64>,
-    /// JSON-lines metrics file, rewritten atomically after every epoch.
+    /// JSON-lines metrics file, rewritten atomically after every epoch. A resumed run keeps the
+    /// file's lines up to the step it resumes from and adds its own.
     pub metrics: Option<PathBuf>,
-    /// Checkpoint written at the end (and on Ctrl-C).
+    /// Checkpoint written after every epoch, at the end and on Ctrl-C: a run that dies can
+    /// `--resume` from its last epoch.
     pub save: Option<PathBuf>,
     /// Show a progress bar.
     pub progress: bool,
@@ -162,7 +164,8 @@ impl<'a> Trainer<'a> {
         let bs = self.run.model.batch_size;
         let batches = train.len().div_ceil(bs);
         let mut all = Vec::new();
-        let mut lines = String::new();
+        let mut lines = earlier_metrics(opts.metrics.as_deref(), self.progress.step);
+        let mut saved_at = None;
         let names = layer_names(self.run.model.hidden.len());
         let done = |p: &Progress| opts.max_steps.is_some_and(|m| p.step >= m);
         while self.progress.epoch < opts.epochs && !done(&self.progress) {
@@ -265,10 +268,32 @@ impl<'a> Trainer<'a> {
                     .with_context(|| format!("writing metrics {}", path.display()))?;
             }
             all.push(metrics);
+            self.save(opts)?;
+            saved_at = Some(self.progress.step);
         }
-        self.save(opts)?;
+        if saved_at != Some(self.progress.step) {
+            self.save(opts)?;
+        }
         Ok(all)
     }
+}
+
+/// The lines of the metrics file at `path` up to optimizer step `step` (none for a run from
+/// step 0, or when there is no such file): what a resumed run's metrics continue.
+fn earlier_metrics(path: Option<&std::path::Path>, step: u64) -> String {
+    let Some(text) = path.filter(|_| step > 0).and_then(|p| std::fs::read_to_string(p).ok()) else {
+        return String::new();
+    };
+    let mut kept = String::new();
+    for line in text.lines() {
+        let at =
+            serde_json::from_str::<serde_json::Value>(line).ok().and_then(|v| v["step"].as_u64());
+        if at.is_some_and(|s| s <= step) {
+            kept.push_str(line);
+            kept.push('\n');
+        }
+    }
+    kept
 }
 
 /// One human-readable line per epoch.

@@ -5,7 +5,7 @@ mod common;
 use common::{spiketile, TINY};
 
 use predicates::prelude::*;
-use spiketile::checkpoint::{Checkpoint, Tensor};
+use spiketile::checkpoint::{Checkpoint, Tensor, META_STEP};
 use std::path::Path;
 
 fn train(dir: &Path, extra: &[&str]) -> assert_cmd::assert::Assert {
@@ -107,6 +107,61 @@ fn model_flags_a_checkpoint_overrides_are_reported() {
         .stderr(predicate::str::contains(
             "warning: ignored --time-steps 30 (kept: 20): the checkpoint's model is evaluated",
         ));
+}
+
+#[test]
+fn resumed_metrics_continue_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    // 40 samples / batch 8 = 5 steps per epoch; the first run stops at step 7, mid-epoch.
+    let metrics = ["--metrics", "m.jsonl"];
+    let mut first = vec!["--epochs", "3", "--max-steps", "7", "--save", "h.safetensors"];
+    first.extend_from_slice(&metrics);
+    train(dir.path(), &first).success();
+    spiketile()
+        .current_dir(dir.path())
+        .args(["train", "--quiet", "--train-samples", "40", "--test-samples", "20"])
+        .args(["--epochs", "3", "--resume", "h.safetensors"])
+        .args(metrics)
+        .assert()
+        .success();
+    let text = std::fs::read_to_string(dir.path().join("m.jsonl")).unwrap();
+    let steps: Vec<u64> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, vec![5, 7, 10, 15], "the first run's epochs, then the resumed run's");
+}
+
+#[test]
+fn a_killed_run_resumes_from_its_last_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_spiketile"))
+        .current_dir(dir.path())
+        .args(["train", "--quiet"])
+        .args(TINY)
+        .args(["--epochs", "100000", "--save", "ck.safetensors"])
+        .spawn()
+        .unwrap();
+    // Kill the run once it has written its first checkpoint (at the end of an epoch).
+    let ck = dir.path().join("ck.safetensors");
+    let start = std::time::Instant::now();
+    while !ck.exists() && start.elapsed().as_secs() < 60 {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // 40 samples / batch 8 = 5 steps per epoch.
+    let killed_at: u64 = Checkpoint::load(&ck).unwrap().meta_parse(META_STEP).unwrap();
+    assert!(killed_at > 0 && killed_at % 5 == 0, "killed at step {killed_at}, an epoch's end");
+    let epochs = (killed_at / 5 + 1).to_string();
+    spiketile()
+        .current_dir(dir.path())
+        .args(["train", "--quiet", "--resume", "ck.safetensors", "--save", "ck.safetensors"])
+        .args(["--train-samples", "40", "--test-samples", "20", "--epochs", &epochs])
+        .assert()
+        .success();
+    train(dir.path(), &["--epochs", &epochs, "--save", "full.safetensors"]).success();
+    assert!(tensors(&ck) == tensors(&dir.path().join("full.safetensors")));
 }
 
 #[test]

@@ -62,13 +62,15 @@ pub struct TrainArgs {
     /// Start from the weights in this safetensors file (`layers.*` tensors; any tool may write it).
     #[arg(long, conflicts_with = "resume")]
     pub init: Option<PathBuf>,
-    /// Write the final checkpoint here (also on Ctrl-C).
+    /// Write the checkpoint here after every epoch, at the end and on Ctrl-C (a run that dies can
+    /// --resume from its last epoch).
     #[arg(long)]
     pub save: Option<PathBuf>,
     /// Continue the run saved in this checkpoint exactly (model, seed and data order from it).
     #[arg(long)]
     pub resume: Option<PathBuf>,
-    /// Write per-epoch metrics as JSON lines here.
+    /// Write per-epoch metrics as JSON lines here (a resumed run keeps the file's lines up to its
+    /// step and adds its own).
     #[arg(long)]
     pub metrics: Option<PathBuf>,
     /// Training samples of the built-in dataset.
