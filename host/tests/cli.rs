@@ -434,6 +434,11 @@ fn bad_flags_are_refused_with_the_flag_named() {
         .assert()
         .failure()
         .stderr(predicate::str::contains("--hidden"));
+    spiketile()
+        .args(["train", "--threads", "0"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("--threads"));
     for gain in ["inf", "nan"] {
         spiketile()
             .args(["train", "--init-gain", gain])

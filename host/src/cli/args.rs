@@ -72,7 +72,7 @@ pub struct ModelArgs {
     #[arg(long)]
     pub max_samples_per_tile: Option<usize>,
     /// Worker threads (default: all cores). Results do not depend on it.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=4096))]
     pub threads: Option<usize>,
     /// Engine.
     #[arg(long, value_enum, default_value_t = EngineKind::Tiled)]
