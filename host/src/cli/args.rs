@@ -173,7 +173,7 @@ impl ModelArgs {
     /// since the threads wait for each other at every superstep: a warning says so.
     pub fn threads(&self) -> usize {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let threads = self.threads.unwrap_or(cores).max(1);
+        let threads = self.threads.unwrap_or(cores);
         if threads > cores {
             eprintln!(
                 "warning: --threads {threads} on {cores} cores: the threads meet at a barrier every \
