@@ -4,7 +4,7 @@
 
 use crate::data::camera::{PixelMap, Split};
 use crate::data::synthetic::{self, SynthConfig};
-use crate::data::{bin_sample, dvsgesture, nmnist, BinnedSample, Binning, EventDataset};
+use crate::data::{bin_sample_counting, dvsgesture, nmnist, BinnedSample, Binning, EventDataset};
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 use std::path::Path;
@@ -193,8 +193,10 @@ pub fn builtin(seed: u64, train: usize, test: usize) -> (EventDataset, EventData
 pub fn bin_all(data: &EventDataset, time_steps: usize, duration: f64) -> Vec<BinnedSample> {
     let binning = Binning { time_steps, duration };
     let (mut late, mut late_samples, mut events) = (0usize, 0usize, 0usize);
+    let mut binned = Vec::with_capacity(data.samples.len());
     for s in &data.samples {
-        let n = s.times.iter().filter(|&&t| binning.step_of(t).is_none()).count();
+        let (b, n) = bin_sample_counting(s, binning);
+        binned.push(b);
         late += n;
         late_samples += usize::from(n > 0);
         events += s.times.len();
@@ -207,5 +209,5 @@ pub fn bin_all(data: &EventDataset, time_steps: usize, duration: f64) -> Vec<Bin
             100.0 * late as f64 / events as f64
         );
     }
-    data.samples.iter().map(|s| bin_sample(s, binning)).collect()
+    binned
 }

@@ -77,6 +77,11 @@ impl Binning {
 /// Bins one sample: an event at `tau` goes to step `floor(tau / duration * T)`; events at or past
 /// `duration` are dropped; several events of one channel in one step make one spike.
 pub fn bin_sample(sample: &Sample, binning: Binning) -> BinnedSample {
+    bin_sample_counting(sample, binning).0
+}
+
+/// [`bin_sample`], also returning how many events it dropped for lying at or past `duration`.
+pub fn bin_sample_counting(sample: &Sample, binning: Binning) -> (BinnedSample, usize) {
     let t_steps = binning.time_steps;
     let mut pairs: Vec<(u32, u16)> = sample
         .times
@@ -84,6 +89,7 @@ pub fn bin_sample(sample: &Sample, binning: Binning) -> BinnedSample {
         .zip(&sample.units)
         .filter_map(|(&tau, &unit)| binning.step_of(tau).map(|step| (step, unit)))
         .collect();
+    let late = sample.times.len().min(sample.units.len()) - pairs.len();
     pairs.sort_unstable();
     pairs.dedup();
     let mut offsets = vec![0u32; t_steps + 1];
@@ -93,7 +99,8 @@ pub fn bin_sample(sample: &Sample, binning: Binning) -> BinnedSample {
     for t in 0..t_steps {
         offsets[t + 1] += offsets[t];
     }
-    BinnedSample { offsets, ids: pairs.into_iter().map(|(_, u)| u).collect(), label: sample.label }
+    let ids = pairs.into_iter().map(|(_, u)| u).collect();
+    (BinnedSample { offsets, ids, label: sample.label }, late)
 }
 
 #[cfg(test)]
