@@ -3,7 +3,7 @@
 //! The contract: within one phase, every region is written by at most one work unit and a region
 //! that is written is not read by any other unit; phases are separated by
 //! [`super::barrier::SpinBarrier::wait`], which orders all writes of a phase before all reads of
-//! the next. The engine's phase plan (see `tiled.rs`) assigns regions so that this holds; these
+//! the next. The engine's phase plan (see `tiled`) assigns regions so that this holds; these
 //! types only make the raw access explicit.
 
 use std::cell::UnsafeCell;

@@ -1,0 +1,287 @@
+//! The backward pass: each tile gathers its `dL/dS` from the partials the layer above wrote, steps
+//! back, and writes its own partials for the layer below; the sums of partials over a layer's
+//! tiles; the prefetch hints of wide layers.
+
+use super::TiledEngine;
+use crate::engine::shared::Shared;
+use crate::engine::InputBatch;
+use spiketile_core::{SharedGrads, SharedWeights, Tile, TileError};
+
+impl TiledEngine {
+    /// Backward compute of `steps` (from the last down) for replica group `(l, p, g)`: at each
+    /// step, every replica in turn; every replica reads the column's weights, and those after
+    /// the leader accumulate their weight gradients into its buffers, so one copy of each stays
+    /// in this core's cache (the update needs only their sum).
+    pub(super) fn backward_compute(
+        &self,
+        input: &InputBatch,
+        (l, p, g): (usize, usize, usize),
+        steps: std::ops::Range<usize>,
+    ) -> Result<(), TileError> {
+        let lr = &self.layers[l];
+        let p_count = lr.p();
+        let reps = lr.group(g);
+        // Safety: not the update phase.
+        let shared = unsafe { self.col_weights(l, p) };
+        // Safety: the tiles of group (l, p, g) and their partial out-buffers belong to this unit.
+        let mut tile0 = unsafe { self.home(l, reps.start * p_count + p) }.tile()?;
+        for t in steps.rev() {
+            self.backward_replica(input, l, reps.start, p, t, &mut tile0, Some(shared), None)?;
+            let (dw, dv) = tile0.grads_mut();
+            let mut grads = SharedGrads { dw, dv };
+            for r in reps.start + 1..reps.end {
+                let mut tile = unsafe { self.home(l, r * p_count + p) }.tile()?;
+                let g = Some(grads.reborrow());
+                self.backward_replica(input, l, r, p, t, &mut tile, Some(shared), g)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The slot of the partial-`dL/dS` buffers that holds backward step `t`.
+    fn slot(&self, t: usize) -> usize {
+        t % (self.block + 1)
+    }
+
+    fn backward_replica(
+        &self,
+        input: &InputBatch,
+        l: usize,
+        r: usize,
+        p: usize,
+        t: usize,
+        tile: &mut Tile<'_>,
+        shared: Option<SharedWeights<'_>>,
+        mut grads: Option<SharedGrads<'_>>,
+    ) -> Result<(), TileError> {
+        let lr = &self.layers[l];
+        let m = lr.plan.micro_batch;
+        let ti = r * lr.p() + p;
+        // This step's partials go to its slot (step t + 1's, still to be read, is another).
+        let tiles = lr.plan.tiles();
+        let (slot, rec_slot) = (self.slot(t), t % 2);
+        let samples = lr.plan.samples_of(r, input.len);
+        let last = samples.len().saturating_sub(1);
+        let far = self.far_partials(l);
+        for (bl, b) in samples.enumerate() {
+            // The history loads of this tile's next sample (or of its first at the step before,
+            // its next work) overlap this sample's work.
+            match (bl < last, t) {
+                (true, _) => tile.prefetch_backward_external(t, bl + 1),
+                (false, t) if t > 0 => tile.prefetch_backward_external(t - 1, 0),
+                _ => {}
+            }
+            // Partials in buffers larger than L2 (wide layers): the next sample's (their
+            // addresses known by now), and where those of the sample after start.
+            if far {
+                if bl < last {
+                    self.prefetch_dlds((l, r, p), (b + 1, bl + 1, t));
+                }
+                if bl + 1 < last {
+                    self.prefetch_dlds_starts((l, p), (b + 2, t));
+                }
+            }
+            self.gather_dlds((l, r, p), (b, bl, t), tile);
+            // Safety: layer buffers are read-only in backward phases.
+            let step = unsafe { self.step_input(input, l, b, t) };
+            let grads = grads.as_mut().map(SharedGrads::reborrow);
+            tile.backward_external(t, bl, step, l > 0, shared, grads)?;
+            if l > 0 {
+                let k = lr.plan.in_capacity;
+                let n = step.input.n_grad();
+                // Safety: tile ti's partial out-buffer of this slot belongs to this unit alone.
+                let at = ((slot * tiles + ti) * m + bl) * k;
+                let dst = unsafe { lr.part_src.slice_mut(at, n) };
+                dst.copy_from_slice(&tile.src_partials(bl)[..n]);
+            }
+            if lr.plan.recurrent {
+                let k = lr.plan.capacity;
+                let n = step.rec.n_grad();
+                let at = ((rec_slot * tiles + ti) * m + bl) * k;
+                let dst = unsafe { lr.part_rec.slice_mut(at, n) };
+                dst.copy_from_slice(&tile.rec_partials(bl)[..n]);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `dL/dS_l[t]` of sample `b` (the tile's `bl`) at tile's gradient set into its
+    /// `dL/dS` in-buffer: the exchange of the backward pass, run by the receiving tile.
+    ///
+    /// The layer's buffer is two runs (spikes, then near-threshold ids), each in tile order, so
+    /// the tile's entries are one stretch of each run, in the order of its own gradient set;
+    /// the merge recorded where they start (`starts`). Each entry sums, in this order, the
+    /// recurrent partials of step `t + 1` (tile order), the next layer's partials of step
+    /// `t + 1` (tile order), and for the output layer `dL/dc`.
+    fn gather_dlds(
+        &self,
+        (l, r, p): (usize, usize, usize),
+        (b, bl, t): (usize, usize, usize),
+        tile: &mut Tile<'_>,
+    ) {
+        let last = l + 1 == self.layers.len();
+        // Safety: layer buffers and starts are read-only in backward phases; the partials of
+        // step t + 1 were written in an earlier phase.
+        let (s0, n0) = self.dlds_starts((l, p), (b, t));
+        let mine = tile.out_buffer(t, bl);
+        let own = (s0..s0 + mine.n_spikes).chain(n0..n0 + mine.near().len());
+        let sources = self.dlds_sources((l, r), (b, bl, t));
+        // The output layer's dL/dc, and the class of each entry of its buffer.
+        let dldc = last.then(|| unsafe {
+            (self.dldc.slice(b * self.cfg.classes, self.cfg.classes), self.layer_buf(l, b, t).ids)
+        });
+        let dst = tile.dlds_mut(bl);
+        if sources.iter().all(Option::is_none) {
+            // Nothing to sum (the output layer, and every layer at the last step): the same
+            // sums as below, from zero, without their loops.
+            match dldc {
+                Some((dldc, ids)) => {
+                    for (d, k) in dst.iter_mut().zip(own) {
+                        *d = 0.0 + dldc[ids[k] as usize];
+                    }
+                }
+                None => dst.iter_mut().zip(own).for_each(|(d, _)| *d = 0.0),
+            }
+            return;
+        }
+        for (d, k) in dst.iter_mut().zip(own) {
+            let mut a = 0.0f32;
+            for &(part, base, stride, tiles) in sources.iter().flatten() {
+                for q in 0..tiles {
+                    a += unsafe { part.slice(base + q * stride + k, 1)[0] };
+                }
+            }
+            if let Some((dldc, ids)) = dldc {
+                a += dldc[ids[k] as usize];
+            }
+            *d = a;
+        }
+    }
+
+    /// Where tile `p`'s entries of layer `l`'s buffer of sample `b` at step `t` start: its
+    /// spikes, and its near-threshold ids.
+    #[inline(always)]
+    fn dlds_starts(&self, (l, p): (usize, usize), (b, t): (usize, usize)) -> (usize, usize) {
+        // Safety: starts are read-only in backward phases.
+        let start = unsafe { self.layers[l].starts.slice(self.start_at(p, (b, t)), 2) };
+        (start[0] as usize, start[1] as usize)
+    }
+
+    /// Index of tile `p`'s entry for sample `b` at step `t` in a layer's `starts`.
+    #[inline(always)]
+    pub(super) fn start_at(&self, p: usize, (b, t): (usize, usize)) -> usize {
+        ((p * self.cfg.time_steps + t) * self.cfg.batch_size + b) * 2
+    }
+
+    /// The partial `dL/dS` buffers [`Self::gather_dlds`] sums for replica `r` of layer `l`,
+    /// sample `b` (the replica's `bl`), step `t`: `(buffer, base, stride, tiles)`, tile `q`'s
+    /// partial of layer-buffer entry `k` at `base + q * stride + k`; the recurrent ones, then
+    /// the next layer's.
+    #[inline(always)]
+    #[allow(clippy::type_complexity)]
+    fn dlds_sources(
+        &self,
+        (l, r): (usize, usize),
+        (b, bl, t): (usize, usize, usize),
+    ) -> [Option<(&Shared<f32>, usize, usize, usize)>; 2] {
+        let lr = &self.layers[l];
+        let last = l + 1 == self.layers.len();
+        if t + 1 >= self.cfg.time_steps {
+            return [None, None];
+        }
+        let (slot, rec_slot) = (self.slot(t + 1), (t + 1) % 2);
+        let rec_at = lr.plan.recurrent.then(|| {
+            let (p_count, m, cap) = (lr.p(), lr.plan.micro_batch, lr.plan.capacity);
+            let base = ((rec_slot * lr.plan.tiles() + r * p_count) * m + bl) * cap;
+            (&lr.part_rec, base, m * cap, p_count)
+        });
+        let next_at = (!last).then(|| {
+            let nx = &self.layers[l + 1];
+            let (np, nm, ncap) = (nx.p(), nx.plan.micro_batch, nx.plan.in_capacity);
+            if self.summed(l + 1) {
+                return (&nx.part_sum, (slot * self.cfg.batch_size + b) * ncap, 0, 1);
+            }
+            let base = ((slot * nx.plan.tiles() + (b / nm) * np) * nm + b % nm) * ncap;
+            (&nx.part_src, base, nm * ncap, np)
+        });
+        [rec_at, next_at]
+    }
+
+    /// Whether layer `l`'s partial `dL/dS` are summed over its tiles before the layer below
+    /// reads them ([`Self::sum_partials`]): a layer above the first with several tiles per
+    /// replica, in a backward pass in blocks.
+    pub(super) fn summed(&self, l: usize) -> bool {
+        l > 0 && self.block > 1 && self.layers[l].p() > 1
+    }
+
+    /// Sums replica `r` of layer `l`'s partial `dL/dS_{l-1}` of `steps` over its tiles into
+    /// `part_sum`: per entry from zero, in tile order, the sum [`Self::gather_dlds`] would make
+    /// from `part_src`, so the results are the same bit for bit. The source layer's tiles then
+    /// read one float per entry where they read one per tile of this layer, scattered over
+    /// buffers of up to hundreds of megabytes (at hidden 4096 this layer has 4 tiles per
+    /// replica, between two 4096-wide layers 820); here each tile's partials are read in order.
+    pub(super) fn sum_partials(
+        &self,
+        batch: usize,
+        l: usize,
+        r: usize,
+        steps: std::ops::Range<usize>,
+    ) {
+        let lr = &self.layers[l];
+        let (np, m, cap, tiles) =
+            (lr.p(), lr.plan.micro_batch, lr.plan.in_capacity, lr.plan.tiles());
+        // Step 0's partials (dL/dS of step -1) have no reader.
+        for t in steps.filter(|&t| t > 0) {
+            let slot = self.slot(t);
+            for (bl, b) in lr.plan.samples_of(r, batch).enumerate() {
+                // Safety: the layer buffers are read-only in backward phases, this replica's
+                // partials of these steps were written in the phase before, and the sums of its
+                // samples at these steps belong to this unit alone.
+                let n = unsafe { self.layer_buf(l - 1, b, t - 1) }.n_grad();
+                let sum =
+                    unsafe { lr.part_sum.slice_mut((slot * self.cfg.batch_size + b) * cap, n) };
+                sum.fill(0.0);
+                for q in 0..np {
+                    let at = ((slot * tiles + r * np + q) * m + bl) * cap;
+                    let part = unsafe { lr.part_src.slice(at, n) };
+                    for (s, &x) in sum.iter_mut().zip(part) {
+                        *s += x;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether the partial `dL/dS` layer `l` gathers from lie in buffers larger than a core's
+    /// L2 cache (then [`Self::backward_replica`] prefetches them a sample ahead; below that, the
+    /// hints cost more than they save).
+    fn far_partials(&self, l: usize) -> bool {
+        const L2_BYTES: usize = 2 << 20;
+        let sources = self.layers.get(l + 1).map(|nx| {
+            let part = if self.summed(l + 1) { &nx.part_sum } else { &nx.part_src };
+            part.len()
+        });
+        let rec = if self.layers[l].plan.recurrent { self.layers[l].part_rec.len() } else { 0 };
+        (sources.unwrap_or(0) + rec) * 4 > L2_BYTES
+    }
+
+    /// Asks for the cache lines [`Self::gather_dlds`] of sample `b` (the replica's `bl`) at
+    /// step `t` reads first: where the tile's entries start in each partial buffer of every
+    /// source tile (a tile's entries are a few consecutive floats). Above the first hidden
+    /// layer's tiles these lie in buffers of tens of megabytes, written a whole block of steps
+    /// earlier. A hint: it changes no result.
+    fn prefetch_dlds(&self, (l, r, p): (usize, usize, usize), (b, bl, t): (usize, usize, usize)) {
+        let (s0, n0) = self.dlds_starts((l, p), (b, t));
+        for &(part, base, stride, tiles) in self.dlds_sources((l, r), (b, bl, t)).iter().flatten() {
+            for q in 0..tiles {
+                part.prefetch(base + q * stride + s0);
+                part.prefetch(base + q * stride + n0);
+            }
+        }
+    }
+
+    /// Asks for what [`Self::prefetch_dlds`] of sample `b` at step `t` reads: tile `p`'s starts.
+    fn prefetch_dlds_starts(&self, (l, p): (usize, usize), (b, t): (usize, usize)) {
+        self.layers[l].starts.prefetch(self.start_at(p, (b, t)));
+    }
+}

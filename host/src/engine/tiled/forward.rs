@@ -1,0 +1,298 @@
+//! The forward pass: tiles running all steps ahead, the layer merge that checks them step by step
+//! (or runs them in lockstep), and the loss on the output counts.
+
+use super::run::{BatchCtx, Scratch};
+use super::TiledEngine;
+use crate::engine::{batch_loss, InputBatch};
+use anyhow::Result;
+use spiketile_core::spikes::append;
+use spiketile_core::{SharedWeights, SpikeView, StepInput, Tile, TileError};
+use std::sync::atomic::Ordering;
+
+impl TiledEngine {
+    /// Runs the tiles of replica group `(l, p, g)` (a feed-forward layer) through all steps, each
+    /// on its own, as if the layer kept every spike they emit: every replica reads the column's
+    /// weights ([`Self::col_weights`]), which stay in this core's cache for the whole run.
+    /// [`Self::merge_ahead`] then checks the guess.
+    pub(super) fn forward_ahead(
+        &self,
+        input: &InputBatch,
+        l: usize,
+        p: usize,
+        g: usize,
+    ) -> Result<(), TileError> {
+        let lr = &self.layers[l];
+        let p_count = lr.p();
+        // Safety: not the update phase.
+        let shared = unsafe { self.col_weights(l, p) };
+        for r in lr.group(g) {
+            // Safety: the tiles of group (l, p, g) and their rows of `ahead_raw` belong to this
+            // unit alone in this phase.
+            let mut tile = unsafe { self.home(l, r * p_count + p) }.tile()?;
+            self.run_ahead(input, l, r, p, &mut tile, Some(shared))?;
+        }
+        Ok(())
+    }
+
+    /// Tile `(l, r, p)` through steps `0..T`, its own spikes taken as kept; records what it found
+    /// at each step in `ahead_raw` (its own statistics are left for the merge to count).
+    fn run_ahead(
+        &self,
+        input: &InputBatch,
+        l: usize,
+        r: usize,
+        p: usize,
+        tile: &mut Tile<'_>,
+        shared: Option<SharedWeights<'_>>,
+    ) -> Result<(), TileError> {
+        let lr = &self.layers[l];
+        let t_steps = self.cfg.time_steps;
+        let ti = r * lr.p() + p;
+        // Safety: this tile's row of `ahead_raw` belongs to this unit alone in this phase.
+        let raw = unsafe { lr.ahead_raw.slice_mut(ti * t_steps * 2, t_steps * 2) };
+        for (t, found) in raw.chunks_exact_mut(2).enumerate() {
+            let (spikes, near) = self.forward_replica(input, l, r, t, tile, shared)?;
+            found.copy_from_slice(&[spikes, near]);
+        }
+        Ok(())
+    }
+
+    /// Merges replica `(l, r)`'s tile buffers step by step into the layer buffers.
+    ///
+    /// If the layer's tiles ran ahead ([`Self::forward_ahead`]), taking their own spikes as kept,
+    /// the guess holds unless the layer drops a spike: then the replica's statistics are rolled
+    /// back and its tiles run again from step 0, in lockstep with the merge (the membranes of
+    /// the step before the drop are gone). Otherwise (a recurrent layer, or a layer that dropped
+    /// spikes in the last batch) they run in lockstep from the start. Either way the result is
+    /// the same, bit for bit; a dropped spike is recorded in `ctx.dropped` for the next batch's
+    /// choice.
+    pub(super) fn merge_ahead(
+        &self,
+        ctx: &BatchCtx<'_>,
+        l: usize,
+        r: usize,
+        sc: &mut Scratch,
+    ) -> Result<(), TileError> {
+        let (input, lr) = (ctx.input, &self.layers[l]);
+        let (p_count, t_steps) = (lr.p(), self.cfg.time_steps);
+        // Safety: replica (l, r)'s tiles and rows of `ahead_raw` belong to this unit alone.
+        let home = |p: usize| unsafe { self.home(l, r * p_count + p) };
+        let mut lockstep = !ctx.ahead[l];
+        if !lockstep {
+            for (p, saved) in sc.stats[..p_count].iter_mut().enumerate() {
+                *saved = home(p).stats;
+            }
+            for t in 0..t_steps {
+                for p in 0..p_count {
+                    let ti = r * p_count + p;
+                    let raw = unsafe { lr.ahead_raw.slice((ti * t_steps + t) * 2, 2) };
+                    let stats = &mut home(p).stats;
+                    stats.spikes_raw += raw[0] as u64;
+                    stats.near_raw += raw[1] as u64;
+                }
+                if self.forward_exchange(input.len, l, r, t, sc)? {
+                    for (p, saved) in sc.stats[..p_count].iter().enumerate() {
+                        home(p).stats = *saved;
+                    }
+                    lockstep = true;
+                    break;
+                }
+            }
+        }
+        if lockstep {
+            let mut dropped = false;
+            for t in 0..t_steps {
+                for p in 0..p_count {
+                    let home = home(p);
+                    let mut tile = home.tile()?;
+                    // Safety: not the update phase.
+                    let shared = unsafe { self.col_weights(l, p) };
+                    self.forward_replica(input, l, r, t, &mut tile, Some(shared))?;
+                    let stats = tile.stats();
+                    home.stats.add(&stats);
+                }
+                dropped |= self.forward_exchange(input.len, l, r, t, sc)?;
+            }
+            if dropped {
+                ctx.dropped[l].store(true, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
+    /// Forward compute of step `t` for every sample of tile `(l, r, ·)`; returns the spikes and
+    /// near-threshold neurons it found (before any capacity cut).
+    fn forward_replica(
+        &self,
+        input: &InputBatch,
+        l: usize,
+        r: usize,
+        t: usize,
+        tile: &mut Tile<'_>,
+        shared: Option<SharedWeights<'_>>,
+    ) -> Result<(u32, u32), TileError> {
+        let lr = &self.layers[l];
+        let before = tile.stats();
+        for (bl, b) in lr.plan.samples_of(r, input.len).enumerate() {
+            // Safety: layer buffers of step t-1 are not written in this phase.
+            let step = unsafe { self.step_input(input, l, b, t) };
+            tile.forward_external(t, bl, step, shared)?;
+        }
+        // The tile counts what it finds; the difference is this step's.
+        let after = tile.stats();
+        Ok((
+            (after.spikes_raw - before.spikes_raw) as u32,
+            (after.near_raw - before.near_raw) as u32,
+        ))
+    }
+
+    /// What layer `l`'s tiles integrate at step `t` for sample `b`: the input batch's or the
+    /// source layer's buffer of step `t - 1` and, if recurrent, the layer's own. The tiles do not
+    /// keep copies ([`Tile::forward_external`]): every tile of a replica reads the same buffers,
+    /// and the backward pass reads them here again.
+    ///
+    /// Safety: the caller's phase does not write layer buffers of step `t - 1`.
+    #[inline(always)]
+    pub(super) unsafe fn step_input<'s>(
+        &'s self,
+        input: &'s InputBatch,
+        l: usize,
+        b: usize,
+        t: usize,
+    ) -> StepInput<'s> {
+        if t == 0 {
+            return StepInput::EMPTY;
+        }
+        let src =
+            if l == 0 { input.step(b, t - 1) } else { unsafe { self.layer_buf(l - 1, b, t - 1) } };
+        let rec = if self.layers[l].plan.recurrent {
+            unsafe { self.layer_buf(l, b, t - 1) }
+        } else {
+            SpikeView::EMPTY
+        };
+        StepInput { input: src, rec }
+    }
+
+    /// Merges replica `(l, r)`'s tile buffers of step `t` into the layer buffers (all samples at
+    /// once, each tile attached once): spikes in tile order, then near-threshold ids in tile
+    /// order, up to the layer's capacity. Tiles are told what the layer kept ([`Tile::commit`])
+    /// only when something was dropped; otherwise their buffers already are what was kept.
+    /// Returns whether a spike was dropped (which changes the dropping tile's next steps).
+    fn forward_exchange(
+        &self,
+        batch: usize,
+        l: usize,
+        r: usize,
+        t: usize,
+        sc: &mut Scratch,
+    ) -> Result<bool, TileError> {
+        let lr = &self.layers[l];
+        let (p_count, cap) = (lr.p(), lr.plan.capacity);
+        let samples = lr.plan.samples_of(r, batch);
+        let m = samples.len();
+        // Spikes kept, and the first `cap` near-threshold ids (no more can be kept), per sample.
+        let (spikes, near) = sc.merged[..2 * m * cap].split_at_mut(m * cap);
+        let (n_spikes, rest) = sc.lens[..3 * m].split_at_mut(m);
+        let (n_near, near_raw) = rest.split_at_mut(m);
+        n_spikes.fill(0);
+        n_near.fill(0);
+        near_raw.fill(0);
+        let (mut dropped, mut spike_dropped) = (false, false);
+        for p in 0..p_count {
+            // Safety: this unit owns the tiles of replica (l, r) in this phase.
+            let home = unsafe { self.home(l, r * p_count + p) };
+            let first = home.layout.config().first_neuron;
+            // Read without attaching the tile (it is attached below only to commit a drop).
+            let out = home.out_buffers()?;
+            // The next step's buffers, read after the other tiles' of this step: at large widths
+            // a replica has a hundred or more tiles, too many streams for the hardware to follow.
+            out.prefetch(t + 1);
+            let (mut kept, mut raw) = (0, 0);
+            for bl in 0..m {
+                let view = out.get(t, bl);
+                let (s, nr) = (view.spikes(), view.near());
+                let range = bl * cap..(bl + 1) * cap;
+                let taken = append(&mut spikes[range.clone()], n_spikes[bl], s, first);
+                n_spikes[bl] += taken;
+                n_near[bl] += append(&mut near[range], n_near[bl], nr, first);
+                near_raw[bl] += nr.len();
+                sc.keep[p * m + bl] = taken;
+                let b = samples.start + bl;
+                // Safety: sample b's entries of step t belong to this unit.
+                let start = unsafe { lr.starts.slice_mut(self.start_at(p, (b, t)), 2) };
+                start[0] = (n_spikes[bl] - taken) as u16;
+                // Relative to the buffer's spike count, known after the last tile (below).
+                start[1] = (near_raw[bl] - nr.len()) as u16;
+                sc.keep[(p_count + p) * m + bl] = nr.len();
+                spike_dropped |= taken < s.len();
+                kept += taken;
+                raw += nr.len();
+            }
+            // Every near-threshold id counts as kept unless the slow path below says otherwise.
+            home.stats.spikes_kept += kept as u64;
+            home.stats.near_kept += raw as u64;
+        }
+        dropped |= spike_dropped;
+        for p in 0..p_count {
+            // Safety: as above. A tile's near-threshold ids follow all spikes of the buffer
+            // (positions stay below the layer width: kept spikes and offered near-threshold
+            // ids are distinct neurons).
+            let at = self.start_at(p, (samples.start, t));
+            let starts = unsafe { lr.starts.slice_mut(at, 2 * m) };
+            for (start, &ns) in starts.chunks_exact_mut(2).zip(n_spikes.iter()) {
+                start[1] += ns as u16;
+            }
+        }
+        for (bl, b) in samples.enumerate() {
+            let ns = n_spikes[bl];
+            let kn = near_raw[bl].min(cap - ns);
+            dropped |= kn < near_raw[bl];
+            // Safety: sample b's slot of layer l at step t is this unit's alone.
+            let slot =
+                unsafe { lr.buf.slice_mut((t * self.cfg.batch_size + b) * (cap + 2), cap + 2) };
+            slot[0] = ns as u16;
+            slot[1] = (ns + kn) as u16;
+            slot[2..2 + ns].copy_from_slice(&spikes[bl * cap..bl * cap + ns]);
+            slot[2 + ns..2 + ns + kn].copy_from_slice(&near[bl * cap..bl * cap + kn]);
+        }
+        if dropped {
+            // Near-threshold ids before tile p, per sample.
+            let before = n_near;
+            before.fill(0);
+            for p in 0..p_count {
+                let home = unsafe { self.home(l, r * p_count + p) };
+                let mut tile = home.tile()?;
+                let mut refused = 0;
+                for bl in 0..m {
+                    let (ks, raw) = (sc.keep[p * m + bl], sc.keep[(p_count + p) * m + bl]);
+                    let room = cap - n_spikes[bl];
+                    let kn = raw.min(room.saturating_sub(before[bl]));
+                    before[bl] += raw;
+                    tile.commit(t, bl, ks, kn)?;
+                    refused += raw - kn;
+                }
+                // `commit` counted what was kept again on this attachment (`tile`'s own
+                // statistics, not added to `home`); the layer's count is corrected here.
+                home.stats.near_kept -= refused as u64;
+            }
+        }
+        Ok(spike_dropped)
+    }
+
+    pub(super) fn loss(&self, input: &InputBatch) -> Result<f64> {
+        let c = self.cfg.classes;
+        let last = self.layers.len() - 1;
+        // Safety: runs on thread 0 between barriers; nothing else runs.
+        let counts = unsafe { self.counts.slice_mut(0, input.len * c) };
+        counts.fill(0.0);
+        for b in 0..input.len {
+            for t in 0..self.cfg.time_steps {
+                for &k in unsafe { self.layer_buf(last, b, t) }.spikes() {
+                    counts[b * c + k as usize] += 1.0;
+                }
+            }
+        }
+        let dldc = unsafe { self.dldc.slice_mut(0, input.len * c) };
+        batch_loss(&self.cfg, counts, &input.labels[..input.len], dldc)
+    }
+}

@@ -1,0 +1,196 @@
+//! A layer at run time: its tiles' homes (cache-line-aligned arenas), its exchange buffers and
+//! the buffers of the backward pass, and how the engine reaches them.
+
+use super::TiledEngine;
+use crate::engine::shared::Shared;
+use crate::plan::{LayerPlan, Plan, REPLICA_GROUPS};
+use spiketile_core::{
+    OutBuffers, SharedWeights, SpikeView, Tile, TileConfig, TileError, TileLayout, TileStats,
+};
+
+/// Bytes of a cache line.
+pub(super) const CACHE_LINE: usize = 64;
+
+/// The first index of `words` that lies on a cache-line boundary. A tile's weights and
+/// gradients are the first regions of its arena, so with the arena there, a weight row of 16
+/// floats (16 neurons; 32 take two) is exactly one cache line instead of straddling two.
+pub(super) fn cache_aligned(words: &[u32]) -> usize {
+    let misalign = words.as_ptr() as usize % CACHE_LINE;
+    if misalign == 0 {
+        0
+    } else {
+        (CACHE_LINE - misalign) / 4
+    }
+}
+
+/// Weights of one tile column in [`LayerRt::col_w`]: incoming and recurrent.
+pub(super) fn col_lens(cfg: &TileConfig) -> (usize, usize) {
+    (cfg.neurons * cfg.inputs, if cfg.recurrent { cfg.neurons * cfg.layer_width } else { 0 })
+}
+
+/// One tile's home: its validated layout, arena and spike counts.
+pub(super) struct TileHome {
+    pub(super) layout: TileLayout,
+    /// The arena is `arena[start..]`: `start` puts it on a cache line (see [`cache_aligned`]).
+    pub(super) arena: Box<[u32]>,
+    pub(super) start: usize,
+    pub(super) stats: TileStats,
+}
+
+impl TileHome {
+    pub(super) fn tile(&mut self) -> Result<Tile<'_>, TileError> {
+        Tile::attach_layout(&self.layout, bytemuck::cast_slice_mut(&mut self.arena[self.start..]))
+    }
+
+    /// The tile's own spike buffers, read-only, without attaching it.
+    pub(super) fn out_buffers(&self) -> Result<OutBuffers<'_>, TileError> {
+        self.layout.out_buffers(bytemuck::cast_slice(&self.arena[self.start..]))
+    }
+}
+
+/// A layer at run time: its plan, tiles and exchange buffers.
+pub(super) struct LayerRt {
+    pub(super) plan: LayerPlan,
+    /// `[r * P + p]`.
+    pub(super) tiles: Shared<TileHome>,
+    /// The weights every replica of tile column `p` reads: incoming, then recurrent (see
+    /// [`TiledEngine::col_weights`]); `col_at[p]` is where they start and how many of each.
+    pub(super) col_w: Shared<f32>,
+    pub(super) col_at: Vec<(usize, usize, usize)>,
+    /// Layer buffers `[t][b][cap + 2]`, global ids.
+    pub(super) buf: Shared<u16>,
+    /// Where each tile's entries start in the layer buffers, `[p][t][b][2]`: the positions of
+    /// its first spike and of its first near-threshold id in the buffer of sample `b` at step `t`
+    /// (written by the merge, read by the backward gather: for one tile, a replica's samples of
+    /// one step are next to each other).
+    pub(super) starts: Shared<u16>,
+    /// Partial `dL/dS` of the source layer from each tile, `[slot][r][p][m][in_cap]`: backward
+    /// step `t` writes slot `t % (block + 1)` (see [`TiledEngine::block`]); the source layer
+    /// reads step `t + 1`'s.
+    pub(super) part_src: Shared<f32>,
+    /// The partials of `part_src` summed over the layer's tiles (tile order, from zero: the sums
+    /// the source layer's gather would make), `[slot][b][in_cap]`; only for a layer of several
+    /// tiles per replica in a backward pass in blocks, where the source layer's tiles then read
+    /// one buffer instead of every tile's (see [`TiledEngine::sum_partials`]).
+    pub(super) part_sum: Shared<f32>,
+    /// Partial `dL/dS` of this layer through recurrent weights, `[t % 2][r][p][m][cap]` (a
+    /// network with a recurrent layer runs its backward pass step by step).
+    pub(super) part_rec: Shared<f32>,
+    /// Spikes and near-threshold neurons each tile found at each step while running ahead, before
+    /// any capacity cut (`[r * P + p][t][2]`; feed-forward layers only): counted into the tile's
+    /// statistics for the steps the layer merge accepts.
+    pub(super) ahead_raw: Shared<u32>,
+}
+
+impl LayerRt {
+    pub(super) fn p(&self) -> usize {
+        self.plan.splits.len()
+    }
+
+    pub(super) fn groups(&self) -> usize {
+        self.plan.replicas.min(REPLICA_GROUPS)
+    }
+
+    /// The replicas of group `g`; the first is its leader.
+    pub(super) fn group(&self, g: usize) -> std::ops::Range<usize> {
+        let (r, k) = (self.plan.replicas, self.groups());
+        g * r / k..(g + 1) * r / k
+    }
+
+    /// Whether replica `r` leads a group (its gradient buffers hold the group's sum).
+    pub(super) fn leads_group(&self, r: usize) -> bool {
+        (0..self.groups()).any(|g| self.group(g).start == r)
+    }
+}
+
+impl TiledEngine {
+    /// Layer `l`'s buffer of sample `b` at step `t`.
+    ///
+    /// Safety: the caller's phase does not write it.
+    #[inline(always)]
+    pub(super) unsafe fn layer_buf(&self, l: usize, b: usize, t: usize) -> SpikeView<'_> {
+        let cap = self.layers[l].plan.capacity;
+        let slot =
+            unsafe { self.layers[l].buf.slice((t * self.cfg.batch_size + b) * (cap + 2), cap + 2) };
+        SpikeView { ids: &slot[2..2 + slot[1] as usize], n_spikes: slot[0] as usize }
+    }
+
+    #[allow(clippy::mut_from_ref)]
+    pub(super) unsafe fn home(&self, l: usize, index: usize) -> &mut TileHome {
+        unsafe { &mut self.layers[l].tiles.slice_mut(index, 1)[0] }
+    }
+
+    /// The weights of tile column `(l, p)`, which every replica's tile reads: replica 0's,
+    /// copied there by the update. Only replica 0's tiles keep their own weights up to date
+    /// (the optimizer steps there); the other replicas' copies are not read or written after
+    /// they are built, so their pages stay untouched.
+    ///
+    /// Safety: the caller's phase is not the update.
+    #[inline(always)]
+    pub(super) unsafe fn col_weights(&self, l: usize, p: usize) -> SharedWeights<'_> {
+        let lr = &self.layers[l];
+        let (at, nw, nv) = lr.col_at[p];
+        unsafe { SharedWeights { w: lr.col_w.slice(at, nw), v: lr.col_w.slice(at + nw, nv) } }
+    }
+}
+
+/// Bytes the backward blocks may spend on partial `dL/dS` buffers, over all layers.
+const BLOCK_PARTIALS_BYTES: usize = 256 << 20;
+
+/// Backward steps per block for `plan`: 1 if any layer is recurrent (its tiles exchange
+/// `dL/dS` every step, so every layer advances step by step together); otherwise as many as
+/// the budget of partial-`dL/dS` buffers allows (they hold every step of a block), at least 2
+/// and at most `t_steps`. Blocks change no result: a tile's arithmetic and every sum's order
+/// are the same as step by step.
+pub(super) fn backward_block(plan: &Plan, t_steps: usize) -> usize {
+    if plan.layers.iter().any(|lp| lp.recurrent) {
+        return 1;
+    }
+    // Per step, every layer's partials but the first's (nobody needs dL/dS of the data), and
+    // their sums over tiles.
+    let per_step: usize = plan.layers[1..]
+        .iter()
+        .map(|lp| {
+            let sums = if lp.splits.len() > 1 { plan.batch_size } else { 0 };
+            (lp.tiles() * lp.micro_batch + sums) * lp.in_capacity * 4
+        })
+        .sum();
+    (BLOCK_PARTIALS_BYTES / per_step.max(1)).saturating_sub(1).clamp(2, t_steps.max(2))
+}
+
+/// Floats of layer `li`'s `part_sum` (see [`LayerRt::part_sum`]) for backward blocks of
+/// `block` steps and batches of `batch` samples: none for the first layer, a layer of one tile
+/// per replica, or a backward pass step by step.
+pub(super) fn part_sum_len(li: usize, lp: &LayerPlan, block: usize, batch: usize) -> usize {
+    if li == 0 || lp.splits.len() < 2 || block < 2 {
+        0
+    } else {
+        (block + 1) * batch * lp.in_capacity
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Params;
+
+    /// Every tile's arena starts on a cache line, however the allocator aligned the words.
+    #[test]
+    fn arenas_start_on_a_cache_line() {
+        let words = vec![0u32; 64];
+        for skip in 0..16 {
+            let part = &words[skip..];
+            let start = cache_aligned(part);
+            assert!(start < CACHE_LINE / 4);
+            assert_eq!(part[start..].as_ptr() as usize % CACHE_LINE, 0);
+        }
+        let mut cfg = crate::config::test_config();
+        cfg.hidden = vec![40];
+        let mut engine = TiledEngine::new(&cfg, &Params::init(&cfg, 1), 1).unwrap();
+        for lr in &mut engine.layers {
+            for home in lr.tiles.get_mut().iter() {
+                assert_eq!(home.arena[home.start..].as_ptr() as usize % CACHE_LINE, 0);
+            }
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! The work units of a batch (replicas, replica groups, tile columns) and their assignment to
+//! threads by measured cost.
+
+use super::TiledEngine;
+use crate::engine::schedule;
+use std::sync::atomic::Ordering;
+
+/// The work units of a batch and which of them each thread runs.
+pub(super) struct Units {
+    /// Replica units `(l, r)` (exchange phases).
+    pub(super) replica: Vec<(usize, usize)>,
+    /// Replica-group units `(l, p, g)` (compute phases).
+    pub(super) group: Vec<(usize, usize, usize)>,
+    /// Column units `(l, p)` (update).
+    pub(super) column: Vec<(usize, usize)>,
+    /// Per thread and layer, by [`Measured`] phase: indices into `group` (running ahead), into
+    /// `replica` (merging) and into `group` (backward blocks).
+    pub(super) mine_layer: Vec<Vec<[Vec<usize>; 3]>>,
+    /// Per thread: indices into `group` for the backward step by step (all layers at once).
+    pub(super) mine_steps: Vec<Vec<usize>>,
+    /// Per thread: indices into `column`.
+    pub(super) mine_columns: Vec<Vec<usize>>,
+}
+
+/// The units of one phase, by thread (see [`Units::list`]).
+#[derive(Clone, Copy)]
+pub(super) enum Lists {
+    /// Layer `l`'s units of a phase measured for the schedule (the backward blocks' and the
+    /// forward compute's are replica groups, the forward exchange's replicas; the sums of the
+    /// partials run on the forward exchange's lists).
+    Layer(usize, Measured),
+    /// The backward pass step by step: every layer's replica groups.
+    Steps,
+    /// The update: tile columns.
+    Columns,
+}
+
+impl Units {
+    /// Thread `tid`'s units of `lists` (indices into [`Units::replica`], [`Units::group`] or
+    /// [`Units::column`]).
+    pub(super) fn list(&self, tid: usize, lists: Lists) -> &[usize] {
+        match lists {
+            Lists::Layer(l, k) => &self.mine_layer[tid][l][k as usize],
+            Lists::Steps => &self.mine_steps[tid],
+            Lists::Columns => &self.mine_columns[tid],
+        }
+    }
+
+    /// How many units of the kind `lists` lists there are (for the trace).
+    pub(super) fn count(&self, lists: Lists) -> usize {
+        match lists {
+            Lists::Layer(_, Measured::ForwardExchange) => self.replica.len(),
+            Lists::Layer(..) | Lists::Steps => self.group.len(),
+            Lists::Columns => self.column.len(),
+        }
+    }
+}
+
+/// The phases whose units' times are measured to schedule the next batch (index into
+/// [`TiledEngine::unit_ns`] and [`Units::mine_layer`]).
+#[derive(Clone, Copy)]
+pub(super) enum Measured {
+    ForwardCompute = 0,
+    ForwardExchange = 1,
+    BackwardCompute = 2,
+}
+
+impl TiledEngine {
+    /// The work units of this engine and their assignment to `threads` threads, by estimated
+    /// cost (see [`schedule::assign`]): for the compute units, the time they took in the last
+    /// training batch. The assignment changes no result, only which core does the work.
+    pub(super) fn units(&self, threads: usize) -> Units {
+        let mut replica = Vec::new();
+        let mut group = Vec::new();
+        let mut column = Vec::new();
+        let (mut rc, mut gc, mut cc) = (Vec::new(), Vec::new(), Vec::new());
+        for (l, lr) in self.layers.iter().enumerate() {
+            let lp = &lr.plan;
+            let (m, p_count) = (lp.micro_batch as u64, lr.p() as u64);
+            let fan_in = (lp.in_capacity + if lp.recurrent { lp.capacity } else { 0 }) as u64;
+            for r in 0..lp.replicas {
+                replica.push((l, r));
+                rc.push(m * p_count);
+            }
+            for (p, &(_, n)) in lp.splits.iter().enumerate() {
+                for g in 0..lr.groups() {
+                    group.push((l, p, g));
+                    gc.push(lr.group(g).len() as u64 * m * fan_in * n as u64);
+                }
+                column.push((l, p));
+                let width = lp.inputs + if lp.recurrent { lp.width } else { 0 };
+                cc.push((width * n) as u64 * (lp.replicas as u64 + 2));
+            }
+        }
+        // Measured costs, once every unit has been measured: the static estimates above cannot
+        // know how active each layer is.
+        let measured: [Vec<u64>; 3] = self
+            .unit_ns
+            .each_ref()
+            .map(|counters| counters.iter().map(|c| c.swap(0, Ordering::Relaxed)).collect());
+        let costs = |k: usize, units: &[usize]| -> Vec<u64> {
+            let statics = if k % 2 == 0 { &gc } else { &rc };
+            let m = &measured[k];
+            if units.iter().all(|&i| m[i] > 0) {
+                units.iter().map(|&i| m[i]).collect()
+            } else {
+                units.iter().map(|&i| statics[i]).collect()
+            }
+        };
+        let threads = threads.max(1);
+        let mut mine_layer: Vec<Vec<[Vec<usize>; 3]>> =
+            vec![vec![Default::default(); self.layers.len()]; threads];
+        // Forward and backward blocks: each layer's units on their own (the layers run one
+        // after the other).
+        for l in 0..self.layers.len() {
+            let groups: Vec<usize> = (0..group.len()).filter(|&i| group[i].0 == l).collect();
+            let replicas = (0..replica.len()).filter(|&i| replica[i].0 == l).collect();
+            for (k, units) in [groups.clone(), replicas, groups].iter().enumerate() {
+                let plan = schedule::assign(&costs(k, units), threads);
+                for (tid, picked) in plan.into_iter().enumerate() {
+                    let picked: Vec<usize> = picked.into_iter().map(|j| units[j]).collect();
+                    mine_layer[tid][l][k] = picked;
+                }
+            }
+        }
+        // Backward step by step: every layer's units in each step's phase.
+        let all: Vec<usize> = (0..group.len()).collect();
+        let mine_steps =
+            schedule::assign(&costs(Measured::BackwardCompute as usize, &all), threads);
+        let mine_columns = schedule::assign(&cc, threads);
+        Units { replica, group, column, mine_layer, mine_steps, mine_columns }
+    }
+}
