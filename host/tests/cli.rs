@@ -446,6 +446,20 @@ fn bad_flags_are_refused_with_the_flag_named() {
             .failure()
             .stderr(predicate::str::contains("--init-gain"));
     }
+    // A negative number is a value, so the flag's own check explains what is wrong (clap alone
+    // would call `-1` an unexpected argument).
+    for (flag, says) in [("--lr", "--lr must be"), ("--duration", "--duration must be")] {
+        spiketile()
+            .args(["train", flag, "-1"])
+            .assert()
+            .failure()
+            .stderr(predicate::str::contains(says));
+    }
+    spiketile()
+        .args(["bench", "--steps", "0"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("at least 1"));
 }
 
 #[test]

@@ -26,44 +26,44 @@ pub struct ModelArgs {
     #[arg(long, default_value_t = 100)]
     pub time_steps: usize,
     /// Seconds of each sample binned onto the time steps.
-    #[arg(long, default_value_t = 1.4)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1.4)]
     pub duration: f64,
     /// Membrane decay per step.
-    #[arg(long, default_value_t = 0.95)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.95)]
     pub alpha: f32,
     /// Firing threshold.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1.0)]
     pub threshold: f32,
     /// SuperSpike surrogate steepness.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 10.0)]
     pub beta: f32,
     /// Loss on output spike counts.
     #[arg(long, default_value = "ce-count", value_parser = ["ce-count", "mse-count"])]
     pub loss: String,
     /// Spike buffer capacity as a fraction of each layer's width (1 = exact mode).
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.1)]
     pub max_activity: f64,
     /// Gradient window under threshold; `inf` for exact mode.
-    #[arg(long, default_value = "0.1", value_parser = parse_window)]
+    #[arg(long, allow_negative_numbers = true, default_value = "0.1", value_parser = parse_window)]
     pub window: f32,
     /// Spike buffer capacity of the output layer as a fraction of its width (1 = every output
     /// spike counts; the readout is small).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1.0)]
     pub output_max_activity: f64,
     /// Gradient window of the output layer; `inf` (default) = surrogate at every output neuron.
-    #[arg(long, default_value = "inf", value_parser = parse_window)]
+    #[arg(long, allow_negative_numbers = true, default_value = "inf", value_parser = parse_window)]
     pub output_window: f32,
     /// Optimizer.
     #[arg(long, default_value = "adam", value_parser = ["adam", "sgd"])]
     pub optimizer: String,
     /// Learning rate.
-    #[arg(long, default_value_t = 5e-3)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 5e-3)]
     pub lr: f32,
     /// Samples per optimizer step.
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
     /// Scale of the initial weights: U(-a, a) with a = gain / sqrt(fan-in).
-    #[arg(long, default_value_t = crate::model::INIT_GAIN)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = crate::model::INIT_GAIN)]
     pub init_gain: f32,
     /// Planner limit: at most this many neurons per tile.
     #[arg(long)]
@@ -95,6 +95,14 @@ fn flag_value(v: &serde_json::Value) -> String {
         Value::Array(items) => items.iter().map(flag_value).collect::<Vec<_>>().join(","),
         Value::Null => "none".into(),
         other => other.to_string(),
+    }
+}
+
+/// A count of at least 1 (`bench --steps`, `--trace-steps`).
+pub fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("expected a whole number of at least 1, got {s:?}")),
     }
 }
 

@@ -36,17 +36,17 @@ pub struct BenchArgs {
     #[command(flatten)]
     pub shape: ShapeArgs,
     /// Fraction of input channels spiking per step.
-    #[arg(long, default_value_t = 0.05, value_parser = parse_fraction)]
+    #[arg(long, default_value_t = 0.05, value_parser = parse_fraction, allow_negative_numbers = true)]
     pub activity: f64,
-    /// Timed training steps (batches).
-    #[arg(long, default_value_t = 5)]
+    /// Timed training steps (batches), at least 1.
+    #[arg(long, default_value_t = 5, value_parser = super::args::at_least_one)]
     pub steps: usize,
     /// Untimed steps first.
     #[arg(long, default_value_t = 1)]
     pub warmup: usize,
     /// Keep taking timed steps (at least --steps) until this many seconds have been timed: a
     /// sweep then times its small and large points over similar stretches of time.
-    #[arg(long, default_value_t = 0.0, value_parser = parse_seconds)]
+    #[arg(long, default_value_t = 0.0, value_parser = parse_seconds, allow_negative_numbers = true)]
     pub min_time: f64,
     /// Seed of the weights and the random input.
     #[arg(long, default_value_t = 0)]
@@ -62,7 +62,7 @@ pub struct BenchArgs {
     #[arg(long, conflicts_with = "sweep")]
     pub trace: Option<PathBuf>,
     /// Timed steps (batches) traced with --trace.
-    #[arg(long, default_value_t = 2, requires = "trace")]
+    #[arg(long, default_value_t = 2, requires = "trace", value_parser = super::args::at_least_one)]
     pub trace_steps: usize,
     /// Measure this many times and report the median samples/s with the range; a sweep runs
     /// its points in turn, round after round, so that a machine whose speed drifts affects every
@@ -184,7 +184,7 @@ pub fn measure(
     let mut layers = vec![LayerStats::default(); cfg.hidden.len() + 1];
     let mut steps = 0;
     let mut seconds = 0.0;
-    while steps < args.steps.max(1) || seconds < args.min_time {
+    while steps < args.steps || seconds < args.min_time {
         steps += 1;
         let batch = next_batch();
         let started = Instant::now();

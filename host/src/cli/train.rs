@@ -87,7 +87,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub trace: Option<PathBuf>,
     /// Training steps (batches) traced with --trace.
-    #[arg(long, default_value_t = 2, requires = "trace")]
+    #[arg(long, default_value_t = 2, requires = "trace", value_parser = super::args::at_least_one)]
     pub trace_steps: usize,
 }
 
@@ -130,8 +130,12 @@ pub fn run(args: TrainArgs) -> Result<()> {
         ),
         None => None,
     };
-    if let Some(s) = &resumed {
-        args.model.warn_ignored(&s.run.model, "--resume continues the saved run's model");
+    match &resumed {
+        Some(s) => {
+            args.model.warn_ignored(&s.run.model, "--resume continues the saved run's model")
+        }
+        // The model flags' own checks before the data is read (the data's shape comes later).
+        None => drop(args.model.config(1, 2)?),
     }
     let init = match &args.init {
         Some(path) => Some(InitWeights::load(path)?),
