@@ -52,6 +52,3 @@ pub use surrogate::Surrogate;
 pub use tile::{
     OutBuffers, SharedGrads, SharedWeights, StepInput, Tile, TileConfig, TileLayout, TileStats,
 };
-
-#[cfg(test)]
-mod tile_tests;

@@ -1,21 +1,22 @@
 //! The bulk-synchronous tile engine (SPEC §3).
 //!
 //! Every layer is planned onto tiles ([`crate::plan`]); each tile is a cache-line-aligned arena of
-//! exactly its footprint that the core's [`spiketile_core::Tile`] re-attaches to whenever it runs. One batch is a
-//! fixed sequence of *phases* separated by a [`super::barrier::SpinBarrier`]; inside a phase, every worker thread
-//! runs the work units [`super::schedule::assign`] gave it (by their measured cost in the last
-//! batch, the same units from batch to batch, so a tile's memory stays in one core's cache). The
-//! replicas of a tile column `(l, p)` are split into at most [`REPLICA_GROUPS`] contiguous
-//! *groups* `(l, p, g)`; a group's first replica is its leader, whose gradient buffers the others
-//! accumulate into. Every replica's tiles read one copy of their column's weights, which the
-//! update writes from replica 0 (the only one whose own weights and optimizer state are kept:
-//! the others' weights would be bit-identical copies, so they are neither copied nor touched).
+//! exactly its footprint that the core's [`Tile`] re-attaches to whenever it runs. One batch is
+//! a fixed sequence of *phases* separated by a [`SpinBarrier`]; inside a phase, every worker
+//! thread runs the work units [`super::schedule::assign`] gave it (by their measured cost in the
+//! last batch, the same units from batch to batch, so a tile's memory stays in one core's
+//! cache). The replicas of a tile column `(l, p)` are split into at most [`REPLICA_GROUPS`]
+//! contiguous *groups* `(l, p, g)`; a group's first replica is its leader, whose gradient buffers
+//! the others accumulate into. Every replica's tiles read one copy of their column's weights,
+//! which the update writes from replica 0 (the only one whose own weights and optimizer state
+//! are kept: the others' weights would be bit-identical copies, so they are neither copied nor
+//! touched).
 //!
 //! The math is one superstep per time step (SPEC §1, §3); the phases group many supersteps where
 //! that changes no result. Forward, layer by layer: the tiles of a feed-forward layer run every
 //! step at once, taking their spikes as kept, and the merge then checks that guess step by step
-//! (`merge_ahead`). Backward, in blocks of steps from the end
-//! ([`TiledEngine::backward_block`]), layer by layer (top down) within a block, each tile gathering its
+//! (`merge_ahead`). Backward, in blocks of steps from the end ([`TiledEngine::backward_block`]),
+//! layer by layer (top down) within a block, each tile gathering its
 //! `dL/dS` from the partials of the layer above (summed over that layer's tiles first, where it
 //! has several per replica: `sum_partials`). With a recurrent layer, which exchanges with
 //! itself every step, its forward runs in lockstep inside the merge and the backward runs step
@@ -62,6 +63,8 @@ use crate::plan::Plan;
 use anyhow::{anyhow, ensure, Result};
 use spiketile_core::{Optimizer, TileConfig, TileLayout, TileStats};
 use std::sync::atomic::AtomicU64;
+#[cfg(doc)]
+use {super::barrier::SpinBarrier, spiketile_core::Tile};
 
 pub use crate::plan::REPLICA_GROUPS;
 
@@ -81,8 +84,8 @@ pub struct TiledEngine {
     /// Nanoseconds each unit spent in each `Measured` phase in the last training batch: the
     /// schedule's cost estimate for the next one (zeros: no measurement yet).
     unit_ns: [Vec<AtomicU64>; 3],
-    /// Per layer: whether its tiles run all steps ahead of the merge in the next batch (feed-forward
-    /// layers that dropped no spike in the last batch).
+    /// Per layer: whether its tiles run all steps ahead of the merge in the next batch
+    /// (feed-forward layers that dropped no spike in the last batch).
     ahead: Vec<bool>,
     /// Backward steps per block (`layer::backward_block`): the backward pass runs the steps in
     /// blocks of this many from the end, one layer after the other (top down) within a block,
@@ -236,10 +239,10 @@ impl Engine for TiledEngine {
     }
 
     /// Replica 0's tiles write everything but their input histories (the engine keeps the
-    /// source buffers: [`spiketile_core::Tile::forward_external`]); the group leaders' tiles also leave their
+    /// source buffers: [`Tile::forward_external`]); the group leaders' tiles also leave their
     /// weights and optimizer state alone (every replica reads the column's weights), and the
-    /// other replicas' tiles their gradients too (they accumulate into their leader's). Counted by
-    /// whole regions, not pages. The buffers are every `Shared` buffer of the engine.
+    /// other replicas' tiles their gradients too (they accumulate into their leader's). Counted
+    /// by whole regions, not pages. The buffers are every `Shared` buffer of the engine.
     fn memory(&mut self) -> Option<EngineMemory> {
         let mut bytes = 0;
         let mut buffers = 4 * (self.counts.len() + self.dldc.len());

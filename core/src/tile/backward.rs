@@ -1,0 +1,193 @@
+//! The backward step: the adjoints, the weight gradients and the partial `dL/dS` the tile sends
+//! to its source layer (and, if recurrent, to its own).
+
+use super::{slot_view, SharedGrads, SharedWeights, StepInput, Tile};
+use crate::rows::scatter_add;
+use crate::spikes::SpikeView;
+use crate::TileError;
+
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).fold(0.0, |s, (x, y)| s + x * y)
+}
+
+impl<'a> Tile<'a> {
+    /// Where the driver writes `dL/dS_l[t]` for sample `b` before [`Tile::backward`]: entry `k`
+    /// belongs to `out_buffer(t, b).ids[k]` (only the first `n_grad` entries are read).
+    pub fn dlds_mut(&mut self, b: usize) -> &mut [f32] {
+        let kt = self.cfg.own_capacity();
+        &mut self.dlds[b * kt..(b + 1) * kt]
+    }
+
+    /// Backward compute of step `t` (call for `t = T-1` down to 0) for sample `b`.
+    ///
+    /// Reads [`Tile::dlds_mut`], updates the adjoints `g = dL/du`, accumulates `dL/dW` (and
+    /// `dL/dV`), and writes the tile's partial `dL/dS_{l-1}[t-1]` at `in_buffer(t, b)`'s gradient
+    /// set into [`Tile::src_partials`] (and `dL/dS_l[t-1]` at `rec_buffer(t, b)`'s into
+    /// [`Tile::rec_partials`]).
+    pub fn backward(&mut self, t: usize, b: usize) -> Result<(), TileError> {
+        self.backward_with(t, b, true)
+    }
+
+    /// [`Tile::backward`], skipping the source-layer partials when `source_partials` is false
+    /// (the first hidden layer: nobody needs `dL/dS` of the data).
+    pub fn backward_with(
+        &mut self,
+        t: usize,
+        b: usize,
+        source_partials: bool,
+    ) -> Result<(), TileError> {
+        self.backward_shared(t, b, source_partials, None, None)
+    }
+
+    /// [`Tile::backward_with`], reading the weights (for the partial `dL/dS`) from `shared`
+    /// instead of the tile's own copy (see [`Tile::forward_shared`]) and, with `grads`,
+    /// accumulating the weight gradients there instead of in the tile's own memory (so that the
+    /// replicas of a tile sum into one buffer). `BadInput` if a shape differs from the tile's.
+    pub fn backward_shared(
+        &mut self,
+        t: usize,
+        b: usize,
+        source_partials: bool,
+        shared: Option<SharedWeights<'_>>,
+        grads: Option<SharedGrads<'_>>,
+    ) -> Result<(), TileError> {
+        self.check_backward(t, b, &shared, &grads)?;
+        // The step's source buffers are read from the histories while the rest of the tile
+        // changes: the histories are set aside meanwhile (the slices, not their contents).
+        let in_hist = core::mem::take(&mut self.in_hist);
+        let rec_hist = core::mem::take(&mut self.rec_hist);
+        let input = slot_view(&in_hist[self.in_slot(t, b)..]);
+        let rec = if self.cfg.recurrent {
+            slot_view(&rec_hist[self.rec_slot(t, b)..])
+        } else {
+            SpikeView::EMPTY
+        };
+        self.backward_step(t, b, StepInput { input, rec }, source_partials, shared, grads);
+        self.in_hist = in_hist;
+        self.rec_hist = rec_hist;
+        Ok(())
+    }
+
+    /// The checks of a backward step: `(t, b)` in range, the shapes of the shared weights and
+    /// gradient buffers.
+    pub(super) fn check_backward(
+        &self,
+        t: usize,
+        b: usize,
+        shared: &Option<SharedWeights<'_>>,
+        grads: &Option<SharedGrads<'_>>,
+    ) -> Result<(), TileError> {
+        self.check_tb(t, b)?;
+        self.check_shared(shared)?;
+        match grads {
+            Some(gr) if gr.dw.len() != self.dw.len() || gr.dv.len() != self.dv.len() => {
+                Err(TileError::BadInput)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The backward step after every check, with the source buffers the forward step integrated.
+    pub(super) fn backward_step(
+        &mut self,
+        t: usize,
+        b: usize,
+        step_in: StepInput<'_>,
+        source_partials: bool,
+        shared: Option<SharedWeights<'_>>,
+        grads: Option<SharedGrads<'_>>,
+    ) {
+        let cfg = self.cfg;
+        let n = cfg.neurons;
+        let kt = cfg.own_capacity();
+        let alpha = self.params.lif.alpha;
+        let theta = self.params.lif.theta;
+        let step = self.step_index(t, b);
+        let g = &mut self.g[b * n..(b + 1) * n];
+        if t + 1 == cfg.time_steps {
+            g.fill(0.0);
+        }
+        for x in g.iter_mut() {
+            *x *= alpha;
+        }
+        let out = slot_view(&self.out_hist[step * (kt + 2)..]);
+        for &i in out.spikes() {
+            g[i as usize] = 0.0;
+        }
+        let uh = &self.u_hist[step * kt..];
+        let dlds = &self.dlds[b * kt..];
+        for (k, &i) in out.ids.iter().enumerate() {
+            let sp = self.params.surrogate.grad(uh[k], theta);
+            g[i as usize] += sp * dlds[k];
+        }
+        let one_minus = 1.0 - alpha;
+        for (c, &x) in self.c.iter_mut().zip(g.iter()) {
+            *c = one_minus * x;
+        }
+        let (input, rec) = (step_in.input, step_in.rec);
+        let (dw, dv): (&mut [f32], &mut [f32]) = match grads {
+            Some(gr) => (gr.dw, gr.dv),
+            None => (&mut *self.dw, &mut *self.dv),
+        };
+        scatter_add(dw, self.c, input.spikes());
+        let (w, v): (&[f32], &[f32]) = match &shared {
+            Some(sh) => (sh.w, sh.v),
+            None => (self.w, self.v),
+        };
+        if source_partials {
+            let p = &mut self.src_partials[b * cfg.in_capacity..];
+            for (p, &j) in p.iter_mut().zip(input.ids) {
+                let j = j as usize;
+                *p = dot(&w[j * n..(j + 1) * n], self.c);
+            }
+        }
+        if cfg.recurrent {
+            scatter_add(dv, self.c, rec.spikes());
+            let p = &mut self.rec_partials[b * cfg.layer_capacity..];
+            for (p, &j) in p.iter_mut().zip(rec.ids) {
+                let j = j as usize;
+                *p = dot(&v[j * n..(j + 1) * n], self.c);
+            }
+        }
+    }
+
+    /// Asks the CPU to start loading what [`Tile::backward`] of step `t`, sample `b` reads first
+    /// from the histories (its own buffer, its membranes there, the input buffer), so that a
+    /// driver can overlap those loads with the work before. A hint: it changes no result, and
+    /// an out-of-range `(t, b)` is ignored.
+    #[inline]
+    pub fn prefetch_backward(&self, t: usize, b: usize) {
+        if self.check_tb(t, b).is_err() {
+            return;
+        }
+        self.prefetch_own_history(t, b);
+        crate::simd::prefetch(&self.in_hist[self.in_slot(t, b)]);
+    }
+
+    /// The hints of [`Tile::prefetch_backward`] for the tile's own buffer and its membranes;
+    /// `(t, b)` in range.
+    #[inline]
+    pub(super) fn prefetch_own_history(&self, t: usize, b: usize) {
+        let kt = self.cfg.own_capacity();
+        crate::simd::prefetch(&self.out_hist[self.out_slot(t, b)]);
+        crate::simd::prefetch(&self.u_hist[self.step_index(t, b) * kt]);
+    }
+
+    /// This tile's partial `dL/dS_{l-1}[t-1]` for sample `b` after [`Tile::backward`] at `t`:
+    /// entry `k` belongs to `in_buffer(t, b).ids[k]`.
+    pub fn src_partials(&self, b: usize) -> &[f32] {
+        let k = self.cfg.in_capacity;
+        &self.src_partials[b * k..(b + 1) * k]
+    }
+
+    /// This tile's partial `dL/dS_l[t-1]` through the recurrent weights: entry `k` belongs to
+    /// `rec_buffer(t, b).ids[k]`. Empty if not recurrent.
+    pub fn rec_partials(&self, b: usize) -> &[f32] {
+        if !self.cfg.recurrent {
+            return &[];
+        }
+        let k = self.cfg.layer_capacity;
+        &self.rec_partials[b * k..(b + 1) * k]
+    }
+}
