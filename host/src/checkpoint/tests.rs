@@ -2,8 +2,8 @@
 //! can be broken.
 
 use super::*;
-use safetensors::{Dtype, SafeTensors};
 use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
 use std::collections::HashMap;
 
 fn tensor(shape: &[usize], seed: u32) -> Tensor {
