@@ -14,7 +14,7 @@ use std::time::Instant;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use spiketile::data::shd::{self, LoadOptions};
-use spiketile::data::{bin_sample, Binning, EventDataset, Sample};
+use spiketile::data::{bin_sample, Binning, EventDataset, Sample, TimeUnit};
 
 const GENERATE_ENV: &str = "LOAD_SHD_GENERATE";
 const SAMPLES: usize = 8_156;
@@ -34,8 +34,13 @@ fn generate(path: &Path, n: usize) {
             Sample { times, units, label: (i % CLASSES) as u16 }
         })
         .collect();
-    let data =
-        EventDataset { name: "load_shd".into(), channels: CHANNELS, classes: CLASSES, samples };
+    let data = EventDataset {
+        name: "load_shd".into(),
+        channels: CHANNELS,
+        classes: CLASSES,
+        time_unit: TimeUnit::Seconds,
+        samples,
+    };
     shd::write(path, &data).expect("write the benchmark file");
 }
 
@@ -72,7 +77,7 @@ fn main() {
     let t = Instant::now();
     let (data, report) = shd::load(&path, &LoadOptions::default()).expect("load");
     let load_s = t.elapsed().as_secs_f64();
-    let binning = Binning { time_steps: 100, duration: 1.4 };
+    let binning = Binning { time_steps: 100, duration: 1.4, unit: TimeUnit::Seconds };
     let t_bin = Instant::now();
     let mut spikes = 0usize;
     for s in &data.samples {

@@ -6,9 +6,15 @@ use assert_cmd::Command;
 use predicates::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use spiketile::data::camera::{seconds, CameraEvent, PixelMap, Split};
+use spiketile::data::camera::{CameraEvent, PixelMap, Split};
 use spiketile::data::dvsgesture;
+use spiketile::data::TimeUnit;
 use std::path::Path;
+
+/// A camera timestamp as a sample stores it: whole microseconds in an f32.
+fn us(t: u64) -> f32 {
+    t as f32
+}
 
 fn spiketile() -> Command {
     Command::cargo_bin("spiketile").unwrap()
@@ -134,13 +140,14 @@ fn round_trip_exact_events_with_overflow_and_skipped_packets() {
     let (data, warnings) = dvsgesture::load(root, Split::Train, &map, true).unwrap();
     assert!(warnings.is_empty(), "{warnings:?}");
     assert_eq!((data.channels, data.classes, data.samples.len()), (32768, 11, 3));
+    assert_eq!(data.time_unit, TimeUnit::Microseconds);
     let s = &data.samples;
     assert_eq!([s[0].label, s[1].label, s[2].label], [1, 10, 0]);
     assert_eq!(s[0].units, [0, 16384 + 127, 16384 + 127 * 128]);
-    assert_eq!(s[0].times, [seconds(0), seconds(500), seconds(1_000)]);
+    assert_eq!(s[0].times, [us(0), us(500), us(1_000)]);
     assert_eq!(s[1].units, [16384 + 4 * 128 + 3, 6 * 128 + 5, 16384 + 127 * 128 + 127]);
-    assert_eq!(s[1].times, [seconds(50), seconds(big + 10 - 2_150), seconds(big + 20 - 2_150)]);
-    assert_eq!(s[2].times, [seconds(10), seconds(20), seconds(500)]);
+    assert_eq!(s[1].times, [us(50), us(big + 10 - 2_150), us(big + 20 - 2_150)]);
+    assert_eq!(s[2].times, [us(10), us(20), us(500)]);
     assert_eq!(s[2].units[2], 32 * 128 + 64);
 
     // Pooled 4x4 with merged polarities: 32 x 32 cells.

@@ -6,9 +6,15 @@ use assert_cmd::Command;
 use predicates::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use spiketile::data::camera::{seconds, CameraEvent, PixelMap, Split};
+use spiketile::data::camera::{CameraEvent, PixelMap, Split};
 use spiketile::data::nmnist;
+use spiketile::data::TimeUnit;
 use std::path::Path;
+
+/// A camera timestamp as a sample stores it: whole microseconds in an f32.
+fn us(t: u64) -> f32 {
+    t as f32
+}
 
 fn spiketile() -> Command {
     Command::cargo_bin("spiketile").unwrap()
@@ -71,14 +77,12 @@ fn round_trip_exact_events_including_counter_wrap() {
     let map = PixelMap::new(34, 34, 1, false).unwrap();
     let data = nmnist::load(root, Split::Train, &map).unwrap();
     assert_eq!((data.channels, data.classes, data.samples.len()), (2312, 10, 3));
+    assert_eq!(data.time_unit, TimeUnit::Microseconds);
     let labels: Vec<u16> = data.samples.iter().map(|s| s.label).collect();
     assert_eq!(labels, [3, 3, 7]);
     assert_eq!(data.samples[0].units, [0, 1156 + 33, 1156 + 33 * 34, 33 * 34 + 33]);
-    assert_eq!(
-        data.samples[0].times,
-        [seconds(0), seconds(1), seconds(0x01_2345), seconds(299_999)]
-    );
-    assert_eq!(data.samples[1].times[1], seconds((1 << 23) + 2));
+    assert_eq!(data.samples[0].times, [us(0), us(1), us(0x01_2345), us(299_999)]);
+    assert_eq!(data.samples[1].times[1], us((1 << 23) + 2));
     let test = nmnist::load(root, Split::Test, &map).unwrap();
     assert_eq!(test.samples.len(), 1);
     assert_eq!(test.samples[0].label, 0);

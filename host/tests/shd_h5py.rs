@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 
 use spiketile::data::shd::{self, LoadOptions};
-use spiketile::data::{EventDataset, Sample};
+use spiketile::data::{EventDataset, Sample, TimeUnit};
 use tempfile::TempDir;
 
 fn python(script: &str, path: &Path) -> String {
@@ -91,6 +91,7 @@ fn h5py_reads_what_we_write() {
         name: "ours".into(),
         channels: 700,
         classes: 20,
+        time_unit: TimeUnit::Seconds,
         samples: vec![
             Sample { times: vec![0.0, 0.5, 1.25], units: vec![0, 699, 5], label: 19 },
             Sample { times: vec![], units: vec![], label: 0 },

@@ -15,7 +15,7 @@ use hdf5::{File, H5Type};
 use predicates::prelude::*;
 use spiketile::data::shd::{self, LoadOptions};
 use spiketile::data::synthetic::{generate, SynthConfig};
-use spiketile::data::{EventDataset, Sample};
+use spiketile::data::{EventDataset, Sample, TimeUnit};
 use tempfile::TempDir;
 
 /// File names in `dir`, sorted.
@@ -53,7 +53,13 @@ fn exact_dataset() -> EventDataset {
         units: vec![699, 0, 12],
         label: 19,
     };
-    EventDataset { name: "exact".into(), channels: 700, classes: 20, samples }
+    EventDataset {
+        name: "exact".into(),
+        channels: 700,
+        classes: 20,
+        time_unit: TimeUnit::Seconds,
+        samples,
+    }
 }
 
 #[test]
@@ -82,6 +88,28 @@ fn round_trip_is_exact() {
     assert_eq!(shd::load(&path, &LoadOptions::default()).unwrap().0.samples, data.samples);
 }
 
+/// A dataset in microseconds (an event camera's) is written in seconds, as SHD stores them.
+#[test]
+fn microsecond_times_are_written_in_seconds() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("camera.h5");
+    let data = EventDataset {
+        name: "camera".into(),
+        channels: 4,
+        classes: 2,
+        time_unit: TimeUnit::Microseconds,
+        samples: vec![Sample {
+            times: vec![0.0, 250_000.0, 1_500_000.0],
+            units: vec![0, 1, 3],
+            label: 1,
+        }],
+    };
+    shd::write(&path, &data).unwrap();
+    let (d, _) = shd::load(&path, &LoadOptions::default()).unwrap();
+    assert_eq!(d.time_unit, TimeUnit::Seconds);
+    assert_eq!(d.samples[0].times, [0.0, 0.25, 1.5]);
+}
+
 #[test]
 fn channels_and_classes_from_options() {
     let dir = TempDir::new().unwrap();
@@ -90,6 +118,7 @@ fn channels_and_classes_from_options() {
         name: "small".into(),
         channels: 10,
         classes: 5,
+        time_unit: TimeUnit::Seconds,
         samples: vec![Sample { times: vec![0.5], units: vec![2], label: 1 }],
     };
     shd::write(&path, &data).unwrap();

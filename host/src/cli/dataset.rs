@@ -191,7 +191,7 @@ pub fn builtin(seed: u64, train: usize, test: usize) -> (EventDataset, EventData
 /// binning drops, are counted and reported in one note (a `--duration` too short for the data
 /// would otherwise lose them silently).
 pub fn bin_all(data: &EventDataset, time_steps: usize, duration: f64) -> Vec<BinnedSample> {
-    let binning = Binning { time_steps, duration };
+    let binning = Binning { time_steps, duration, unit: data.time_unit };
     let (mut late, mut late_samples, mut events) = (0usize, 0usize, 0usize);
     let mut binned = Vec::with_capacity(data.samples.len());
     for s in &data.samples {

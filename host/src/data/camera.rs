@@ -138,11 +138,6 @@ impl PixelMap {
     }
 }
 
-/// Microseconds to seconds, as stored in a [`super::Sample`] (computed in f64, then rounded once).
-pub fn seconds(us: u64) -> f32 {
-    (us as f64 * 1e-6) as f32
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

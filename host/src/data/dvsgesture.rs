@@ -13,7 +13,8 @@
 //! `X_labels.csv` belongs to `X.aedat`: a header line `class,startTime_usec,endTime_usec`, then
 //! one line per labelled segment of the recording, with 1-based class ids 1 .. 11 (11 = "other
 //! gestures") and the segment's start and end timestamps in microseconds. Every segment becomes one
-//! sample: the events with `start <= t < end`, times relative to `start`, label `class - 1`.
+//! sample: the events with `start <= t < end`, times relative to `start` in whole microseconds
+//! ([`TimeUnit::Microseconds`]), label `class - 1`.
 //! Samples come in the order of the trials list, then of the labels file.
 //!
 //! # AEDAT 3.1
@@ -53,8 +54,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Result};
 
-use super::camera::{seconds, CameraEvent, PixelMap, Split};
-use super::{EventDataset, Sample};
+use super::camera::{CameraEvent, PixelMap, Split};
+use super::{EventDataset, Sample, TimeUnit};
 
 /// Sensor width in pixels.
 pub const WIDTH: usize = 128;
@@ -370,7 +371,7 @@ pub fn segment(
             events.iter().filter(inside).collect()
         };
         samples.push(Sample {
-            times: picked.iter().map(|e| seconds(e.t_us - s.start_us)).collect(),
+            times: picked.iter().map(|e| (e.t_us - s.start_us) as f32).collect(),
             units: picked
                 .iter()
                 .map(|e| map.channel(usize::from(e.x), usize::from(e.y), e.polarity))
@@ -420,6 +421,7 @@ pub fn load(
         name: format!("{} (DVS Gesture {split}, {})", root.display(), map.describe()),
         channels: map.channels(),
         classes: CLASSES,
+        time_unit: TimeUnit::Microseconds,
         samples,
     };
     Ok((data, warnings))

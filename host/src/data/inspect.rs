@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use super::EventDataset;
+use super::{Binning, EventDataset};
 
 /// How many sample indices a warning lists before "...".
 const FIRST_FEW: usize = 8;
@@ -88,6 +88,7 @@ pub fn inspect(data: &EventDataset, duration: f64) -> DatasetStats {
     let mut bad_label = Vec::new();
     let mut bad_unit = Vec::new();
     let mut bad_time = Vec::new();
+    let past_end = Binning { time_steps: 1, duration, unit: data.time_unit };
     for (i, s) in data.samples.iter().enumerate() {
         match class_counts.get_mut(usize::from(s.label)) {
             Some(c) => *c += 1,
@@ -121,9 +122,10 @@ pub fn inspect(data: &EventDataset, duration: f64) -> DatasetStats {
         let last =
             s.times.iter().copied().filter(|t| t.is_finite()).fold(f32::NEG_INFINITY, f32::max);
         if last.is_finite() {
-            durations.push(f64::from(last));
+            durations.push(data.time_unit.seconds(last));
         }
-        let n_past = s.times.iter().filter(|&&t| f64::from(t) >= duration).count();
+        // Past the duration as binning sees it (one step over the whole duration).
+        let n_past = s.times.iter().filter(|&&t| t >= 0.0 && past_end.step_of(t).is_none()).count();
         past += n_past;
         samples_past += usize::from(n_past > 0);
     }
@@ -242,7 +244,7 @@ impl fmt::Display for DatasetStats {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::Sample;
+    use crate::data::{Sample, TimeUnit};
 
     fn sample(times: &[f32], units: &[u16], label: u16) -> Sample {
         Sample { times: times.to_vec(), units: units.to_vec(), label }
@@ -254,6 +256,7 @@ mod tests {
             name: "t".into(),
             channels: 4,
             classes: 3,
+            time_unit: TimeUnit::Seconds,
             samples: vec![
                 sample(&[0.1, 0.2, 1.5], &[0, 1, 1], 0),
                 sample(&[0.3], &[2], 1),
@@ -282,7 +285,13 @@ mod tests {
 
     #[test]
     fn empty_dataset_does_not_panic() {
-        let data = EventDataset { name: "e".into(), channels: 0, classes: 0, samples: vec![] };
+        let data = EventDataset {
+            name: "e".into(),
+            channels: 0,
+            classes: 0,
+            time_unit: TimeUnit::Seconds,
+            samples: vec![],
+        };
         let s = inspect(&data, 1.4);
         assert!(s.warnings.iter().any(|w| w.contains("no samples")));
         let _ = s.to_string();

@@ -13,10 +13,38 @@ pub mod nmnist;
 pub mod shd;
 pub mod synthetic;
 
-/// One labelled sample: events kept sparse, times in seconds, channel ids.
+/// The unit of a dataset's event times ([`Sample::times`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TimeUnit {
+    /// Seconds: SHD files (float16 widened to f32) and the built-in data.
+    #[default]
+    Seconds,
+    /// Whole microseconds: event-camera timestamps, exact in f32 below 2^24 µs (16.7 s), so that
+    /// an event on a step boundary is binned exactly (in seconds, 9,000 µs is 0.008999999 as an
+    /// f32 and would land one step early at 0.3 s over 100 steps).
+    Microseconds,
+}
+
+impl TimeUnit {
+    /// Time units per second.
+    pub fn per_second(self) -> f64 {
+        match self {
+            TimeUnit::Seconds => 1.0,
+            TimeUnit::Microseconds => 1e6,
+        }
+    }
+
+    /// `t` (in this unit) in seconds.
+    pub fn seconds(self, t: f32) -> f64 {
+        f64::from(t) / self.per_second()
+    }
+}
+
+/// One labelled sample: events kept sparse, times in the dataset's [`TimeUnit`], channel ids.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Sample {
-    /// Event times in seconds (widened to f32; non-finite/negative already removed by loaders).
+    /// Event times in the dataset's [`TimeUnit`] (non-finite/negative already removed by
+    /// loaders).
     pub times: Vec<f32>,
     /// Channel id of each event (same length as `times`).
     pub units: Vec<u16>,
@@ -33,6 +61,8 @@ pub struct EventDataset {
     pub channels: usize,
     /// Number of classes (every label is `< classes`).
     pub classes: usize,
+    /// The unit of the samples' times.
+    pub time_unit: TimeUnit,
     /// The samples, in file order.
     pub samples: Vec<Sample>,
 }
@@ -44,6 +74,8 @@ pub struct Binning {
     pub time_steps: usize,
     /// Seconds mapped onto the `T` steps; events at or past it are dropped.
     pub duration: f64,
+    /// The unit of the times binned.
+    pub unit: TimeUnit,
 }
 
 /// A binned sample: step `t` holds the sorted, de-duplicated channel ids
@@ -66,11 +98,26 @@ impl BinnedSample {
 }
 
 impl Binning {
-    /// The step of an event at `tau` seconds, `floor(tau / duration * T)`; `None` at or past
-    /// `duration` (or before 0).
+    /// The step of an event at `tau` (in [`Binning::unit`]), `floor(tau / duration * T)`; `None`
+    /// at or past `duration` (or before 0).
+    ///
+    /// Seconds are binned with SPEC §4's formula as written, in f64. Whole microseconds are
+    /// binned as `floor(tau * T / D)` with `D` the duration in microseconds (rounded to a whole
+    /// number when it is one up to float noise: `1.4 * 1e6` is 1399999.9999999998): a product and
+    /// one division of whole numbers, so an event on a step boundary lands on it.
     pub fn step_of(&self, tau: f32) -> Option<u32> {
-        let step = (f64::from(tau) / self.duration * self.time_steps as f64).floor();
-        (step >= 0.0 && step < self.time_steps as f64).then_some(step as u32)
+        let t_steps = self.time_steps as f64;
+        let step = match self.unit {
+            TimeUnit::Seconds => f64::from(tau) / self.duration * t_steps,
+            TimeUnit::Microseconds => {
+                let d = self.duration * TimeUnit::Microseconds.per_second();
+                let whole = d.round();
+                let d = if (d - whole).abs() <= 1e-6 && whole > 0.0 { whole } else { d };
+                f64::from(tau) * t_steps / d
+            }
+        }
+        .floor();
+        (step >= 0.0 && step < t_steps).then_some(step as u32)
     }
 }
 
@@ -114,7 +161,7 @@ mod tests {
             units: vec![3, 3, 1, 2, 0, 0],
             label: 4,
         };
-        let b = bin_sample(&s, Binning { time_steps: 10, duration: 1.0 });
+        let b = bin_sample(&s, Binning { time_steps: 10, duration: 1.0, unit: TimeUnit::Seconds });
         assert_eq!(b.step(0), &[1, 3]);
         assert_eq!(b.step(9), &[2]);
         assert_eq!(b.ids.len(), 3);
@@ -126,7 +173,35 @@ mod tests {
         // 0.1875 / 0.3 * 1000 = 625 exactly; with 0.3 rounded to f32 (0.30000001) it would be
         // 624.99997, step 624.
         let s = Sample { times: vec![0.1875], units: vec![0], label: 0 };
-        let b = bin_sample(&s, Binning { time_steps: 1000, duration: 0.3 });
+        let b =
+            bin_sample(&s, Binning { time_steps: 1000, duration: 0.3, unit: TimeUnit::Seconds });
         assert_eq!(b.step(625), &[0]);
+    }
+
+    #[test]
+    fn microsecond_times_on_a_step_boundary_land_on_it() {
+        // 9,000 µs at 0.3 s over 100 steps is step 3 exactly; as f32 seconds (0.008999999) it
+        // would be step 2. 1.4 s is 1399999.9999999998 µs in f64, taken as 1,400,000.
+        let us = |t: u32| t as f32;
+        let s = Sample {
+            times: vec![us(9_000), us(2_999), us(299_999), us(300_000)],
+            units: vec![0, 1, 2, 3],
+            label: 0,
+        };
+        let (b, late) = bin_sample_counting(
+            &s,
+            Binning { time_steps: 100, duration: 0.3, unit: TimeUnit::Microseconds },
+        );
+        assert_eq!((b.step(3), b.step(0), b.step(99), late), (&[0][..], &[1][..], &[2][..], 1));
+        let at = |t: u32, duration: f64, steps: usize| {
+            Binning { time_steps: steps, duration, unit: TimeUnit::Microseconds }.step_of(us(t))
+        };
+        for k in 0..100u32 {
+            assert_eq!(at(k * 14_000, 1.4, 100), Some(k), "1.4 s, boundary {k}");
+            assert_eq!(at(k * 14_000 + 13_999, 1.4, 100), Some(k));
+            assert_eq!(at(k * 3_000, 0.3, 100), Some(k), "0.3 s, boundary {k}");
+            assert_eq!(at(k * 60_000, 6.0, 100), Some(k));
+        }
+        assert_eq!(at(1_400_000, 1.4, 100), None);
     }
 }

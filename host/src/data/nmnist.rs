@@ -40,16 +40,16 @@
 //! such marker occurs in N-MNIST. spiketile skips `y == 240` records as markers, without adding
 //! anything, so that files written by that convention still load; every other `y` must be < 34.)
 //!
-//! Sample times are the timestamps in seconds, from the start of the recording (not shifted to the
-//! first event). The sensor is 34 × 34 pixels with 2 polarities: 2,312 channels, laid out and
+//! Sample times are the timestamps in whole microseconds ([`TimeUnit::Microseconds`]), from the
+//! start of the recording (not shifted to the first event). The sensor is 34 × 34 pixels with 2 polarities: 2,312 channels, laid out and
 //! pooled as described in [`super::camera`].
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Result};
 
-use super::camera::{seconds, CameraEvent, PixelMap, Split};
-use super::{EventDataset, Sample};
+use super::camera::{CameraEvent, PixelMap, Split};
+use super::{EventDataset, Sample, TimeUnit};
 
 /// Sensor width in pixels.
 pub const WIDTH: usize = 34;
@@ -177,7 +177,7 @@ pub fn load(root: &Path, split: Split, map: &PixelMap) -> Result<EventDataset> {
             }
             let events = read_file(&file)?;
             samples.push(Sample {
-                times: events.iter().map(|e| seconds(e.t_us)).collect(),
+                times: events.iter().map(|e| e.t_us as f32).collect(),
                 units: events
                     .iter()
                     .map(|e| map.channel(usize::from(e.x), usize::from(e.y), e.polarity))
@@ -202,6 +202,7 @@ pub fn load(root: &Path, split: Split, map: &PixelMap) -> Result<EventDataset> {
         name: format!("{} (N-MNIST {split}, {})", root.display(), map.describe()),
         channels: map.channels(),
         classes: CLASSES,
+        time_unit: TimeUnit::Microseconds,
         samples,
     })
 }

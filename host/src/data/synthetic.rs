@@ -30,7 +30,7 @@
 //! several threads) and the train and test splits are disjoint draws from the same distribution.
 //! Labels are balanced: sample `i` of either split has label `i % CLASSES`.
 
-use super::{EventDataset, Sample};
+use super::{EventDataset, Sample, TimeUnit};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -88,6 +88,7 @@ pub fn generate(config: &SynthConfig) -> (EventDataset, EventDataset) {
         name: format!("synthetic(seed={}{suffix})", config.seed),
         channels: CHANNELS,
         classes: CLASSES,
+        time_unit: TimeUnit::Seconds,
         samples: render_all(&words, config.seed, split, n),
     };
     (split(TRAIN_SPLIT, config.train_samples, ""), split(TEST_SPLIT, config.test_samples, ", test"))
@@ -336,7 +337,8 @@ mod tests {
     use super::*;
     use crate::data::{bin_sample, Binning};
 
-    const BINNING: Binning = Binning { time_steps: 100, duration: 1.4 };
+    const BINNING: Binning =
+        Binning { time_steps: 100, duration: 1.4, unit: crate::data::TimeUnit::Seconds };
 
     fn small(seed: u64) -> SynthConfig {
         SynthConfig { seed, train_samples: 100, test_samples: 40 }

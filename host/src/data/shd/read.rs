@@ -2,7 +2,7 @@
 //! chunks), and [`load`].
 
 use super::{file_err, list_samples, plural, LoadOptions, LoadReport, CHUNK, MAX_IDS};
-use crate::data::{EventDataset, Sample};
+use crate::data::{EventDataset, Sample, TimeUnit};
 use half::f16;
 use hdf5::types::{FloatSize, IntSize, TypeDescriptor, VarLenArray};
 use hdf5::{Dataset, File, H5Type};
@@ -499,6 +499,7 @@ pub fn load(path: &Path, opts: &LoadOptions) -> anyhow::Result<(EventDataset, Lo
         }
     };
     let classes = classes_opt.unwrap_or(usize::from(max_label) + 1);
-    let data = EventDataset { name: path.display().to_string(), channels, classes, samples };
+    let name = path.display().to_string();
+    let data = EventDataset { name, channels, classes, time_unit: TimeUnit::Seconds, samples };
     Ok((data, report))
 }

@@ -47,7 +47,13 @@ fn validate_for_write(path: &Path, data: &EventDataset) -> anyhow::Result<()> {
                 format_args!("sample {i}: unit id {u} >= channels {}", data.channels),
             ));
         }
-        if let Some(&t) = s.times.iter().find(|&&t| !(t.is_finite() && t >= 0.0 && t <= f16_max)) {
+        let seconds = |t: f32| data.time_unit.seconds(t) as f32;
+        if let Some(t) = s
+            .times
+            .iter()
+            .map(|&t| seconds(t))
+            .find(|&t| !(t.is_finite() && t >= 0.0 && t <= f16_max))
+        {
             return Err(file_err(
                 path,
                 format_args!("sample {i}: time {t} cannot be stored (must be finite, >= 0 and <= {f16_max} for float16)"),
@@ -108,13 +114,16 @@ fn write_hdf5(tmp: &Path, dest: &Path, data: &EventDataset) -> anyhow::Result<()
             spikes.new_dataset::<VarLenArray<f16>>().shape(n).create("times").map_err(h5)?;
         let units =
             spikes.new_dataset::<VarLenArray<u16>>().shape(n).create("units").map_err(h5)?;
+        let unit = data.time_unit;
         let mut start = 0;
         while start < n {
             let end = (start + CHUNK).min(n);
             let chunk = &data.samples[start..end];
             let t: Vec<VarLenArray<f16>> = chunk
                 .iter()
-                .map(|s| s.times.iter().map(|&t| f16::from_f32(t)).collect::<Vec<_>>())
+                .map(|s| {
+                    s.times.iter().map(|&t| f16::from_f64(unit.seconds(t))).collect::<Vec<_>>()
+                })
                 .map(|v| VarLenArray::from_slice(&v))
                 .collect();
             times.write_slice(&t, start..end).map_err(h5)?;
