@@ -462,6 +462,27 @@ fn bad_flags_are_refused_with_the_flag_named() {
         .stderr(predicate::str::contains("at least 1"));
 }
 
+/// `--window` and `--max-activity` are the hidden layers'; given without the output layer's own
+/// flags, a note says what the output layer keeps (SPEC §2 reads as if they applied to every
+/// layer).
+#[test]
+fn hidden_only_flags_say_what_the_output_layer_keeps() {
+    let quick =
+        ["train", "--quiet", "--train-samples", "8", "--test-samples", "0", "--max-steps", "1"];
+    spiketile().args(quick).args(["--window", "0.3"]).assert().success().stderr(
+        predicate::str::contains(
+            "note: --window 0.3 applies to the hidden layers; the output layer keeps \
+             --output-window inf",
+        ),
+    );
+    spiketile()
+        .args(quick)
+        .args(["--window", "0.3", "--output-window", "0.2", "--max-activity", "1"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("note:").not());
+}
+
 #[test]
 fn unwritable_outputs_are_refused_before_any_work() {
     let dir = tempfile::tempdir().unwrap();

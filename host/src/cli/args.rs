@@ -150,6 +150,36 @@ impl ModelArgs {
         }
     }
 
+    /// Notes (on stderr) that `--window` and `--max-activity`, when given, apply to the hidden
+    /// layers only: the output layer has its own flags (full capacity and an infinite window by
+    /// default, see the README's "Readout"), which a reader of SPEC §2 may not expect.
+    pub fn note_output_layer(&self) {
+        let given = |flag: &str| self.given.iter().any(|g| g == flag);
+        let mut hidden = Vec::new();
+        let mut output = Vec::new();
+        if given("window") && !given("output_window") && self.window != self.output_window {
+            hidden.push(format!("--window {}", self.window));
+            output.push(format!("--output-window {}", self.output_window));
+        }
+        if given("max_activity")
+            && !given("output_max_activity")
+            && self.max_activity != self.output_max_activity
+        {
+            hidden.push(format!("--max-activity {}", self.max_activity));
+            output.push(format!("--output-max-activity {}", self.output_max_activity));
+        }
+        if !hidden.is_empty() {
+            eprintln!(
+                "note: {} appl{} to the hidden layers; the output layer keeps {} (give {} to \
+                 change it)",
+                hidden.join(" and "),
+                if hidden.len() == 1 { "ies" } else { "y" },
+                output.join(" and "),
+                if output.len() == 1 { "that flag" } else { "those flags" }
+            );
+        }
+    }
+
     /// [`ModelArgs::config`] without the checks.
     fn unchecked_config(&self, inputs: usize, classes: usize) -> ModelConfig {
         ModelConfig {

@@ -59,6 +59,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         (s.run.model, s.params, s.run.seed)
     } else {
         let (params, inputs, hidden, classes, recurrent) = params_from_tensors(&ck)?;
+        args.model.note_output_layer();
         let mut model = args.model.clone();
         model.hidden = hidden;
         model.recurrent = recurrent;

@@ -135,7 +135,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
             args.model.warn_ignored(&s.run.model, "--resume continues the saved run's model")
         }
         // The model flags' own checks before the data is read (the data's shape comes later).
-        None => drop(args.model.config(1, 2)?),
+        None => {
+            args.model.config(1, 2)?;
+            args.model.note_output_layer();
+        }
     }
     let init = match &args.init {
         Some(path) => Some(InitWeights::load(path)?),
