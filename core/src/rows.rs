@@ -1,6 +1,7 @@
 //! Row kernels of the tile programs: the sparse accumulate of the forward step (sum the weight
-//! rows of the input spikes) and the scatter of the backward step (add one vector to the gradient
-//! rows of the input spikes).
+//! rows of the input spikes), the scatter of the backward step (add one vector to the gradient
+//! rows of the input spikes) and its deferred form, the gather (add to each gradient row, once,
+//! every vector listed for it).
 //!
 //! Weights are input-major (`w[j * n + i]`), so one input spike `j` selects one contiguous row of
 //! `n` floats. Rows of the widths the planner makes for layers split over several tiles (1 to 32
@@ -189,6 +190,127 @@ fn scatter_block<const L: usize>(dw: &mut [f32], x: &[f32], n: usize, c: usize, 
     }
 }
 
+/// `dw[j * n + i] += vecs[k * n + i]` for every row `j < starts.len() - 1` and every `k` of
+/// `uses[starts[j]..starts[j + 1]]`, in that order, with `n` the width of the rows and vectors.
+///
+/// The same additions as one [`scatter_add`] of `vecs[k]` per `k` (each to the rows whose lists
+/// hold `k`), in the order the lists give, so a driver that lists every row's uses in the
+/// order its scatters would have run gets the same gradients bit for bit; but each row is loaded
+/// and stored once for all its uses, which stay in registers, and the vectors are read from a
+/// buffer small enough for L1. Rows without uses are not touched.
+///
+/// ```
+/// use spiketile_core::rows::gather_add;
+/// // Two vectors of two lanes; row 0 gets vector 1, row 2 gets vectors 0 then 1.
+/// let vecs = [1.0, 2.0, 10.0, 20.0];
+/// let mut dw = [0.5; 6];
+/// gather_add(&mut dw, 2, &vecs, &[0, 1, 1, 3], &[1, 0, 1]);
+/// assert_eq!(dw, [10.5, 20.5, 0.5, 0.5, 11.5, 22.5]);
+/// ```
+///
+/// # Panics
+/// If `starts` is not ascending, a list lies beyond `uses`, a row beyond `dw` or a vector
+/// beyond `vecs`.
+#[inline]
+pub fn gather_add(dw: &mut [f32], n: usize, vecs: &[f32], starts: &[u32], uses: &[u16]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::avx2() {
+        // SAFETY: the CPU runs AVX2 code (checked at run time).
+        #[allow(unsafe_code)]
+        return unsafe { avx2::gather_add(dw, n, vecs, starts, uses) };
+    }
+    gather_add_portable(dw, n, vecs, starts, uses)
+}
+
+/// [`gather_add`] in the target's baseline instructions (and, inlined into `avx2::gather_add`,
+/// in AVX2 ones).
+#[inline(always)]
+fn gather_add_portable(dw: &mut [f32], n: usize, vecs: &[f32], starts: &[u32], uses: &[u16]) {
+    let rows = starts.len().saturating_sub(1);
+    let dw = &mut dw[..rows * n];
+    whole_rows!(n, N => {
+        if let (Ok(rows), Ok(vecs)) = (bytemuck::try_cast_slice_mut(&mut *dw), bytemuck::try_cast_slice(vecs)) {
+            return gather_rows::<N>(rows, vecs, starts, uses);
+        }
+    });
+    in_blocks!(n, c, L => gather_block::<L>(dw, n, vecs, c, starts, uses));
+}
+
+/// [`gather_add`] for rows of exactly `N` lanes: each row stays in registers for all its uses.
+#[inline(always)]
+fn gather_rows<const N: usize>(
+    rows: &mut [[f32; N]],
+    vecs: &[[f32; N]],
+    starts: &[u32],
+    uses: &[u16],
+) {
+    // Two rows at a time: each row's additions form one chain, and two chains interleaved
+    // keep the adders busy.
+    let done = rows.len() / 2 * 2;
+    let mut pairs = rows.chunks_exact_mut(2);
+    for (j, pair) in (&mut pairs).enumerate() {
+        let [ra, rb] = pair else { unreachable!() };
+        let la = &uses[starts[2 * j] as usize..starts[2 * j + 1] as usize];
+        let lb = &uses[starts[2 * j + 1] as usize..starts[2 * j + 2] as usize];
+        let (mut a, mut b) = (*ra, *rb);
+        let both = la.len().min(lb.len());
+        for (&ka, &kb) in la[..both].iter().zip(&lb[..both]) {
+            let (va, vb) = (&vecs[ka as usize], &vecs[kb as usize]);
+            for i in 0..N {
+                a[i] += va[i];
+                b[i] += vb[i];
+            }
+        }
+        for (acc, list) in [(&mut a, &la[both..]), (&mut b, &lb[both..])] {
+            for &k in list {
+                let v = &vecs[k as usize];
+                for i in 0..N {
+                    acc[i] += v[i];
+                }
+            }
+        }
+        (*ra, *rb) = (a, b);
+    }
+    for (row, list) in pairs.into_remainder().iter_mut().zip(starts[done..].windows(2)) {
+        let mut acc = *row;
+        for &k in &uses[list[0] as usize..list[1] as usize] {
+            let v = &vecs[k as usize];
+            for i in 0..N {
+                acc[i] += v[i];
+            }
+        }
+        *row = acc;
+    }
+}
+
+#[inline(always)]
+fn gather_block<const L: usize>(
+    dw: &mut [f32],
+    n: usize,
+    vecs: &[f32],
+    c: usize,
+    starts: &[u32],
+    uses: &[u16],
+) {
+    for (j, list) in starts.windows(2).enumerate() {
+        let list = &uses[list[0] as usize..list[1] as usize];
+        if list.is_empty() {
+            continue;
+        }
+        let row = &mut dw[j * n + c..j * n + c + L];
+        let mut acc = [0.0f32; L];
+        acc.copy_from_slice(row);
+        for &k in list {
+            let start = k as usize * n + c;
+            let v = &vecs[start..start + L];
+            for i in 0..L {
+                acc[i] += v[i];
+            }
+        }
+        row.copy_from_slice(&acc);
+    }
+}
+
 /// The kernels compiled for AVX2: the same code, so the same additions in the same order.
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
@@ -205,6 +327,19 @@ mod avx2 {
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn scatter_add(dw: &mut [f32], x: &[f32], ids: &[u16]) {
         super::scatter_add_portable(dw, x, ids)
+    }
+
+    /// # Safety
+    /// The CPU must run AVX2 code ([`crate::simd::avx2`]).
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn gather_add(
+        dw: &mut [f32],
+        n: usize,
+        vecs: &[f32],
+        starts: &[u32],
+        uses: &[u16],
+    ) {
+        super::gather_add_portable(dw, n, vecs, starts, uses)
     }
 }
 
@@ -264,6 +399,39 @@ mod tests {
                 }
                 scatter(&mut dw[..8 * n], &x[..n], &ids);
                 assert_eq!(&dw[..8 * n], &dw_plain[..8 * n], "{which} scatter, n = {n}");
+            }
+        }
+    }
+
+    type Gather = fn(&mut [f32], usize, &[f32], &[u32], &[u16]);
+
+    /// Every width from 1 to 40, bit for bit against one plain scatter per use in list order
+    /// (rows with several uses, one with none, uses that repeat a vector).
+    #[test]
+    fn gather_equals_scatters_in_list_order() {
+        let gathers: [(Gather, &str); 2] =
+            [(gather_add, "dispatched"), (gather_add_portable, "portable")];
+        // Rows 0..5: row 0 vectors 2, 0, 3; row 1 none; row 2 vector 1; row 3 vectors 3, 3, 1;
+        // row 4 vector 0.
+        let starts = [0u32, 3, 3, 4, 7, 8];
+        let uses = [2u16, 0, 3, 1, 3, 3, 1, 0];
+        for (gather, which) in gathers {
+            for n in 1..=40 {
+                let w = weights(5, n);
+                let vecs = weights(4, n + 1);
+                let vecs = &vecs[..4 * n];
+                let mut plain = [0.0f32; 4096];
+                plain[..5 * n].copy_from_slice(&w[..5 * n]);
+                let mut got = plain;
+                for (j, list) in starts.windows(2).enumerate() {
+                    for &k in &uses[list[0] as usize..list[1] as usize] {
+                        for i in 0..n {
+                            plain[j * n + i] += vecs[k as usize * n + i];
+                        }
+                    }
+                }
+                gather(&mut got[..5 * n], n, vecs, &starts, &uses);
+                assert_eq!(&got[..5 * n], &plain[..5 * n], "{which} gather, n = {n}");
             }
         }
     }

@@ -12,7 +12,7 @@
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use spiketile_core::rows::{accumulate_rows, scatter_add};
+use spiketile_core::rows::{accumulate_rows, gather_add, scatter_add};
 use spiketile_core::spikes::build_into;
 use spiketile_core::{
     NeuronParams, Optimizer, OptimizerKind, SpikeView, StepInput, Tile, TileConfig,
@@ -164,5 +164,48 @@ fn rows_at_w_scale(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, kernels, rows_at_w_scale);
+/// The input-weight gradient of one of W's hidden tile columns over a run of 12 steps of a
+/// replica group (32 samples, 35 input spikes each per step): one scatter per sample and step
+/// (`scatter_add`), against the deferred form the engine runs, each row once for all its uses
+/// from lists by row (`gather_add`; the lists are built outside the timing, once per group for
+/// all 8 columns). Throughput is in uses (one input spike of one sample-step).
+fn deferred_gradients(c: &mut Criterion) {
+    const LANES: usize = 32;
+    const VECS: usize = 12 * 32;
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let mut dw: Vec<f32> = (0..700 * LANES).map(|_| rng.gen_range(-1.0..1.0)).collect();
+    let vecs: Vec<f32> = (0..VECS * LANES).map(|_| rng.gen_range(-0.01..0.01)).collect();
+    let spikes: Vec<Vec<u16>> = (0..VECS)
+        .map(|_| {
+            let mut ids = input_spikes(&mut rng);
+            ids.truncate(35);
+            ids
+        })
+        .collect();
+    let mut by_row: Vec<Vec<u16>> = vec![Vec::new(); 700];
+    for (k, ids) in spikes.iter().enumerate() {
+        ids.iter().for_each(|&j| by_row[j as usize].push(k as u16));
+    }
+    let mut starts = vec![0u32];
+    for list in &by_row {
+        starts.push(starts[starts.len() - 1] + list.len() as u32);
+    }
+    let uses: Vec<u16> = by_row.concat();
+    let mut g =
+        c.benchmark_group("input-weight gradient of a run (700 x 32 rows, 12 steps x 32 samples)");
+    g.throughput(Throughput::Elements(uses.len() as u64));
+    g.bench_function("scatter_add per sample and step", |b| {
+        b.iter(|| {
+            for (k, ids) in spikes.iter().enumerate() {
+                scatter_add(&mut dw, black_box(&vecs[k * LANES..(k + 1) * LANES]), ids);
+            }
+        })
+    });
+    g.bench_function("gather_add once per run", |b| {
+        b.iter(|| gather_add(&mut dw, LANES, black_box(&vecs), &starts, &uses))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, kernels, rows_at_w_scale, deferred_gradients);
 criterion_main!(benches);

@@ -63,7 +63,8 @@ impl<'a> Tile<'a> {
         } else {
             SpikeView::EMPTY
         };
-        self.backward_step(t, b, StepInput { input, rec }, source_partials, shared, grads);
+        let step_in = StepInput { input, rec };
+        self.backward_step(t, b, step_in, source_partials, shared, grads, None);
         self.in_hist = in_hist;
         self.rec_hist = rec_hist;
         Ok(())
@@ -89,6 +90,8 @@ impl<'a> Tile<'a> {
     }
 
     /// The backward step after every check, with the source buffers the forward step integrated.
+    /// With `deferred`, the step's `dL/dc` goes there instead of into the input-weight gradient
+    /// rows of its input spikes (see [`Tile::backward_external_deferred`]).
     pub(super) fn backward_step(
         &mut self,
         t: usize,
@@ -97,6 +100,7 @@ impl<'a> Tile<'a> {
         source_partials: bool,
         shared: Option<SharedWeights<'_>>,
         grads: Option<SharedGrads<'_>>,
+        deferred: Option<&mut [f32]>,
     ) {
         let cfg = self.cfg;
         let n = cfg.neurons;
@@ -121,16 +125,26 @@ impl<'a> Tile<'a> {
             let sp = self.params.surrogate.grad(uh[k], theta);
             g[i as usize] += sp * dlds[k];
         }
+        // dL/dc = (1 - alpha) g: into the driver's vector when the input-weight gradient is
+        // deferred, else into the tile's scratch.
+        let defer = deferred.is_some();
+        let c: &mut [f32] = match deferred {
+            Some(out) => out,
+            None => &mut *self.c,
+        };
         let one_minus = 1.0 - alpha;
-        for (c, &x) in self.c.iter_mut().zip(g.iter()) {
+        for (c, &x) in c.iter_mut().zip(g.iter()) {
             *c = one_minus * x;
         }
+        let c: &[f32] = c;
         let (input, rec) = (step_in.input, step_in.rec);
         let (dw, dv): (&mut [f32], &mut [f32]) = match grads {
             Some(gr) => (gr.dw, gr.dv),
             None => (&mut *self.dw, &mut *self.dv),
         };
-        scatter_add(dw, self.c, input.spikes());
+        if !defer {
+            scatter_add(dw, c, input.spikes());
+        }
         let (w, v): (&[f32], &[f32]) = match &shared {
             Some(sh) => (sh.w, sh.v),
             None => (self.w, self.v),
@@ -139,15 +153,15 @@ impl<'a> Tile<'a> {
             let p = &mut self.src_partials[b * cfg.in_capacity..];
             for (p, &j) in p.iter_mut().zip(input.ids) {
                 let j = j as usize;
-                *p = dot(&w[j * n..(j + 1) * n], self.c);
+                *p = dot(&w[j * n..(j + 1) * n], c);
             }
         }
         if cfg.recurrent {
-            scatter_add(dv, self.c, rec.spikes());
+            scatter_add(dv, c, rec.spikes());
             let p = &mut self.rec_partials[b * cfg.layer_capacity..];
             for (p, &j) in p.iter_mut().zip(rec.ids) {
                 let j = j as usize;
-                *p = dot(&v[j * n..(j + 1) * n], self.c);
+                *p = dot(&v[j * n..(j + 1) * n], c);
             }
         }
     }

@@ -114,7 +114,59 @@ impl Tile<'_> {
     ) -> Result<(), TileError> {
         self.check_backward(t, b, &shared, &grads)?;
         self.check_step(t, b, &step.input, &step.rec, &shared)?;
-        self.backward_step(t, b, step, source_partials, shared, grads);
+        self.backward_step(t, b, step, source_partials, shared, grads, None);
+        Ok(())
+    }
+
+    /// [`Tile::backward_external`] for a tile without recurrent weights that leaves its
+    /// input-weight gradient to the driver: the step's `dL/dc = (1 - alpha) g` (the vector
+    /// [`Tile::backward`] adds to the gradient row of every input spike of `step`) is written
+    /// into `dldc` (one float per neuron) and no gradient row is touched. A driver that keeps
+    /// these vectors for a run of steps and samples can add them with
+    /// [`crate::rows::gather_add`], each row once for all its uses; listed in the order the
+    /// steps ran, the gradients are the same bit for bit. `BadInput` (and nothing changed) if
+    /// the tile is recurrent, `dldc` is not one float per neuron, or as
+    /// [`Tile::backward_external`].
+    ///
+    /// ```
+    /// use spiketile_core::rows::gather_add;
+    /// use spiketile_core::{NeuronParams, OptimizerKind, SpikeView, StepInput, Tile, TileConfig};
+    /// let cfg = TileConfig {
+    ///     neurons: 2, first_neuron: 0, layer_width: 2, inputs: 3, recurrent: false,
+    ///     batch: 1, time_steps: 2, in_capacity: 3, layer_capacity: 2,
+    ///     optimizer: OptimizerKind::Sgd,
+    /// };
+    /// let mut arena = vec![0u32; cfg.footprint().unwrap().arena() / 4];
+    /// let mut tile = Tile::new(cfg, NeuronParams::default(), bytemuck::cast_slice_mut(&mut arena)).unwrap();
+    /// tile.weights_mut().fill(30.0);
+    /// let step = StepInput::feed_forward(SpikeView::new(&[0, 2], 2).unwrap());
+    /// tile.forward_external(0, 0, StepInput::EMPTY, None).unwrap();
+    /// tile.commit_all(0, 0).unwrap();
+    /// tile.forward_external(1, 0, step, None).unwrap();
+    /// tile.commit_all(1, 0).unwrap();
+    /// tile.dlds_mut(0)[..2].copy_from_slice(&[1.0, 1.0]);
+    /// let mut dldc = [0.0f32; 2];
+    /// tile.backward_external_deferred(1, 0, step, false, None, &mut dldc).unwrap();
+    /// assert!(tile.grads().0.iter().all(|&g| g == 0.0));
+    /// // Inputs 0 and 2 spiked: their rows get the vector.
+    /// gather_add(tile.grads_mut().0, 2, &dldc, &[0, 1, 1, 2], &[0, 0]);
+    /// assert!(tile.grads().0[0] != 0.0 && tile.grads().0[2] == 0.0 && tile.grads().0[4] != 0.0);
+    /// ```
+    pub fn backward_external_deferred(
+        &mut self,
+        t: usize,
+        b: usize,
+        step: StepInput<'_>,
+        source_partials: bool,
+        shared: Option<SharedWeights<'_>>,
+        dldc: &mut [f32],
+    ) -> Result<(), TileError> {
+        if self.cfg.recurrent || dldc.len() != self.cfg.neurons {
+            return Err(TileError::BadInput);
+        }
+        self.check_backward(t, b, &shared, &None)?;
+        self.check_step(t, b, &step.input, &step.rec, &shared)?;
+        self.backward_step(t, b, step, source_partials, shared, None, Some(dldc));
         Ok(())
     }
 

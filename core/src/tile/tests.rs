@@ -48,17 +48,31 @@ struct Outcome {
 /// engine does: forward supersteps with merge and commit, then backward with recurrent partials
 /// reduced over tiles and fed back as dL/dS of the previous step.
 fn run_layer(net: &Net, splits: &[usize], recurrent: bool, window: f32, cap: usize) -> Outcome {
-    run_layer_with(net, splits, (recurrent, window, cap), false)
+    run_layer_with(net, splits, (recurrent, window, cap), Sources::Own)
 }
 
-/// [`run_layer`] with `(recurrent, window, cap)`; with `external`, the tiles get their source
-/// buffers from the driver in both passes ([`Tile::forward_external`]) instead of keeping them.
+/// Where the tiles of [`run_layer_with`] get their source buffers, and where their input-weight
+/// gradients go.
+#[derive(Clone, Copy, PartialEq)]
+enum Sources {
+    /// The tiles keep their source buffers ([`Tile::forward`], [`Tile::backward`]).
+    Own,
+    /// From the driver in both passes ([`Tile::forward_external`]).
+    External,
+    /// From the driver, and the input-weight gradients are deferred
+    /// ([`Tile::backward_external_deferred`]): the driver adds every step's `dL/dc` at the end
+    /// with [`rows::gather_add`], from lists in the order the steps ran.
+    Deferred,
+}
+
+/// [`run_layer`] with `(recurrent, window, cap)` and the tiles' `sources`.
 fn run_layer_with(
     net: &Net,
     splits: &[usize],
     (recurrent, window, cap): (bool, f32, usize),
-    external: bool,
+    sources: Sources,
 ) -> Outcome {
+    let external = sources != Sources::Own;
     let params = NeuronParams { window, ..NeuronParams::default() };
     let mut arenas: Vec<Vec<u32>> = Vec::new();
     let cfgs: Vec<TileConfig> = splits
@@ -159,6 +173,10 @@ fn run_layer_with(
     // dL/dS of the layer at the step being processed, dense per sample (global ids).
     let mut rec_in = vec![vec![0.0f32; WIDTH]; B];
     let mut partials = Vec::new();
+    // Deferred: per tile, the dL/dc vectors in the order the steps ran, and per input the
+    // vectors it takes.
+    let mut vecs: Vec<Vec<f32>> = vec![Vec::new(); tiles.len()];
+    let mut lists: Vec<Vec<u16>> = vec![Vec::new(); INPUTS];
     for t in (0..T).rev() {
         for b in 0..B {
             let input: &[u16] = if t == 0 { &[] } else { &net.data[b][t - 1] };
@@ -174,8 +192,12 @@ fn run_layer_with(
                     let gi = f + i as usize;
                     d[k] = dldc[b * WIDTH + gi] + rec_in[b][gi];
                 }
-                if external {
-                    let step = StepInput { input, rec };
+                let step = StepInput { input, rec };
+                if sources == Sources::Deferred {
+                    let mut dldc = vec![0.0f32; tile.config().neurons];
+                    tile.backward_external_deferred(t, b, step, true, None, &mut dldc).unwrap();
+                    vecs[tile_index(&cfgs, f)].extend(dldc);
+                } else if external {
                     tile.backward_external(t, b, step, true, None, None).unwrap();
                 } else {
                     tile.backward(t, b).unwrap();
@@ -193,6 +215,19 @@ fn run_layer_with(
             }
             partials.extend(src);
             rec_in[b] = next;
+            let k = ((T - 1 - t) * B + b) as u16;
+            input.spikes().iter().for_each(|&j| lists[j as usize].push(k));
+        }
+    }
+    if sources == Sources::Deferred {
+        let mut starts = vec![0u32];
+        for list in &lists {
+            starts.push(starts[starts.len() - 1] + list.len() as u32);
+        }
+        let uses: Vec<u16> = lists.concat();
+        for (tile, v) in tiles.iter_mut().zip(&vecs) {
+            let n = tile.config().neurons;
+            rows::gather_add(tile.grads_mut().0, n, v, &starts, &uses);
         }
     }
     let mut dw = vec![0.0f32; WIDTH * INPUTS];
@@ -212,6 +247,11 @@ fn run_layer_with(
         stats.add(&tile.stats());
     }
     Outcome { counts, dw, dv, partials, stats }
+}
+
+/// The index of the tile that starts at neuron `first`.
+fn tile_index(cfgs: &[TileConfig], first: usize) -> usize {
+    cfgs.iter().position(|c| c.first_neuron == first).unwrap()
 }
 
 fn assert_close(a: &[f32], b: &[f32], tol: f32, what: &str) {
@@ -275,8 +315,8 @@ fn external_histories_equal_the_tiles_own() {
         for (seed, window, cap) in [(7, f32::INFINITY, WIDTH), (11, 0.3, 2)] {
             let n = net(seed);
             for splits in [&[0, WIDTH][..], &[0, 2, 5, WIDTH]] {
-                let own = run_layer_with(&n, splits, (recurrent, window, cap), false);
-                let ext = run_layer_with(&n, splits, (recurrent, window, cap), true);
+                let own = run_layer_with(&n, splits, (recurrent, window, cap), Sources::Own);
+                let ext = run_layer_with(&n, splits, (recurrent, window, cap), Sources::External);
                 assert!(own.dw.iter().any(|&g| g != 0.0), "gradients must flow");
                 assert_eq!(own.counts, ext.counts);
                 assert_eq!(own.dw, ext.dw);
@@ -285,6 +325,38 @@ fn external_histories_equal_the_tiles_own() {
                 assert_eq!(own.stats, ext.stats);
             }
         }
+    }
+}
+
+/// Deferred input-weight gradients, added at the end from lists in step order, equal the
+/// scatters of every step bit for bit (exact mode and overflow, on one tile and split); a
+/// recurrent tile and a vector of the wrong length are refused.
+#[test]
+fn deferred_input_gradients_equal_the_scatters() {
+    for (seed, window, cap) in [(7, f32::INFINITY, WIDTH), (11, 0.3, 2)] {
+        let n = net(seed);
+        for splits in [&[0, WIDTH][..], &[0, 2, 5, WIDTH]] {
+            let own = run_layer_with(&n, splits, (false, window, cap), Sources::Own);
+            let def = run_layer_with(&n, splits, (false, window, cap), Sources::Deferred);
+            assert!(own.dw.iter().any(|&g| g != 0.0), "gradients must flow");
+            assert_eq!(own.counts, def.counts);
+            assert_eq!(own.dw, def.dw);
+            assert_eq!(own.partials, def.partials);
+        }
+    }
+    let mut cfg = small_cfg();
+    for recurrent in [false, true] {
+        cfg.recurrent = recurrent;
+        let mut arena = vec![0u32; cfg.footprint().unwrap().arena() / 4];
+        let mut tile =
+            Tile::new(cfg, NeuronParams::default(), bytemuck::cast_slice_mut(&mut arena)).unwrap();
+        let mut short = vec![0.0f32; cfg.neurons - 1];
+        let step = StepInput::EMPTY;
+        let r = tile.backward_external_deferred(0, 0, step, false, None, &mut short);
+        assert_eq!(r, Err(TileError::BadInput));
+        let mut right = vec![0.0f32; cfg.neurons];
+        let r = tile.backward_external_deferred(0, 0, step, false, None, &mut right);
+        assert_eq!(r.is_ok(), !recurrent);
     }
 }
 

@@ -19,6 +19,9 @@ impl TiledEngine {
         steps: std::ops::Range<usize>,
     ) -> Result<(), TileError> {
         let lr = &self.layers[l];
+        if let Some(d) = &lr.deferred {
+            return self.backward_deferred(input, d, (l, p, g), steps);
+        }
         let p_count = lr.p();
         let reps = lr.group(g);
         // Safety: not the update phase.
@@ -26,13 +29,14 @@ impl TiledEngine {
         // Safety: the tiles of group (l, p, g) and their partial out-buffers belong to this unit.
         let mut tile0 = unsafe { self.home(l, reps.start * p_count + p) }.tile()?;
         for t in steps.rev() {
-            self.backward_replica(input, l, reps.start, p, t, &mut tile0, Some(shared), None)?;
+            let sh = Some(shared);
+            self.backward_replica(input, l, reps.start, p, t, &mut tile0, sh, None, None)?;
             let (dw, dv) = tile0.grads_mut();
             let mut grads = SharedGrads { dw, dv };
             for r in reps.start + 1..reps.end {
                 let mut tile = unsafe { self.home(l, r * p_count + p) }.tile()?;
                 let g = Some(grads.reborrow());
-                self.backward_replica(input, l, r, p, t, &mut tile, Some(shared), g)?;
+                self.backward_replica(input, l, r, p, t, &mut tile, sh, g, None)?;
             }
         }
         Ok(())
@@ -43,7 +47,11 @@ impl TiledEngine {
         t % (self.block + 1)
     }
 
-    fn backward_replica(
+    /// Backward step `t` of replica `r`'s tile `tile` of column `(l, p)`, sample after sample:
+    /// the `dL/dS` gather, the tile's step, its partials out. The input-weight gradients go to
+    /// `grads` (or the tile's own), or with `deferred` (`[sample][lane]`) the `dL/dc` vectors
+    /// go there instead (see [`super::deferred`]).
+    pub(super) fn backward_replica(
         &self,
         input: &InputBatch,
         l: usize,
@@ -53,6 +61,7 @@ impl TiledEngine {
         tile: &mut Tile<'_>,
         shared: Option<SharedWeights<'_>>,
         mut grads: Option<SharedGrads<'_>>,
+        mut deferred: Option<&mut [f32]>,
     ) -> Result<(), TileError> {
         let lr = &self.layers[l];
         let m = lr.plan.micro_batch;
@@ -84,8 +93,17 @@ impl TiledEngine {
             self.gather_dlds((l, r, p), (b, bl, t), tile);
             // Safety: layer buffers are read-only in backward phases.
             let step = unsafe { self.step_input(input, l, b, t) };
-            let grads = grads.as_mut().map(SharedGrads::reborrow);
-            tile.backward_external(t, bl, step, l > 0, shared, grads)?;
+            match deferred.as_deref_mut() {
+                Some(vecs) => {
+                    let n = vecs.len() / lr.plan.micro_batch;
+                    let v = &mut vecs[bl * n..(bl + 1) * n];
+                    tile.backward_external_deferred(t, bl, step, l > 0, shared, v)?;
+                }
+                None => {
+                    let grads = grads.as_mut().map(SharedGrads::reborrow);
+                    tile.backward_external(t, bl, step, l > 0, shared, grads)?;
+                }
+            }
             if l > 0 {
                 let k = lr.plan.in_capacity;
                 let n = step.input.n_grad();

@@ -1,6 +1,7 @@
 //! A layer at run time: its tiles' homes (cache-line-aligned arenas), its exchange buffers and
 //! the buffers of the backward pass, and how the engine reaches them.
 
+use super::deferred::Deferred;
 use super::TiledEngine;
 use crate::engine::shared::Shared;
 use crate::plan::{LayerPlan, Plan, REPLICA_GROUPS};
@@ -80,6 +81,8 @@ pub(super) struct LayerRt {
     /// any capacity cut (`[r * P + p][t][2]`; feed-forward layers only): counted into the tile's
     /// statistics for the steps the layer merge accepts.
     pub(super) ahead_raw: Shared<u32>,
+    /// The deferral of the input-weight gradients, where it pays (see [`Deferred`]).
+    pub(super) deferred: Option<Deferred>,
 }
 
 impl LayerRt {

@@ -27,7 +27,8 @@
 //! | forward ahead, layer `l` (feed-forward) | replica group `(l, p, g)`: its replicas in turn, all steps | their arenas, their rows of `ahead_raw` | layer buffers of `l-1`, the column's weights |
 //! | forward merge, layer `l` | replica `(l, r)` | its tiles (commit; lockstep: everything), layer buffers and `starts` of its samples | its tiles, layer buffers of `l-1` |
 //! | loss | thread 0 | counts, `dL/dc` | output layer buffers |
-//! | backward, layer `l` and a block of steps (or all layers and one step) | replica group `(l, p, g)` | their arenas, the leader's gradients, their partials of those steps | layer buffers, `starts`, partials of later steps, `dL/dc`, the column's weights |
+//! | lists, layer `l` with deferred input-weight gradients (the first alongside the loss) | replica group and run `(l, g, run)` | its lists of uses | layer buffers of `l-1` (or the input batch) |
+//! | backward, layer `l` and a block of steps (or all layers and one step) | replica group `(l, p, g)` | their arenas, the leader's gradients, their `dL/dc` vectors (deferred), their partials of those steps | layer buffers, `starts`, partials of later steps, `dL/dc`, the column's weights |
 //! | backward sum, layer `l > 0` of several tiles per replica, a block of steps | replica `(l, r)` | `part_sum` of its samples at those steps | its tiles' partials of those steps, layer buffers of `l-1` |
 //! | update | tile column `(l, p)` | replica 0's and the group leaders' tiles `(l, *, p)`, the column's weights | the same |
 //!
@@ -39,18 +40,26 @@
 //! ([`super::trace`]): each worker appends one span per phase and one per barrier wait to its own
 //! preallocated buffer. Tracing changes no result, and costs one branch per phase when off.
 //!
+//! A feed-forward layer's backward steps leave their input-weight gradients to the replica
+//! group: its tiles keep a run of steps' `dL/dc` vectors, and the leader's gradient rows take them
+//! once per run from lists of uses built before the backward pass (`deferred`; the same sums in
+//! the same order).
+//!
 //! The engine's parts, one module each: `layer` (a layer's tiles and buffers), `units` (work
 //! units and their threads), `run` (one batch: the phases every thread runs), `forward`
 //! (running ahead, the merge, the loss), `backward` (the `dL/dS` gather, the backward steps, the
-//! sums of partials) and `weights` (the update; reading and writing parameters).
+//! sums of partials), `deferred` (the deferred input-weight gradients) and `weights` (the
+//! update; reading and writing parameters).
 
 mod backward;
+mod deferred;
 mod forward;
 mod layer;
 mod run;
 mod units;
 mod weights;
 
+use self::deferred::Deferred;
 use self::layer::{
     backward_block, cache_aligned, col_lens, part_sum_len, LayerRt, TileHome, CACHE_LINE,
 };
@@ -157,7 +166,10 @@ impl TiledEngine {
                 part_sum: Shared::new(part_sum_len(li, lp, block, b)),
                 part_rec: Shared::new(if lp.recurrent { 2 * r * p * m * lp.capacity } else { 0 }),
                 ahead_raw: Shared::new(if lp.recurrent { 0 } else { lp.tiles() * t_steps * 2 }),
+                deferred: None,
             });
+            let lr = layers.last_mut().expect("just pushed");
+            lr.deferred = Deferred::new(lr, t_steps, block);
         }
         let ahead = plan.layers.iter().map(|lp| !lp.recurrent).collect();
         let mut engine = TiledEngine {
@@ -203,7 +215,11 @@ impl TiledEngine {
             "backward blocks of {steps} steps: at least 1, and 1 with a recurrent layer"
         );
         self.block = steps;
-        for (li, lr) in self.layers.iter_mut().enumerate().skip(1) {
+        for (li, lr) in self.layers.iter_mut().enumerate() {
+            lr.deferred = Deferred::new(lr, self.cfg.time_steps, steps);
+            if li == 0 {
+                continue;
+            }
             let lp = &lr.plan;
             lr.part_src = Shared::new((steps + 1) * lp.tiles() * lp.micro_batch * lp.in_capacity);
             lr.part_sum = Shared::new(part_sum_len(li, lp, steps, self.cfg.batch_size));
@@ -252,7 +268,8 @@ impl Engine for TiledEngine {
                     + lr.part_src.len()
                     + lr.part_sum.len()
                     + lr.part_rec.len()
-                    + lr.ahead_raw.len());
+                    + lr.ahead_raw.len())
+                + lr.deferred.as_ref().map_or(0, Deferred::bytes);
             let p_count = lr.p();
             let leaders: Vec<bool> = (0..lr.plan.replicas).map(|r| lr.leads_group(r)).collect();
             for (i, home) in lr.tiles.get_mut().iter().enumerate() {

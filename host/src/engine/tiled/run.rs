@@ -214,9 +214,21 @@ impl TiledEngine {
                 r.push(Loss, fwd, NO_STEP, 1, 1, Instant::now());
             }
         }
-        ctx.barrier.wait();
-        if let Some(r) = rec.as_mut() {
-            r.push(Sync, fwd, NO_STEP, 0, 1, Instant::now());
+        // The lists of the deferred gradients' uses, layer by layer (`list_uses`); the first
+        // phase while thread 0 computes the loss (the others take its units meanwhile).
+        let deferred = (0..self.layers.len()).filter(|&l| self.layers[l].deferred.is_some());
+        let mut lists = ctx.train.then_some(deferred).into_iter().flatten().peekable();
+        if lists.peek().is_none() {
+            ctx.barrier.wait();
+            if let Some(r) = rec.as_mut() {
+                r.push(Sync, fwd, NO_STEP, 0, 1, Instant::now());
+            }
+        }
+        for l in lists {
+            let units = (tid, Lists::Uses(l));
+            self.phase(ctx, units, &mut rec, (Exchange, bwd, LAYER | l as u32), |i| {
+                self.list_uses(ctx.input, u.lists[i]);
+            });
         }
         if !ctx.train {
             return;

@@ -13,6 +13,8 @@ pub(super) struct Units {
     pub(super) group: Vec<(usize, usize, usize)>,
     /// Column units `(l, p)` (update).
     pub(super) column: Vec<(usize, usize)>,
+    /// List units `(l, g, run)` of the layers with deferred input-weight gradients.
+    pub(super) lists: Vec<(usize, usize, usize)>,
     /// Per thread and layer, by [`Measured`] phase: indices into `group` (running ahead), into
     /// `replica` (merging) and into `group` (backward blocks).
     pub(super) mine_layer: Vec<Vec<[Vec<usize>; 3]>>,
@@ -20,6 +22,8 @@ pub(super) struct Units {
     pub(super) mine_steps: Vec<Vec<usize>>,
     /// Per thread: indices into `column`.
     pub(super) mine_columns: Vec<Vec<usize>>,
+    /// Per thread and layer: indices into `lists`.
+    pub(super) mine_lists: Vec<Vec<Vec<usize>>>,
 }
 
 /// The units of one phase, by thread (see [`Units::list`]).
@@ -33,6 +37,8 @@ pub(super) enum Lists {
     Steps,
     /// The update: tile columns.
     Columns,
+    /// Layer `l`'s lists of deferred gradients' uses: `(l, group, run)`.
+    Uses(usize),
 }
 
 impl Units {
@@ -43,6 +49,7 @@ impl Units {
             Lists::Layer(l, k) => &self.mine_layer[tid][l][k as usize],
             Lists::Steps => &self.mine_steps[tid],
             Lists::Columns => &self.mine_columns[tid],
+            Lists::Uses(l) => &self.mine_lists[tid][l],
         }
     }
 
@@ -52,6 +59,7 @@ impl Units {
             Lists::Layer(_, Measured::ForwardExchange) => self.replica.len(),
             Lists::Layer(..) | Lists::Steps => self.group.len(),
             Lists::Columns => self.column.len(),
+            Lists::Uses(l) => self.lists.iter().filter(|u| u.0 == l).count(),
         }
     }
 }
@@ -128,6 +136,20 @@ impl TiledEngine {
         let mine_steps =
             schedule::assign(&costs(Measured::BackwardCompute as usize, &all), threads);
         let mine_columns = schedule::assign(&cc, threads);
-        Units { replica, group, column, mine_layer, mine_steps, mine_columns }
+        // Lists, layer by layer: each group's runs list about as many uses.
+        let mut lists = Vec::new();
+        let mut mine_lists = vec![vec![Vec::new(); self.layers.len()]; threads];
+        for (l, lr) in self.layers.iter().enumerate() {
+            if let Some(d) = &lr.deferred {
+                let first = lists.len();
+                let runs = d.run_count();
+                lists.extend((0..lr.groups()).flat_map(|g| (0..runs).map(move |ri| (l, g, ri))));
+                let plan = schedule::assign(&vec![1; lists.len() - first], threads);
+                for (tid, picked) in plan.into_iter().enumerate() {
+                    mine_lists[tid][l] = picked.into_iter().map(|j| first + j).collect();
+                }
+            }
+        }
+        Units { replica, group, column, lists, mine_layer, mine_steps, mine_columns, mine_lists }
     }
 }

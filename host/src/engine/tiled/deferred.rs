@@ -1,0 +1,297 @@
+//! Deferred input-weight gradients: a layer's tiles keep the `dL/dc` vectors of a *run* of
+//! backward steps and add them to the gradient rows once per run, each row once for all its uses
+//! ([`rows::gather_add`]), where scattering every step reads and writes a gradient row for every
+//! spike of the source layer ([`rows::scatter_add`]).
+//!
+//! On W (700-256-20) the first layer's tiles have 700 gradient rows of 32 floats (87.5 KiB,
+//! more than L1) and scatter into about 35 of them per sample and step. A replica group's 32
+//! samples over a run of 12 steps (48 KiB of vectors) use each row about 19 times; each row is
+//! then loaded and stored once, its uses summed in registers, two rows at a time.
+//!
+//! The uses of each row are listed once per batch, replica group and run, in a phase of their
+//! own before the backward pass ([`TiledEngine::list_uses`]), and shared by the group's tile
+//! columns. A row's list is in the order the scatters would have run (steps from the last, then
+//! replicas, then samples), so the gradients are the same bit for bit.
+//!
+//! Measured on W (docs/performance.md, session 10): 1 to 3 % more samples/s than the scatters,
+//! with 2 threads 10,191–10,219 against 9,966–10,108 in three alternating pairs.
+
+use super::layer::LayerRt;
+use super::TiledEngine;
+use crate::engine::shared::Shared;
+use crate::engine::InputBatch;
+#[cfg(doc)]
+use spiketile_core::Tile;
+use spiketile_core::{rows, TileError};
+use std::ops::Range;
+
+/// Bytes of `dL/dc` vectors a unit keeps for one run. Measured on W, one thread, two rounds
+/// (samples/s): 16 KiB 5,039 / 4,943; 24 KiB 5,285 / 5,221; 32 KiB 5,416 / 5,405; 48 KiB
+/// 5,478 / 5,443; 64 KiB 5,400 / 5,425; 96 KiB 5,390 / 5,332; the scatters 5,343 / 5,349.
+const RUN_BYTES: usize = 48 << 10;
+
+/// Fewest steps per run for deferring to pay: a prototype at W's shape took 2.57 ns per use
+/// with runs of 2 steps, 1.72 with 4 and 1.26 with 8, against 2.13 for the scatter.
+const MIN_RUN: usize = 4;
+
+/// A layer's deferred input-weight gradients: its runs, the lists of uses and the vectors.
+pub(super) struct Deferred {
+    /// The runs, top down; each lies within one backward block.
+    runs: Vec<Range<usize>>,
+    /// Steps of the longest run.
+    run: usize,
+    /// Vector slots per step of a run: the samples of the largest replica group. Vector `k` of
+    /// a run ending at `hi` is step `t`, replica `r` of a group starting at `r0`, its sample
+    /// `bl`: `k = (hi - 1 - t) * slots + (r - r0) * m + bl`.
+    slots: usize,
+    /// Floats per vector slot in [`Self::vecs`]: the width of the widest tile column.
+    lanes: usize,
+    /// Rows of the gradient (the source layer's width).
+    inputs: usize,
+    /// The most uses a run can list (every slot of every step with a full source buffer).
+    run_uses: usize,
+    /// Per group and run, where each row's uses start in [`Self::uses`], relative to the run's
+    /// own region: `[g][run][inputs + 1]`.
+    starts: Shared<u32>,
+    /// Per group and run, the vector indices each row takes, row after row: `[g][run][run_uses]`.
+    uses: Shared<u16>,
+    /// Per tile column and group, the vectors of the run under way: `[p][g][slots * run][lanes]`.
+    vecs: Shared<f32>,
+}
+
+impl Deferred {
+    /// The deferral of layer `lr` for backward blocks of `block` steps out of `t_steps`, if it
+    /// pays: not for a recurrent layer (its backward runs step by step), nor where a unit's
+    /// vectors would leave room for fewer than [`MIN_RUN`] steps in [`RUN_BYTES`].
+    pub(super) fn new(lr: &LayerRt, t_steps: usize, block: usize) -> Option<Deferred> {
+        let lp = &lr.plan;
+        let slots = lp.replicas.div_ceil(lr.groups()) * lp.micro_batch;
+        let lanes = lp.splits.iter().map(|&(_, n)| n).max()?;
+        let run = RUN_BYTES / (4 * slots * lanes);
+        if lp.recurrent || run.min(block).min(t_steps) < MIN_RUN {
+            return None;
+        }
+        Some(Self::with_run(lr, t_steps, block, run))
+    }
+
+    /// The deferral of layer `lr` (not recurrent) in runs of at most `run` steps (at least 1),
+    /// each within one backward block of `block` steps out of `t_steps`.
+    pub(super) fn with_run(lr: &LayerRt, t_steps: usize, block: usize, run: usize) -> Deferred {
+        let lp = &lr.plan;
+        let groups = lr.groups();
+        let slots = lp.replicas.div_ceil(groups) * lp.micro_batch;
+        let lanes = lp.splits.iter().map(|&(_, n)| n).max().unwrap_or(0);
+        // Vector indices are u16.
+        let run = run.min(u16::MAX as usize / slots).min(block).min(t_steps).max(1);
+        let mut runs = Vec::new();
+        for k in (0..t_steps.div_ceil(block)).rev() {
+            let (lo, mut hi) = (k * block, ((k + 1) * block).min(t_steps));
+            while hi > lo {
+                let start = hi.saturating_sub(run).max(lo);
+                runs.push(start..hi);
+                hi = start;
+            }
+        }
+        let run_uses = run * slots * lp.in_capacity;
+        let lists = groups * runs.len();
+        Deferred {
+            slots,
+            lanes,
+            inputs: lp.inputs,
+            run_uses,
+            starts: Shared::new(lists * (lp.inputs + 1)),
+            uses: Shared::new(lists * run_uses),
+            vecs: Shared::new(lp.splits.len() * groups * slots * run * lanes),
+            runs,
+            run,
+        }
+    }
+
+    /// How many runs there are (a group lists the uses of each in a unit of its own).
+    pub(super) fn run_count(&self) -> usize {
+        self.runs.len()
+    }
+
+    /// Bytes of the lists and vectors.
+    pub(super) fn bytes(&self) -> usize {
+        4 * (self.starts.len() + self.vecs.len()) + 2 * self.uses.len()
+    }
+
+    /// Floats of one unit's vectors.
+    fn unit_len(&self) -> usize {
+        self.slots * self.run * self.lanes
+    }
+}
+
+impl TiledEngine {
+    /// Lists the uses of every gradient row of layer `l` by replica group `g` in run `ri`: per
+    /// row, the indices of the vectors to add, in the order the scatters would have run.
+    pub(super) fn list_uses(&self, input: &InputBatch, (l, g, ri): (usize, usize, usize)) {
+        let lr = &self.layers[l];
+        let Some(d) = &lr.deferred else { return };
+        let run = d.runs[ri].clone();
+        let list = g * d.runs.len() + ri;
+        // Safety: each unit (l, g, ri) writes its own lists, which nobody reads in this phase.
+        let starts = unsafe { d.starts.slice_mut(list * (d.inputs + 1), d.inputs + 1) };
+        let uses = unsafe { d.uses.slice_mut(list * d.run_uses, d.run_uses) };
+        let (reps, m) = (lr.group(g), lr.plan.micro_batch);
+        // Runs `$body` for every source buffer of the run (`$ids`) with the index of its vector
+        // (`$k`), in scatter order.
+        macro_rules! each_buffer {
+            (|$k:ident, $ids:ident| $body:block) => {
+                for t in run.clone().rev() {
+                    for r in reps.clone() {
+                        let k0 = (run.end - 1 - t) * d.slots + (r - reps.start) * m;
+                        for (bl, b) in lr.plan.samples_of(r, input.len).enumerate() {
+                            let $k = (k0 + bl) as u16;
+                            // Safety: source buffers are read-only after the forward pass.
+                            let $ids = unsafe { self.step_input(input, l, b, t) }.input.spikes();
+                            $body
+                        }
+                    }
+                }
+            };
+        }
+        // A counting sort by row: counts, the first use of each row, then the uses in order.
+        starts.fill(0);
+        each_buffer!(|_k, ids| {
+            for &j in ids {
+                starts[j as usize + 1] += 1;
+            }
+        });
+        for j in 1..starts.len() {
+            starts[j] += starts[j - 1];
+        }
+        each_buffer!(|k, ids| {
+            for &j in ids {
+                let at = &mut starts[j as usize];
+                uses[*at as usize] = k;
+                *at += 1;
+            }
+        });
+        // Each row's start moved to its end, the next row's start: shift them back.
+        starts.copy_within(..d.inputs, 1);
+        starts[0] = 0;
+    }
+
+    /// [`TiledEngine::backward_compute`] of a layer with deferred input-weight gradients: run
+    /// by run, every replica's tiles write their `dL/dc` vectors instead of scattering them,
+    /// then the leader's gradient rows take them from the group's lists.
+    pub(super) fn backward_deferred(
+        &self,
+        input: &InputBatch,
+        d: &Deferred,
+        (l, p, g): (usize, usize, usize),
+        steps: Range<usize>,
+    ) -> Result<(), TileError> {
+        let lr = &self.layers[l];
+        let (p_count, m) = (lr.p(), lr.plan.micro_batch);
+        let reps = lr.group(g);
+        // Safety: not the update phase.
+        let shared = unsafe { self.col_weights(l, p) };
+        // Safety: the tiles of group (l, p, g), their partial out-buffers and their vectors
+        // belong to this unit.
+        let mut tile0 = unsafe { self.home(l, reps.start * p_count + p) }.tile()?;
+        let len = d.unit_len();
+        let vecs = unsafe { d.vecs.slice_mut((p * lr.groups() + g) * len, len) };
+        let n = tile0.config().neurons;
+        let runs = d.runs.iter().enumerate();
+        for (ri, run) in runs.filter(|(_, run)| run.start >= steps.start && run.end <= steps.end) {
+            for t in run.clone().rev() {
+                for r in reps.clone() {
+                    let at = ((run.end - 1 - t) * d.slots + (r - reps.start) * m) * n;
+                    let v = Some(&mut vecs[at..at + m * n]);
+                    if r == reps.start {
+                        self.backward_replica(
+                            input,
+                            l,
+                            r,
+                            p,
+                            t,
+                            &mut tile0,
+                            Some(shared),
+                            None,
+                            v,
+                        )?;
+                    } else {
+                        let mut tile = unsafe { self.home(l, r * p_count + p) }.tile()?;
+                        self.backward_replica(input, l, r, p, t, &mut tile, Some(shared), None, v)?;
+                    }
+                }
+            }
+            let list = g * d.runs.len() + ri;
+            // Safety: the lists were written in an earlier phase.
+            let starts = unsafe { d.starts.slice(list * (d.inputs + 1), d.inputs + 1) };
+            let uses = unsafe { d.uses.slice(list * d.run_uses, d.run_uses) };
+            let vecs = &vecs[..d.slots * d.run * n];
+            rows::gather_add(tile0.grads_mut().0, n, vecs, starts, uses);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::BinnedSample;
+    use crate::engine::Engine;
+    use crate::model::Params;
+
+    /// Runs that do not fill their block, blocks that split a run's worth of steps, a batch
+    /// shorter than the engine's: the deferred gradients equal the scatters bit for bit.
+    #[test]
+    fn deferred_runs_equal_the_scatters() {
+        let mut cfg = crate::config::test_config();
+        (cfg.hidden, cfg.max_neurons_per_tile, cfg.max_samples_per_tile) =
+            (vec![12, 9], Some(4), Some(2));
+        cfg.init_gain = 12.0;
+        let params = Params::init(&cfg, 3);
+        let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(5);
+        let batches: Vec<Vec<BinnedSample>> =
+            (0..3).map(|_| crate::cli::bench::random_batch(&cfg, 0.25, &mut rng)).collect();
+        // `run` None: no deferral; the second batch runs 5 of the 8 samples.
+        let train = |block: usize, run: Option<usize>| {
+            let mut e = TiledEngine::new(&cfg, &params, 2).unwrap();
+            e.set_backward_block(block).unwrap();
+            for lr in &mut e.layers {
+                lr.deferred = run.map(|run| Deferred::with_run(lr, cfg.time_steps, block, run));
+            }
+            let mut losses = Vec::new();
+            for (s, samples) in batches.iter().enumerate() {
+                let n = if s == 1 { 5 } else { samples.len() };
+                let refs: Vec<&BinnedSample> = samples[..n].iter().collect();
+                let batch = InputBatch::new(&refs, cfg.time_steps, cfg.capacity(cfg.inputs));
+                losses.push(e.run_batch(&batch, true).unwrap().loss_sum);
+            }
+            (losses, e.params(), e.optim_state())
+        };
+        let scattered = train(cfg.time_steps, None);
+        assert!(scattered.1 != params, "training must change the weights");
+        for (block, run) in [(cfg.time_steps, 4), (7, 4), (7, 7), (10, 3), (cfg.time_steps, 1)] {
+            let deferred = train(block, Some(run));
+            assert!(deferred == scattered, "blocks of {block}, runs of {run} differ");
+        }
+    }
+
+    /// The planned deferral: W's first layer defers in runs of 12 steps, its readout too; a
+    /// recurrent layer, and a backward pass in blocks of fewer than 4 steps, do not.
+    #[test]
+    fn deferral_where_it_pays() {
+        let mut cfg = crate::config::test_config();
+        (cfg.inputs, cfg.hidden, cfg.classes, cfg.time_steps, cfg.batch_size) =
+            (700, vec![256], 20, 100, 64);
+        (cfg.max_activity, cfg.window, cfg.output_window) = (0.1, 0.1, f32::INFINITY);
+        let params = Params::init(&cfg, 1);
+        let e = TiledEngine::new(&cfg, &params, 1).unwrap();
+        let runs: Vec<Option<usize>> =
+            e.layers.iter().map(|lr| lr.deferred.as_ref().map(|d| d.run)).collect();
+        assert_eq!(runs[0], Some(12));
+        assert!(runs[1].is_some());
+        let mut e = e;
+        e.set_backward_block(3).unwrap();
+        assert!(e.layers.iter().all(|lr| lr.deferred.is_none()));
+        cfg.recurrent = true;
+        let e = TiledEngine::new(&cfg, &Params::init(&cfg, 1), 1).unwrap();
+        assert!(e.layers.iter().all(|lr| lr.deferred.is_none()));
+    }
+}
