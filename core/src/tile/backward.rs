@@ -119,11 +119,17 @@ impl<'a> Tile<'a> {
         for &i in out.spikes() {
             g[i as usize] = 0.0;
         }
-        let uh = &self.u_hist[step * kt..];
-        let dlds = &self.dlds[b * kt..];
-        for (k, &i) in out.ids.iter().enumerate() {
-            let sp = self.params.surrogate.grad(uh[k], theta);
-            g[i as usize] += sp * dlds[k];
+        // sigma'(u) dL/dS over the gradient set, in a loop of its own (contiguous, so it runs
+        // in vector instructions: a 20-class readout's whole layer is its gradient set), into
+        // the scratch that dL/dc takes next; then added to g at the set's ids.
+        let ng = out.ids.len();
+        let (uh, dlds) = (&self.u_hist[step * kt..][..ng], &self.dlds[b * kt..][..ng]);
+        let surrogate = self.params.surrogate;
+        for ((x, &u), &d) in self.c[..ng].iter_mut().zip(uh).zip(dlds) {
+            *x = surrogate.grad(u, theta) * d;
+        }
+        for (&x, &i) in self.c[..ng].iter().zip(out.ids) {
+            g[i as usize] += x;
         }
         // dL/dc = (1 - alpha) g: into the driver's vector when the input-weight gradient is
         // deferred, else into the tile's scratch.
