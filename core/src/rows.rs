@@ -196,8 +196,8 @@ fn scatter_block<const L: usize>(dw: &mut [f32], x: &[f32], n: usize, c: usize, 
 /// The same additions as one [`scatter_add`] of `vecs[k]` per `k` (each to the rows whose lists
 /// hold `k`), in the order the lists give, so a driver that lists every row's uses in the
 /// order its scatters would have run gets the same gradients bit for bit; but each row is loaded
-/// and stored once for all its uses, which stay in registers, and the vectors are read from a
-/// buffer small enough for L1. Rows without uses are not touched.
+/// and stored once for all its uses, summed in registers (two rows at a time, so that two chains
+/// of additions overlap). Rows without uses are not touched.
 ///
 /// ```
 /// use spiketile_core::rows::gather_add;

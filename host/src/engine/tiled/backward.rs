@@ -95,7 +95,7 @@ impl TiledEngine {
             let step = unsafe { self.step_input(input, l, b, t) };
             match deferred.as_deref_mut() {
                 Some(vecs) => {
-                    let n = vecs.len() / lr.plan.micro_batch;
+                    let n = tile.config().neurons;
                     let v = &mut vecs[bl * n..(bl + 1) * n];
                     tile.backward_external_deferred(t, bl, step, l > 0, shared, v)?;
                 }
