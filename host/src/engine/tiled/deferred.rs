@@ -20,8 +20,6 @@ use super::layer::LayerRt;
 use super::TiledEngine;
 use crate::engine::shared::Shared;
 use crate::engine::InputBatch;
-#[cfg(doc)]
-use spiketile_core::Tile;
 use spiketile_core::{rows, TileError};
 use std::ops::Range;
 
