@@ -271,8 +271,9 @@ fn describe(r: &BenchResult) -> String {
         r.tiles,
         mib(r.tile_bytes as u64),
         r.memory.map_or(String::new(), |m| format!(
-            " (written {}; engine buffers {})",
+            " (written {}{}; engine buffers {})",
             mib(m.tile_written as u64),
+            if m.huge_pages { ", on huge pages" } else { "" },
             mib(m.buffers as u64)
         )),
         r.peak_rss.map_or("?".into(), mib),
@@ -429,7 +430,7 @@ mod tests {
             layers: vec![LayerStats { spikes: samples_per_s as u64, ..LayerStats::default() }],
             tiles: 3,
             tile_bytes: 10,
-            memory: Some(EngineMemory { tile_written: 8, buffers: 1 }),
+            memory: Some(EngineMemory { tile_written: 8, buffers: 1, huge_pages: false }),
             weights: 5,
             peak_rss: Some(rss),
             timed: (2, 0.5),

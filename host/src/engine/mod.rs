@@ -174,6 +174,9 @@ pub struct EngineMemory {
     /// Bytes of the engine's own buffers: layer buffers, partial `dL/dS`, the column weights
     /// every replica reads, loss buffers.
     pub buffers: usize,
+    /// Whether the tiles' memory was put on transparent huge pages (then the pages of the
+    /// regions it does not write are resident too).
+    pub huge_pages: bool,
 }
 
 /// Sums per-sample losses and writes `dL/dc` (scaled by `1 / batch`) for every sample.

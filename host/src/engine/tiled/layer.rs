@@ -1,6 +1,7 @@
 //! A layer at run time: its tiles' homes (cache-line-aligned arenas), its exchange buffers and
 //! the buffers of the backward pass, and how the engine reaches them.
 
+use super::arenas::ArenaPtr;
 use super::deferred::Deferred;
 use super::TiledEngine;
 use crate::engine::shared::Shared;
@@ -12,18 +13,6 @@ use spiketile_core::{
 /// Bytes of a cache line.
 pub(super) const CACHE_LINE: usize = 64;
 
-/// The first index of `words` that lies on a cache-line boundary. A tile's weights and
-/// gradients are the first regions of its arena, so with the arena there, a weight row of 16
-/// floats (16 neurons; 32 take two) is exactly one cache line instead of straddling two.
-pub(super) fn cache_aligned(words: &[u32]) -> usize {
-    let misalign = words.as_ptr() as usize % CACHE_LINE;
-    if misalign == 0 {
-        0
-    } else {
-        (CACHE_LINE - misalign) / 4
-    }
-}
-
 /// Weights of one tile column in [`LayerRt::col_w`]: incoming and recurrent.
 pub(super) fn col_lens(cfg: &TileConfig) -> (usize, usize) {
     (cfg.neurons * cfg.inputs, if cfg.recurrent { cfg.neurons * cfg.layer_width } else { 0 })
@@ -32,20 +21,44 @@ pub(super) fn col_lens(cfg: &TileConfig) -> (usize, usize) {
 /// One tile's home: its validated layout, arena and spike counts.
 pub(super) struct TileHome {
     pub(super) layout: TileLayout,
-    /// The arena is `arena[start..]`: `start` puts it on a cache line (see [`cache_aligned`]).
-    pub(super) arena: Box<[u32]>,
-    pub(super) start: usize,
+    /// The tile's arena: its own stretch of the engine's [`Arenas`], on a cache line. A tile's
+    /// weights and gradients are the first regions of its arena, so a weight row of 16 floats
+    /// (16 neurons; 32 take two) is exactly one cache line instead of straddling two.
+    arena: ArenaPtr,
     pub(super) stats: TileStats,
 }
 
+// Safety: the arena's words belong to this home alone (the stretches of an `Arenas` are
+// disjoint), and the engine keeps the mapping for as long as its homes; access to a home
+// follows the engine's phase contract like any other `Shared` element.
+unsafe impl Send for TileHome {}
+
 impl TileHome {
+    /// A home for a tile of `layout` in `arena` (at least `layout.arena_bytes()` long, zeroed).
+    pub(super) fn new(layout: TileLayout, arena: ArenaPtr) -> Self {
+        debug_assert!(arena.len * 4 >= layout.arena_bytes());
+        TileHome { layout, arena, stats: TileStats::default() }
+    }
+
+    /// The arena's words.
+    pub(super) fn words(&self) -> &[u32] {
+        // Safety: the stretch is this home's alone and lives as long as the engine (above).
+        unsafe { std::slice::from_raw_parts(self.arena.words.as_ptr(), self.arena.len) }
+    }
+
+    fn words_mut(&mut self) -> &mut [u32] {
+        // Safety: as in `words`, and `&mut self` makes the access exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.arena.words.as_ptr(), self.arena.len) }
+    }
+
     pub(super) fn tile(&mut self) -> Result<Tile<'_>, TileError> {
-        Tile::attach_layout(&self.layout, bytemuck::cast_slice_mut(&mut self.arena[self.start..]))
+        let layout = self.layout;
+        Tile::attach_layout(&layout, bytemuck::cast_slice_mut(self.words_mut()))
     }
 
     /// The tile's own spike buffers, read-only, without attaching it.
     pub(super) fn out_buffers(&self) -> Result<OutBuffers<'_>, TileError> {
-        self.layout.out_buffers(bytemuck::cast_slice(&self.arena[self.start..]))
+        self.layout.out_buffers(bytemuck::cast_slice(self.words()))
     }
 }
 
@@ -177,22 +190,15 @@ mod tests {
     use super::*;
     use crate::model::Params;
 
-    /// Every tile's arena starts on a cache line, however the allocator aligned the words.
+    /// Every tile's arena starts on a cache line.
     #[test]
     fn arenas_start_on_a_cache_line() {
-        let words = vec![0u32; 64];
-        for skip in 0..16 {
-            let part = &words[skip..];
-            let start = cache_aligned(part);
-            assert!(start < CACHE_LINE / 4);
-            assert_eq!(part[start..].as_ptr() as usize % CACHE_LINE, 0);
-        }
         let mut cfg = crate::config::test_config();
         cfg.hidden = vec![40];
         let mut engine = TiledEngine::new(&cfg, &Params::init(&cfg, 1), 1).unwrap();
         for lr in &mut engine.layers {
             for home in lr.tiles.get_mut().iter() {
-                assert_eq!(home.arena[home.start..].as_ptr() as usize % CACHE_LINE, 0);
+                assert_eq!(home.words().as_ptr() as usize % CACHE_LINE, 0);
             }
         }
     }

@@ -51,6 +51,7 @@
 //! sums of partials), `deferred` (the deferred input-weight gradients) and `weights` (the
 //! update; reading and writing parameters).
 
+mod arenas;
 mod backward;
 mod deferred;
 mod forward;
@@ -59,10 +60,9 @@ mod run;
 mod units;
 mod weights;
 
+use self::arenas::Arenas;
 use self::deferred::Deferred;
-use self::layer::{
-    backward_block, cache_aligned, col_lens, part_sum_len, LayerRt, TileHome, CACHE_LINE,
-};
+use self::layer::{backward_block, col_lens, part_sum_len, LayerRt, TileHome};
 use super::shared::Shared;
 use super::trace::{ExecTrace, TraceBuffers, TraceMeta};
 use super::{BatchResult, Engine, EngineMemory, InputBatch};
@@ -70,7 +70,7 @@ use crate::config::ModelConfig;
 use crate::model::{OptimState, Params};
 use crate::plan::Plan;
 use anyhow::{anyhow, ensure, Result};
-use spiketile_core::{Optimizer, TileConfig, TileLayout, TileStats};
+use spiketile_core::{Optimizer, TileConfig, TileLayout};
 use std::sync::atomic::AtomicU64;
 #[cfg(doc)]
 use {super::barrier::SpinBarrier, spiketile_core::Tile};
@@ -100,6 +100,8 @@ pub struct TiledEngine {
     /// blocks of this many from the end, one layer after the other (top down) within a block,
     /// each tile running the block's steps in turn; 1 = every layer in each step's phase.
     block: usize,
+    /// The memory of every tile's arena (after `layers`, whose homes point into it).
+    arenas: Arenas,
 }
 
 impl TiledEngine {
@@ -110,10 +112,10 @@ impl TiledEngine {
         let t_steps = cfg.time_steps;
         let optimizer = cfg.optimizer()?;
         let block = backward_block(&plan, t_steps);
-        let mut layers = Vec::new();
+        // Every tile's layout first: the arenas are one mapping.
+        let mut layouts = Vec::new();
         for (li, lp) in plan.layers.iter().enumerate() {
             let np = cfg.layer_params(li + 1);
-            let mut homes = Vec::with_capacity(lp.tiles());
             for _ in 0..lp.replicas {
                 for &(first, n) in &lp.splits {
                     let tc = TileConfig {
@@ -128,17 +130,18 @@ impl TiledEngine {
                         layer_capacity: lp.capacity,
                         optimizer: optimizer.kind,
                     };
-                    let layout = TileLayout::new(tc, np).map_err(|e| anyhow!("{e}"))?;
-                    let mut home = TileHome {
-                        layout,
-                        arena: vec![0u32; layout.arena_bytes() / 4 + CACHE_LINE / 4].into(),
-                        start: 0,
-                        stats: TileStats::default(),
-                    };
-                    home.start = cache_aligned(&home.arena);
-                    home.tile().map_err(|e| anyhow!("building a tile: {e}"))?;
-                    homes.push(home);
+                    layouts.push(TileLayout::new(tc, np).map_err(|e| anyhow!("{e}"))?);
                 }
+            }
+        }
+        let words: Vec<usize> = layouts.iter().map(|l| l.arena_bytes().div_ceil(4)).collect();
+        let (arenas, ptrs) = Arenas::new(&words)?;
+        let mut homes_of = layouts.into_iter().zip(ptrs).map(|(l, a)| TileHome::new(l, a));
+        let mut layers = Vec::new();
+        for (li, lp) in plan.layers.iter().enumerate() {
+            let mut homes: Vec<TileHome> = homes_of.by_ref().take(lp.tiles()).collect();
+            for home in &mut homes {
+                home.tile().map_err(|e| anyhow!("building a tile: {e}"))?;
             }
             let (r, p, m) = (lp.replicas, lp.splits.len(), lp.micro_batch);
             let col_at: Vec<(usize, usize, usize)> = homes[..p]
@@ -185,6 +188,7 @@ impl TiledEngine {
             unit_ns: Default::default(),
             ahead,
             block,
+            arenas,
         };
         let groups: usize = engine.layers.iter().map(|lr| lr.p() * lr.groups()).sum();
         let replicas: usize = engine.layers.iter().map(|lr| lr.plan.replicas).sum();
@@ -282,7 +286,7 @@ impl Engine for TiledEngine {
                 };
             }
         }
-        Some(EngineMemory { tile_written: bytes, buffers })
+        Some(EngineMemory { tile_written: bytes, buffers, huge_pages: self.arenas.huge() })
     }
 
     fn start_trace(&mut self, batches: usize) -> Result<()> {
