@@ -43,6 +43,19 @@ pub fn avx2() -> bool {
     }
 }
 
+/// [`prefetch`] for every cache line of `xs` (a hint: no effect on any result).
+#[inline]
+pub fn prefetch_lines<T>(xs: &[T]) {
+    let per_line = (64 / core::mem::size_of::<T>().max(1)).max(1);
+    for x in xs.iter().step_by(per_line) {
+        prefetch(x);
+    }
+    // The last line, if the first element was not at the start of one.
+    if let Some(x) = xs.last() {
+        prefetch(x);
+    }
+}
+
 /// Asks the CPU to start loading the cache line of `x` (a hint: no effect on any result; a no-op
 /// on architectures without a prefetch instruction here).
 #[inline(always)]

@@ -15,9 +15,9 @@ use std::ptr::NonNull;
 
 use super::layer::CACHE_LINE;
 
-/// Tile memory up to this many bytes goes on huge pages: W's arenas (a few dozen MiB) and a
-/// 700-4096-20 model's (about 0.5 GiB), but not a 700-4096-4096-20 model's (9 GiB, of which the
-/// engine writes a tenth).
+/// Tile memory up to this many bytes goes on huge pages: W's arenas (38.5 MiB) and a
+/// 700-4096-20 model's (671 MiB), but not a 700-4096-4096-20 model's (10.6 GiB, of which the
+/// engine writes 0.8).
 pub(super) const HUGE_PAGES_MAX_BYTES: usize = 1 << 30;
 
 /// One mapping holding every tile's arena.

@@ -70,26 +70,23 @@ impl TiledEngine {
         let tiles = lr.plan.tiles();
         let (slot, rec_slot) = (self.slot(t), t % 2);
         let samples = lr.plan.samples_of(r, input.len);
-        let last = samples.len().saturating_sub(1);
         let far = self.far_partials(l);
-        for (bl, b) in samples.enumerate() {
-            // The history loads of this tile's next sample (or of its first at the step before,
-            // its next work) overlap this sample's work.
-            match (bl < last, t) {
-                (true, _) => tile.prefetch_backward_external(t, bl + 1),
-                (false, t) if t > 0 => tile.prefetch_backward_external(t - 1, 0),
-                _ => {}
-            }
-            // Partials in buffers larger than L2 (wide layers): the next sample's (their
-            // addresses known by now), and where those of the sample after start.
+        if t > 0 && !samples.is_empty() {
+            // This tile's next work is the step before: its history, and in wide layers where
+            // its dL/dS entries lie in the partials (whose starts were asked for a step
+            // earlier) and the starts of the step before that, all a whole step ahead.
+            tile.prefetch_backward_step(t - 1);
             if far {
-                if bl < last {
-                    self.prefetch_dlds((l, r, p), (b + 1, bl + 1, t));
+                for (bl, b) in samples.clone().enumerate() {
+                    self.prefetch_dlds((l, r, p), (b, bl, t - 1));
                 }
-                if bl + 1 < last {
-                    self.prefetch_dlds_starts((l, p), (b + 2, t));
+                if t > 1 {
+                    self.prefetch_dlds_starts((l, p), (samples.start, t - 2));
+                    self.prefetch_dlds_starts((l, p), (samples.end - 1, t - 2));
                 }
             }
+        }
+        for (bl, b) in samples.enumerate() {
             self.gather_dlds((l, r, p), (b, bl, t), tile);
             // Safety: layer buffers are read-only in backward phases.
             let step = unsafe { self.step_input(input, l, b, t) };
