@@ -23,6 +23,7 @@
 //! ```
 
 use super::{slot_view, Tile, TileLayout};
+use crate::simd::prefetch_lines;
 use crate::spikes::SpikeView;
 use crate::TileError;
 
@@ -56,16 +57,6 @@ impl<'a> OutBuffers<'a> {
         if let Some(slots) = at.and_then(|range| self.slots.get(range)) {
             prefetch_lines(slots);
         }
-    }
-}
-
-/// One prefetch hint per 64-byte line of `slots` (32 ids), and one for the last.
-pub(super) fn prefetch_lines(slots: &[u16]) {
-    for line in slots.chunks(32) {
-        crate::simd::prefetch(&line[0]);
-    }
-    if let Some(last) = slots.last() {
-        crate::simd::prefetch(last);
     }
 }
 
