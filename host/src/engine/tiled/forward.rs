@@ -9,10 +9,6 @@ use spiketile_core::spikes::append;
 use spiketile_core::{SharedWeights, SpikeView, StepInput, Tile, TileError};
 use std::sync::atomic::Ordering;
 
-/// How many tiles ahead the merge asks for the buffers it reads (see
-/// [`TiledEngine::forward_exchange`]).
-const MERGE_AHEAD: usize = 8;
-
 impl TiledEngine {
     /// Runs the tiles of replica group `(l, p, g)` (a feed-forward layer) through all steps, each
     /// on its own, as if the layer kept every spike they emit: every replica reads the column's
@@ -208,20 +204,9 @@ impl TiledEngine {
             let first = home.layout.config().first_neuron;
             // Read without attaching the tile (it is attached below only to commit a drop).
             let out = home.out_buffers()?;
-            // The buffers this loop reads MERGE_AHEAD tiles later (this step's, or the next
-            // step's at the end of the row): at large widths a replica has a hundred or more
-            // tiles, too many streams for the hardware to follow, and a whole step of them more
-            // than L1 holds.
-            let (q, tq) = match p + MERGE_AHEAD {
-                q if q < p_count => (q, t),
-                q => (q % p_count, t + 1),
-            };
-            if q == p {
-                out.prefetch(tq);
-            } else {
-                // Safety: tile q's buffers are this unit's too, and only read here.
-                unsafe { self.home(l, r * p_count + q) }.out_buffers()?.prefetch(tq);
-            }
+            // The next step's buffers, read after the other tiles' of this step: at large widths
+            // a replica has a hundred or more tiles, too many streams for the hardware to follow.
+            out.prefetch(t + 1);
             let (mut kept, mut raw) = (0, 0);
             for bl in 0..m {
                 let view = out.get(t, bl);
