@@ -204,13 +204,15 @@ impl<'a> Tile<'a> {
         crate::simd::prefetch(&self.in_hist[self.in_slot(t, b)]);
     }
 
-    /// The hints of [`Tile::prefetch_backward`] for the tile's own buffer and its membranes;
-    /// `(t, b)` in range.
+    /// The hints of [`Tile::prefetch_backward`] for the tile's own buffer and its membranes,
+    /// every line of each; `(t, b)` in range.
     #[inline]
     pub(super) fn prefetch_own_history(&self, t: usize, b: usize) {
         let kt = self.cfg.own_capacity();
-        crate::simd::prefetch(&self.out_hist[self.out_slot(t, b)]);
-        crate::simd::prefetch(&self.u_hist[self.step_index(t, b) * kt]);
+        let slot = self.out_slot(t, b);
+        crate::simd::prefetch_lines(&self.out_hist[slot..slot + kt + 2]);
+        let at = self.step_index(t, b) * kt;
+        crate::simd::prefetch_lines(&self.u_hist[at..at + kt]);
     }
 
     /// This tile's partial `dL/dS_{l-1}[t-1]` for sample `b` after [`Tile::backward`] at `t`:

@@ -171,38 +171,12 @@ impl Tile<'_> {
     }
 
     /// [`Tile::prefetch_backward`] for [`Tile::backward_external`]: the tile's own buffer of step
-    /// `t`, sample `b`, and its membranes there (the source buffers are the driver's). A hint:
-    /// it changes no result, and an out-of-range `(t, b)` is ignored.
+    /// `t`, sample `b`, and its membranes there, every line (the source buffers are the
+    /// driver's). A hint: it changes no result, and an out-of-range `(t, b)` is ignored.
     #[inline]
     pub fn prefetch_backward_external(&self, t: usize, b: usize) {
         if self.check_tb(t, b).is_ok() {
             self.prefetch_own_history(t, b);
-        }
-    }
-
-    /// [`Tile::prefetch_backward_external`] for every sample of step `t` at once: the tile's
-    /// buffers and membranes of a step lie together, a few dozen cache lines, so a driver that
-    /// asks a whole step ahead hides their loads entirely. A hint: it changes no result, and an
-    /// out-of-range `t` is ignored.
-    ///
-    /// ```
-    /// use spiketile_core::{NeuronParams, OptimizerKind, Tile, TileConfig};
-    /// let cfg = TileConfig {
-    ///     neurons: 4, first_neuron: 0, layer_width: 4, inputs: 8, recurrent: false, batch: 2,
-    ///     time_steps: 3, in_capacity: 8, layer_capacity: 4, optimizer: OptimizerKind::Sgd,
-    /// };
-    /// let mut arena = vec![0u32; cfg.footprint().unwrap().arena() / 4];
-    /// let tile = Tile::new(cfg, NeuronParams::default(), bytemuck::cast_slice_mut(&mut arena)).unwrap();
-    /// tile.prefetch_backward_step(2);
-    /// tile.prefetch_backward_step(3); // past the last step: nothing
-    /// ```
-    #[inline]
-    pub fn prefetch_backward_step(&self, t: usize) {
-        if t < self.cfg.time_steps {
-            let (first, end) = (self.step_index(t, 0), self.step_index(t + 1, 0));
-            let kt = self.cfg.own_capacity();
-            crate::simd::prefetch_lines(&self.out_hist[first * (kt + 2)..end * (kt + 2)]);
-            crate::simd::prefetch_lines(&self.u_hist[first * kt..end * kt]);
         }
     }
 }

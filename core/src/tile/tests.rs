@@ -587,7 +587,6 @@ fn prefetch_hints_ignore_out_of_range_steps() {
         tile.prefetch_backward(t, cfg.batch);
         tile.prefetch_backward_external(t, 0);
         tile.prefetch_backward_external(t, cfg.batch);
-        tile.prefetch_backward_step(t);
     }
     assert_eq!(tile.out_buffer(0, 0).n_grad(), 0);
 }

@@ -71,22 +71,21 @@ impl TiledEngine {
         let (slot, rec_slot) = (self.slot(t), t % 2);
         let samples = lr.plan.samples_of(r, input.len);
         let far = self.far_partials(l);
-        if t > 0 && !samples.is_empty() {
-            // This tile's next work is the step before: its history, and in wide layers where
-            // its dL/dS entries lie in the partials (whose starts were asked for a step
-            // earlier) and the starts of the step before that, all a whole step ahead.
-            tile.prefetch_backward_step(t - 1);
-            if far {
-                for (bl, b) in samples.clone().enumerate() {
-                    self.prefetch_dlds((l, r, p), (b, bl, t - 1));
-                }
-                if t > 1 {
-                    self.prefetch_dlds_starts((l, p), (samples.start, t - 2));
-                    self.prefetch_dlds_starts((l, p), (samples.end - 1, t - 2));
-                }
-            }
+        if far && t > 1 && !samples.is_empty() {
+            // Where the dL/dS entries of the step after next lie (read a step ahead, below).
+            self.prefetch_dlds_starts((l, p), (samples.start, t - 2));
+            self.prefetch_dlds_starts((l, p), (samples.end - 1, t - 2));
         }
         for (bl, b) in samples.enumerate() {
+            // This sample's history of the step before (this tile's next work there), and in
+            // wide layers where its dL/dS entries lie in the partials: a step of the tile
+            // ahead, one sample's lines at a time.
+            if t > 0 {
+                tile.prefetch_backward_external(t - 1, bl);
+                if far {
+                    self.prefetch_dlds((l, r, p), (b, bl, t - 1));
+                }
+            }
             self.gather_dlds((l, r, p), (b, bl, t), tile);
             // Safety: layer buffers are read-only in backward phases.
             let step = unsafe { self.step_input(input, l, b, t) };
