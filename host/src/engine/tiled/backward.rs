@@ -5,7 +5,7 @@
 use super::TiledEngine;
 use crate::engine::shared::Shared;
 use crate::engine::InputBatch;
-use spiketile_core::{SharedGrads, SharedWeights, Tile, TileError};
+use spiketile_core::{SharedGrads, SharedWeights, StepInput, Tile, TileError};
 
 impl TiledEngine {
     /// Backward compute of `steps` (from the last down) for replica group `(l, p, g)`: at each
@@ -87,8 +87,14 @@ impl TiledEngine {
                 }
             }
             self.gather_dlds((l, r, p), (b, bl, t), tile);
-            // Safety: layer buffers are read-only in backward phases.
-            let step = unsafe { self.step_input(input, l, b, t) };
+            // Safety: layer buffers are read-only in backward phases. The first layer's deferred
+            // step reads nothing of its source buffer (the lists carry the input spikes, and
+            // nobody needs dL/dS of the data), so it is not even looked up.
+            let step = if l == 0 && deferred.is_some() {
+                StepInput::EMPTY
+            } else {
+                unsafe { self.step_input(input, l, b, t) }
+            };
             match deferred.as_deref_mut() {
                 Some(vecs) => {
                     let n = tile.config().neurons;
