@@ -43,17 +43,32 @@ pub fn avx2() -> bool {
     }
 }
 
-/// [`prefetch`] for every cache line of `xs` (a hint: no effect on any result).
+/// [`prefetch`] for every cache line `xs` touches, each once (a hint: no effect on any result).
 #[inline]
 pub fn prefetch_lines<T>(xs: &[T]) {
-    let per_line = (64 / core::mem::size_of::<T>().max(1)).max(1);
-    for x in xs.iter().step_by(per_line) {
-        prefetch(x);
+    let Some(last) = xs.last() else { return };
+    let (first, end) = (xs.as_ptr() as usize, last as *const T as usize);
+    // Line by line from the first element's line to the last's: addresses only, inside `xs`
+    // except for the start of the first line, which a prefetch never reads anyway.
+    let mut line = first & !63;
+    while line <= end {
+        prefetch_address(line.max(first));
+        line += 64;
     }
-    // The last line, if the first element was not at the start of one.
-    if let Some(x) = xs.last() {
-        prefetch(x);
+}
+
+/// [`prefetch`] by address.
+#[inline(always)]
+fn prefetch_address(at: usize) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch never faults and changes no memory, whatever the address.
+    #[allow(unsafe_code, unused_unsafe)]
+    unsafe {
+        use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        _mm_prefetch::<_MM_HINT_T0>(at as *const i8);
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = at;
 }
 
 /// Asks the CPU to start loading the cache line of `x` (a hint: no effect on any result; a no-op

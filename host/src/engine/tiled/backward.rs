@@ -76,14 +76,21 @@ impl TiledEngine {
             self.prefetch_dlds_starts((l, p), (samples.start, t - 2));
             self.prefetch_dlds_starts((l, p), (samples.end - 1, t - 2));
         }
+        let last = samples.len().saturating_sub(1);
         for (bl, b) in samples.enumerate() {
-            // This sample's history of the step before (this tile's next work there), and in
-            // wide layers where its dL/dS entries lie in the partials: a step of the tile
-            // ahead, one sample's lines at a time.
-            if t > 0 {
+            if far && t > 0 {
+                // Wide layers (histories and partials far beyond L2): this sample's history of
+                // the step before, the tile's next work there, and where its dL/dS entries lie
+                // in the partials, a step of the tile ahead, one sample at a time.
                 tile.prefetch_backward_external(t - 1, bl);
-                if far {
-                    self.prefetch_dlds((l, r, p), (b, bl, t - 1));
+                self.prefetch_dlds((l, r, p), (b, bl, t - 1));
+            } else if !far {
+                // The next sample's history (or the first's at the step before): no more is
+                // needed where it comes from L2.
+                match (bl < last, t) {
+                    (true, _) => tile.prefetch_backward_external(t, bl + 1),
+                    (false, t) if t > 0 => tile.prefetch_backward_external(t - 1, 0),
+                    _ => {}
                 }
             }
             self.gather_dlds((l, r, p), (b, bl, t), tile);
