@@ -48,8 +48,8 @@ pub fn avx2() -> bool {
 pub fn prefetch_lines<T>(xs: &[T]) {
     let Some(last) = xs.last() else { return };
     let (first, end) = (xs.as_ptr() as usize, last as *const T as usize);
-    // Line by line from the first element's line to the last's: addresses only, inside `xs`
-    // except for the start of the first line, which a prefetch never reads anyway.
+    // Line by line from the first element's line to the last's, at an address inside `xs` on
+    // each (the first element's on the first line).
     let mut line = first & !63;
     while line <= end {
         prefetch_address(line.max(first));
@@ -57,7 +57,7 @@ pub fn prefetch_lines<T>(xs: &[T]) {
     }
 }
 
-/// [`prefetch`] by address.
+/// [`prefetch`] by address (any address: a prefetch reads nothing and never faults).
 #[inline(always)]
 fn prefetch_address(at: usize) {
     #[cfg(target_arch = "x86_64")]
@@ -75,15 +75,7 @@ fn prefetch_address(at: usize) {
 /// on architectures without a prefetch instruction here).
 #[inline(always)]
 pub fn prefetch<T>(x: &T) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch never faults and changes no memory; `x` is a valid reference anyway.
-    #[allow(unsafe_code, unused_unsafe)]
-    unsafe {
-        use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        _mm_prefetch::<_MM_HINT_T0>((x as *const T).cast::<i8>());
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = x;
+    prefetch_address(x as *const T as usize);
 }
 
 /// Bit `i` set where `x[i] >= level` (false for NaN), for 8 lanes: two vector compares and a

@@ -9,7 +9,7 @@
 //! Buffers start on a cache line, and large ones lie on transparent huge pages: the backward
 //! pass of a wide layer reads its partial `dL/dS` from buffers of tens of megabytes, a few
 //! floats per row, and with 4 KiB pages nearly every row cost a walk of the page tables
-//! (700-4096-20: 6 % faster on huge pages).
+//! (700-4096-20: about 9 % faster on huge pages).
 
 use memmap2::{Advice, MmapMut};
 use std::cell::UnsafeCell;
