@@ -57,6 +57,19 @@ pub fn prefetch_lines<T>(xs: &[T]) {
     }
 }
 
+/// [`prefetch_lines`] into the second-level cache only: for more data than the first holds,
+/// read a while later (a hint: no effect on any result).
+#[inline]
+pub fn prefetch_lines_l2<T>(xs: &[T]) {
+    let Some(last) = xs.last() else { return };
+    let (first, end) = (xs.as_ptr() as usize, last as *const T as usize);
+    let mut line = first & !63;
+    while line <= end {
+        prefetch_address_l2(line.max(first));
+        line += 64;
+    }
+}
+
 /// [`prefetch`] by address (any address: a prefetch reads nothing and never faults).
 #[inline(always)]
 fn prefetch_address(at: usize) {
@@ -66,6 +79,20 @@ fn prefetch_address(at: usize) {
     unsafe {
         use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
         _mm_prefetch::<_MM_HINT_T0>(at as *const i8);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = at;
+}
+
+/// [`prefetch_address`] into L2 (`prefetcht1`).
+#[inline(always)]
+fn prefetch_address_l2(at: usize) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch never faults and changes no memory, whatever the address.
+    #[allow(unsafe_code, unused_unsafe)]
+    unsafe {
+        use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+        _mm_prefetch::<_MM_HINT_T1>(at as *const i8);
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = at;

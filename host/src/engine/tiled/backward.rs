@@ -280,9 +280,11 @@ impl TiledEngine {
     }
 
     /// Whether the partial `dL/dS` layer `l` gathers from lie in buffers larger than a core's
-    /// L2 cache (then [`Self::backward_replica`] prefetches them a sample ahead; below that, the
-    /// hints cost more than they save).
-    fn far_partials(&self, l: usize) -> bool {
+    /// L2 cache: a wide layer, whose histories, partials and column weights come from L3 (then
+    /// [`Self::backward_replica`] asks for them a step of the tile ahead, and each unit asks
+    /// for its column's weights or gradient rows as it starts; below that, the hints cost more
+    /// than they save).
+    pub(super) fn far_partials(&self, l: usize) -> bool {
         const L2_BYTES: usize = 2 << 20;
         let sources = self.layers.get(l + 1).map(|nx| {
             let part = if self.summed(l + 1) { &nx.part_sum } else { &nx.part_src };

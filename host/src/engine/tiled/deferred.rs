@@ -190,6 +190,10 @@ impl TiledEngine {
         // Safety: the tiles of group (l, p, g), their partial out-buffers and their vectors
         // belong to this unit.
         let mut tile0 = unsafe { self.home(l, reps.start * p_count + p) }.tile()?;
+        // A wide layer's gradient rows come from L3: into L2 in one stream (see forward_ahead).
+        if self.far_partials(l) {
+            spiketile_core::simd::prefetch_lines_l2(tile0.grads().0);
+        }
         let len = d.unit_len();
         let vecs = unsafe { d.vecs.slice_mut((p * lr.groups() + g) * len, len) };
         let n = tile0.config().neurons;

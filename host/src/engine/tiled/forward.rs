@@ -25,6 +25,12 @@ impl TiledEngine {
         let p_count = lr.p();
         // Safety: not the update phase.
         let shared = unsafe { self.col_weights(l, p) };
+        // A wide layer's column weights come from L3: into L2 in one stream as the unit
+        // starts, rather than row by row as the first steps' spikes ask for them.
+        if self.far_partials(l) {
+            spiketile_core::simd::prefetch_lines_l2(shared.w);
+            spiketile_core::simd::prefetch_lines_l2(shared.v);
+        }
         for r in lr.group(g) {
             // Safety: the tiles of group (l, p, g) and their rows of `ahead_raw` belong to this
             // unit alone in this phase.
