@@ -46,26 +46,25 @@ pub fn avx2() -> bool {
 /// [`prefetch`] for every cache line `xs` touches, each once (a hint: no effect on any result).
 #[inline]
 pub fn prefetch_lines<T>(xs: &[T]) {
-    let Some(last) = xs.last() else { return };
-    let (first, end) = (xs.as_ptr() as usize, last as *const T as usize);
-    // Line by line from the first element's line to the last's, at an address inside `xs` on
-    // each (the first element's on the first line).
-    let mut line = first & !63;
-    while line <= end {
-        prefetch_address(line.max(first));
-        line += 64;
-    }
+    each_line(xs, prefetch_address);
 }
 
 /// [`prefetch_lines`] into the second-level cache only: for more data than the first holds,
 /// read a while later (a hint: no effect on any result).
 #[inline]
 pub fn prefetch_lines_l2<T>(xs: &[T]) {
+    each_line(xs, prefetch_address_l2);
+}
+
+/// Calls `f` with an address inside `xs` on each cache line it touches, in order (the first
+/// element's on the first line).
+#[inline(always)]
+fn each_line<T>(xs: &[T], f: impl Fn(usize)) {
     let Some(last) = xs.last() else { return };
     let (first, end) = (xs.as_ptr() as usize, last as *const T as usize);
     let mut line = first & !63;
     while line <= end {
-        prefetch_address_l2(line.max(first));
+        f(line.max(first));
         line += 64;
     }
 }
