@@ -46,14 +46,14 @@ pub fn avx2() -> bool {
 /// [`prefetch`] for every cache line `xs` touches, each once (a hint: no effect on any result).
 #[inline]
 pub fn prefetch_lines<T>(xs: &[T]) {
-    each_line(xs, prefetch_address);
+    each_line(xs, prefetch_hint::<INTO_L1>);
 }
 
 /// [`prefetch_lines`] into the second-level cache only: for more data than the first holds,
 /// read a while later (a hint: no effect on any result).
 #[inline]
 pub fn prefetch_lines_l2<T>(xs: &[T]) {
-    each_line(xs, prefetch_address_l2);
+    each_line(xs, prefetch_hint::<INTO_L2>);
 }
 
 /// Calls `f` with an address inside `xs` on each cache line it touches, in order (the first
@@ -69,29 +69,20 @@ fn each_line<T>(xs: &[T], f: impl Fn(usize)) {
     }
 }
 
-/// [`prefetch`] by address (any address: a prefetch reads nothing and never faults).
-#[inline(always)]
-fn prefetch_address(at: usize) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch never faults and changes no memory, whatever the address.
-    #[allow(unsafe_code, unused_unsafe)]
-    unsafe {
-        use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        _mm_prefetch::<_MM_HINT_T0>(at as *const i8);
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = at;
-}
+/// Prefetch hints (x86's `_MM_HINT_T0` and `_MM_HINT_T1`): into every cache level, or from the
+/// second level down.
+const INTO_L1: i32 = 3;
+const INTO_L2: i32 = 2;
 
-/// [`prefetch_address`] into L2 (`prefetcht1`).
+/// [`prefetch`] by address with hint `HINT` (any address: a prefetch reads nothing and never
+/// faults).
 #[inline(always)]
-fn prefetch_address_l2(at: usize) {
+fn prefetch_hint<const HINT: i32>(at: usize) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: a prefetch never faults and changes no memory, whatever the address.
     #[allow(unsafe_code, unused_unsafe)]
     unsafe {
-        use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
-        _mm_prefetch::<_MM_HINT_T1>(at as *const i8);
+        core::arch::x86_64::_mm_prefetch::<HINT>(at as *const i8);
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = at;
@@ -101,7 +92,7 @@ fn prefetch_address_l2(at: usize) {
 /// on architectures without a prefetch instruction here).
 #[inline(always)]
 pub fn prefetch<T>(x: &T) {
-    prefetch_address(x as *const T as usize);
+    prefetch_hint::<INTO_L1>(x as *const T as usize);
 }
 
 /// Bit `i` set where `x[i] >= level` (false for NaN), for 8 lanes: two vector compares and a
