@@ -137,8 +137,20 @@ impl<'a> Tile<'a> {
         if t + 1 == cfg.time_steps {
             g.fill(0.0);
         }
-        for x in g.iter_mut() {
+        // dL/dc = (1 - alpha) g: into the driver's vector when the input-weight gradient is
+        // deferred, else into the tile's scratch. Computed in the same pass as the decay of g,
+        // for every neuron; those of the gradient set (every spike among them) change below and
+        // have theirs computed again there, so no vector load reads what a scalar store just
+        // wrote (the store could not be forwarded to it).
+        let defer = deferred.is_some();
+        let c: &mut [f32] = match deferred {
+            Some(out) => out,
+            None => &mut *self.c,
+        };
+        let one_minus = 1.0 - alpha;
+        for (c, x) in c.iter_mut().zip(g.iter_mut()) {
             *x *= alpha;
+            *c = one_minus * *x;
         }
         let out = slot_view(&self.out_hist[step * (kt + 2)..]);
         for &i in out.spikes() {
@@ -146,26 +158,18 @@ impl<'a> Tile<'a> {
         }
         // sigma'(u) dL/dS over the gradient set, in a loop of its own (contiguous, so it runs
         // in vector instructions: a 20-class readout's whole layer is its gradient set), into
-        // the scratch that dL/dc takes next; then added to g at the set's ids.
+        // the forward step's scratch; then added to g at the set's ids.
         let ng = out.ids.len();
         let (uh, dlds) = (&self.u_hist[step * kt..][..ng], &self.dlds[b * kt..][..ng]);
         let surrogate = self.params.surrogate;
-        for ((x, &u), &d) in self.c[..ng].iter_mut().zip(uh).zip(dlds) {
+        let sg = &mut self.cur[..ng];
+        for ((x, &u), &d) in sg.iter_mut().zip(uh).zip(dlds) {
             *x = surrogate.grad(u, theta) * d;
         }
-        for (&x, &i) in self.c[..ng].iter().zip(out.ids) {
-            g[i as usize] += x;
-        }
-        // dL/dc = (1 - alpha) g: into the driver's vector when the input-weight gradient is
-        // deferred, else into the tile's scratch.
-        let defer = deferred.is_some();
-        let c: &mut [f32] = match deferred {
-            Some(out) => out,
-            None => &mut *self.c,
-        };
-        let one_minus = 1.0 - alpha;
-        for (c, &x) in c.iter_mut().zip(g.iter()) {
-            *c = one_minus * x;
+        for (&x, &i) in sg.iter().zip(out.ids) {
+            let gi = g[i as usize] + x;
+            g[i as usize] = gi;
+            c[i as usize] = one_minus * gi;
         }
         let c: &[f32] = c;
         let (input, rec) = (step_in.input, step_in.rec);
