@@ -215,7 +215,10 @@ impl TiledEngine {
             // a replica has a hundred or more tiles, too many streams for the hardware to follow.
             out.prefetch(t + 1);
             let (mut kept, mut raw) = (0, 0);
-            for bl in 0..m {
+            // Safety: the samples' entries of step t belong to this unit.
+            let at = self.start_at(p, (samples.start, t));
+            let starts = unsafe { lr.starts.slice_mut(at, 2 * m) };
+            for (bl, start) in starts.chunks_exact_mut(2).enumerate() {
                 let view = out.get(t, bl);
                 let (s, nr) = (view.spikes(), view.near());
                 let range = bl * stride..(bl + 1) * stride;
@@ -224,9 +227,6 @@ impl TiledEngine {
                 n_near[bl] += append_padded(&mut near[range], n_near[bl], nr, first);
                 near_raw[bl] += nr.len();
                 sc.keep[p * m + bl] = taken;
-                let b = samples.start + bl;
-                // Safety: sample b's entries of step t belong to this unit.
-                let start = unsafe { lr.starts.slice_mut(self.start_at(p, (b, t)), 2) };
                 start[0] = (n_spikes[bl] - taken) as u16;
                 // Relative to the buffer's spike count, known after the last tile (below).
                 start[1] = (near_raw[bl] - nr.len()) as u16;
