@@ -5,9 +5,9 @@
 //! inputs, the readout column a few spikes. Each thread runs the same units every step, so that a
 //! tile's memory stays in one core's cache. The list is cut into one contiguous run of units per
 //! thread, each unit going to the thread whose share of the total cost holds the unit's midpoint.
-//! The loads then differ by at most about one unit, and the units of one tile column (listed
-//! next to each other) share a thread except where a cut falls, so their common weights are
-//! cached once.
+//! The loads then differ by at most about one unit, and units listed next to each other share a
+//! thread except where a cut falls (the tiled engine lists each replica group's tile columns
+//! together, so that a thread runs the same samples in every phase).
 //!
 //! The assignment never changes results: units of one phase write disjoint memory.
 //!

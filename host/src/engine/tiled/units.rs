@@ -119,9 +119,16 @@ impl TiledEngine {
         let mut mine_layer: Vec<Vec<[Vec<usize>; 3]>> =
             vec![vec![Default::default(); self.layers.len()]; threads];
         // Forward and backward blocks: each layer's units on their own (the layers run one
-        // after the other).
+        // after the other). Replica groups one after the other, each with all its columns: the
+        // cuts between threads fall between groups, so a thread runs the same samples in every
+        // layer and phase (its replicas' merges, the next layer's reads of their buffers, the
+        // backward pass's reads of the partials the layer above wrote all stay in its cache).
+        // 700-4096-20, three alternating traced pairs: thread time 92.1-93.8 ms per batch
+        // against 95.1-97.0 with the columns one after the other (backward 6 %, the readout's
+        // forward 25 % less); W within noise.
         for l in 0..self.layers.len() {
-            let groups: Vec<usize> = (0..group.len()).filter(|&i| group[i].0 == l).collect();
+            let mut groups: Vec<usize> = (0..group.len()).filter(|&i| group[i].0 == l).collect();
+            groups.sort_by_key(|&i| (group[i].2, group[i].1));
             let replicas = (0..replica.len()).filter(|&i| replica[i].0 == l).collect();
             for (k, units) in [groups.clone(), replicas, groups].iter().enumerate() {
                 let plan = schedule::assign(&costs(k, units), threads);
