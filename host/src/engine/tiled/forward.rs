@@ -5,6 +5,7 @@ use super::run::{BatchCtx, Scratch};
 use super::TiledEngine;
 use crate::engine::{batch_loss, InputBatch};
 use anyhow::Result;
+use spiketile_core::spikes::append;
 use spiketile_core::{SharedWeights, SpikeView, StepInput, Tile, TileError};
 use std::sync::atomic::Ordering;
 
@@ -195,10 +196,8 @@ impl TiledEngine {
         let (p_count, cap) = (lr.p(), lr.plan.capacity);
         let samples = lr.plan.samples_of(r, batch);
         let m = samples.len();
-        // Spikes kept, and the first `cap` near-threshold ids (no more can be kept), per sample,
-        // each sample's `cap + MERGE_PAD` entries apart.
-        let stride = cap + MERGE_PAD;
-        let (spikes, near) = sc.merged[..2 * m * stride].split_at_mut(m * stride);
+        // Spikes kept, and the first `cap` near-threshold ids (no more can be kept), per sample.
+        let (spikes, near) = sc.merged[..2 * m * cap].split_at_mut(m * cap);
         let (n_spikes, rest) = sc.lens[..3 * m].split_at_mut(m);
         let (n_near, near_raw) = rest.split_at_mut(m);
         n_spikes.fill(0);
@@ -221,10 +220,10 @@ impl TiledEngine {
             for (bl, start) in starts.chunks_exact_mut(2).enumerate() {
                 let view = out.get(t, bl);
                 let (s, nr) = (view.spikes(), view.near());
-                let range = bl * stride..(bl + 1) * stride;
-                let taken = append_padded(&mut spikes[range.clone()], n_spikes[bl], s, first);
+                let range = bl * cap..(bl + 1) * cap;
+                let taken = append(&mut spikes[range.clone()], n_spikes[bl], s, first);
                 n_spikes[bl] += taken;
-                n_near[bl] += append_padded(&mut near[range], n_near[bl], nr, first);
+                n_near[bl] += append(&mut near[range], n_near[bl], nr, first);
                 near_raw[bl] += nr.len();
                 sc.keep[p * m + bl] = taken;
                 start[0] = (n_spikes[bl] - taken) as u16;
@@ -259,8 +258,8 @@ impl TiledEngine {
                 unsafe { lr.buf.slice_mut((t * self.cfg.batch_size + b) * (cap + 2), cap + 2) };
             slot[0] = ns as u16;
             slot[1] = (ns + kn) as u16;
-            slot[2..2 + ns].copy_from_slice(&spikes[bl * stride..bl * stride + ns]);
-            slot[2 + ns..2 + ns + kn].copy_from_slice(&near[bl * stride..bl * stride + kn]);
+            slot[2..2 + ns].copy_from_slice(&spikes[bl * cap..bl * cap + ns]);
+            slot[2 + ns..2 + ns + kn].copy_from_slice(&near[bl * cap..bl * cap + kn]);
         }
         if dropped {
             // Near-threshold ids before tile p, per sample.
@@ -301,59 +300,5 @@ impl TiledEngine {
         }
         let dldc = unsafe { self.dldc.slice_mut(0, input.len * c) };
         batch_loss(&self.cfg, counts, &input.labels[..input.len], dldc)
-    }
-}
-
-/// Spare entries past the capacity of each sample's merge scratch ([`append_padded`]).
-pub(super) const MERGE_PAD: usize = 4;
-
-/// [`spiketile_core::spikes::append`] into `out` of capacity `out.len() - MERGE_PAD`: appends
-/// `ids + offset` at `out[len..]` as far as the capacity allows and returns how many were taken
-/// (a prefix of `ids`). Up to four ids (a tile-sample's usual spikes or near-threshold ids) are
-/// written without a loop: always four entries, the ids and then repeats of the last, so the
-/// branch on how many there are (a different count every call) is not taken at all; the
-/// entries past the taken ones are spare and the next append overwrites them.
-#[inline(always)]
-fn append_padded(out: &mut [u16], len: usize, ids: &[u16], offset: usize) -> usize {
-    let cap = out.len() - MERGE_PAD;
-    let take = ids.len().min(cap.saturating_sub(len));
-    if ids.len() <= MERGE_PAD {
-        // No ids: four spare entries all the same.
-        let src = if ids.is_empty() { &[0u16][..] } else { ids };
-        let last = src.len() - 1;
-        let dst: &mut [u16; MERGE_PAD] = (&mut out[len..len + MERGE_PAD]).try_into().unwrap();
-        for (k, d) in dst.iter_mut().enumerate() {
-            *d = (src[k.min(last)] as usize + offset) as u16;
-        }
-    } else {
-        for (dst, &id) in out[len..len + take].iter_mut().zip(ids) {
-            *dst = (id as usize + offset) as u16;
-        }
-    }
-    take
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{append_padded, MERGE_PAD};
-    use spiketile_core::spikes::append;
-
-    /// The padded append takes what `append` takes and leaves the same taken entries, for every
-    /// count of ids (the loop-free ones and more) and every room left, from empty to full.
-    #[test]
-    fn padded_append_takes_what_append_takes() {
-        let ids: Vec<u16> = (0..9).map(|k| 3 * k + 1).collect();
-        for cap in 0..8 {
-            for len in 0..=cap {
-                for n in 0..=ids.len() {
-                    let mut want = vec![7u16; cap];
-                    let mut got = vec![7u16; cap + MERGE_PAD];
-                    let a = append(&mut want, len, &ids[..n], 100);
-                    let b = append_padded(&mut got, len, &ids[..n], 100);
-                    assert_eq!(a, b, "cap {cap}, len {len}, {n} ids");
-                    assert_eq!(got[..len + b], want[..len + a], "cap {cap}, len {len}, {n} ids");
-                }
-            }
-        }
     }
 }

@@ -1,7 +1,6 @@
 //! One batch on the worker threads: the phases every thread runs in turn, each followed by the
 //! barrier, with the work stealing and the cost measurements of the schedule.
 
-use super::forward::MERGE_PAD;
 use super::units::{Lists, Measured, Units};
 use super::TiledEngine;
 use crate::engine::barrier::SpinBarrier;
@@ -16,8 +15,7 @@ use std::time::Instant;
 
 /// Per-thread scratch, allocated once per batch.
 pub(super) struct Scratch {
-    /// Layer buffers being merged: spikes, then near-threshold ids, `[sample][position]`, each
-    /// sample's `capacity + MERGE_PAD` entries long.
+    /// Layer buffers being merged: spikes, then near-threshold ids, `[sample][position]`.
     pub(super) merged: Vec<u16>,
     /// Per sample: spikes kept, near-threshold ids stored, near-threshold ids offered.
     pub(super) lens: Vec<usize>,
@@ -172,12 +170,8 @@ impl TiledEngine {
 
     /// The schedule every thread runs for one batch.
     fn run_thread(&self, tid: usize, ctx: &BatchCtx<'_>, mut rec: Option<Recorder<'_>>) {
-        let max_cm = self
-            .layers
-            .iter()
-            .map(|l| (l.plan.capacity + MERGE_PAD) * l.plan.micro_batch)
-            .max()
-            .unwrap_or(1);
+        let max_cm =
+            self.layers.iter().map(|l| l.plan.capacity * l.plan.micro_batch).max().unwrap_or(1);
         let max_pm = self.layers.iter().map(|l| l.p() * l.plan.micro_batch).max().unwrap_or(1);
         let max_m = self.layers.iter().map(|l| l.plan.micro_batch).max().unwrap_or(1);
         let mut sc = Scratch {
