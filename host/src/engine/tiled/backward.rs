@@ -44,7 +44,7 @@ impl TiledEngine {
 
     /// The slot of the partial-`dL/dS` buffers that holds backward step `t`.
     fn slot(&self, t: usize) -> usize {
-        t % (self.block + 1)
+        self.slots[t]
     }
 
     /// Backward step `t` of replica `r`'s tile `tile` of column `(l, p)`, sample after sample:
@@ -228,7 +228,7 @@ impl TiledEngine {
             if self.summed(l + 1) {
                 return (&nx.part_sum, (slot * self.cfg.batch_size + b) * ncap, 0, 1);
             }
-            let base = ((slot * nx.plan.tiles() + (b / nm) * np) * nm + b % nm) * ncap;
+            let base = (slot * nx.plan.tiles() * nm + nx.part_row[b]) * ncap;
             (&nx.part_src, base, nm * ncap, np)
         });
         [rec_at, next_at]

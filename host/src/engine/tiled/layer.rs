@@ -87,6 +87,10 @@ pub(super) struct LayerRt {
     /// tiles per replica in a backward pass in blocks, where the source layer's tiles then read
     /// one buffer instead of every tile's (see [`TiledEngine::sum_partials`]).
     pub(super) part_sum: Shared<f32>,
+    /// Per sample `b` of a batch, its row in this layer's `part_src` slots, `r * P * m + bl`
+    /// (replica `r = b / m`, its sample `bl = b % m`; tile `q`'s row is `m * q` further): the
+    /// layer below reads it at every sample and step, and looks it up rather than dividing.
+    pub(super) part_row: Vec<usize>,
     /// Partial `dL/dS` of this layer through recurrent weights, `[t % 2][r][p][m][cap]` (a
     /// network with a recurrent layer runs its backward pass step by step).
     pub(super) part_rec: Shared<f32>,

@@ -102,6 +102,9 @@ pub struct TiledEngine {
     block: usize,
     /// The memory of every tile's arena (after `layers`, whose homes point into it).
     arenas: Arenas,
+    /// Per step `t`, the slot of the partial-`dL/dS` buffers that holds it, `t % (block + 1)`
+    /// (looked up at every sample and step rather than divided).
+    slots: Vec<usize>,
 }
 
 impl TiledEngine {
@@ -169,6 +172,7 @@ impl TiledEngine {
                 part_sum: Shared::new(part_sum_len(li, lp, block, b)),
                 part_rec: Shared::new(if lp.recurrent { 2 * r * p * m * lp.capacity } else { 0 }),
                 ahead_raw: Shared::new(if lp.recurrent { 0 } else { lp.tiles() * t_steps * 2 }),
+                part_row: (0..b).map(|s| s / m * p * m + s % m).collect(),
                 deferred: None,
             });
             let lr = layers.last_mut().expect("just pushed");
@@ -189,6 +193,7 @@ impl TiledEngine {
             ahead,
             block,
             arenas,
+            slots: slots(t_steps, block),
         };
         let groups: usize = engine.layers.iter().map(|lr| lr.p() * lr.groups()).sum();
         let replicas: usize = engine.layers.iter().map(|lr| lr.plan.replicas).sum();
@@ -219,6 +224,7 @@ impl TiledEngine {
             "backward blocks of {steps} steps: at least 1, and 1 with a recurrent layer"
         );
         self.block = steps;
+        self.slots = slots(self.cfg.time_steps, steps);
         for (li, lr) in self.layers.iter_mut().enumerate() {
             lr.deferred = Deferred::new(lr, self.cfg.time_steps, steps);
             if li == 0 {
@@ -305,6 +311,12 @@ impl Engine for TiledEngine {
     fn take_trace(&mut self) -> Option<ExecTrace> {
         self.trace.take().map(|tr| tr.finish())
     }
+}
+
+/// The slot of the partial-`dL/dS` buffers of each of `t_steps` steps, for backward blocks of
+/// `block` steps: `t % (block + 1)`.
+fn slots(t_steps: usize, block: usize) -> Vec<usize> {
+    (0..t_steps).map(|t| t % (block + 1)).collect()
 }
 
 #[cfg(test)]
