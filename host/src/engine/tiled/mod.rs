@@ -62,6 +62,8 @@ mod weights;
 
 use self::arenas::Arenas;
 use self::deferred::Deferred;
+#[cfg(doc)]
+use self::forward::PADDED_MERGE_IDS;
 use self::layer::{backward_block, col_lens, part_sum_len, LayerRt, TileHome};
 use super::shared::Shared;
 use super::trace::{ExecTrace, TraceBuffers, TraceMeta};
@@ -96,6 +98,10 @@ pub struct TiledEngine {
     /// Per layer: whether its tiles run all steps ahead of the merge in the next batch
     /// (feed-forward layers that dropped no spike in the last batch).
     ahead: Vec<bool>,
+    /// Per layer: whether the merge of the next batch appends each tile-sample's ids without a
+    /// loop ([`forward::append_padded`]): where the last batch's tiles offered it at least
+    /// [`PADDED_MERGE_IDS`] ids per sample and step.
+    merge_padded: Vec<bool>,
     /// Backward steps per block (`layer::backward_block`): the backward pass runs the steps in
     /// blocks of this many from the end, one layer after the other (top down) within a block,
     /// each tile running the block's steps in turn; 1 = every layer in each step's phase.
@@ -178,7 +184,7 @@ impl TiledEngine {
             let lr = layers.last_mut().expect("just pushed");
             lr.deferred = Deferred::new(lr, t_steps, block);
         }
-        let ahead = plan.layers.iter().map(|lp| !lp.recurrent).collect();
+        let ahead: Vec<bool> = plan.layers.iter().map(|lp| !lp.recurrent).collect();
         let mut engine = TiledEngine {
             cfg: cfg.clone(),
             plan,
@@ -190,6 +196,7 @@ impl TiledEngine {
             step: 0,
             trace: None,
             unit_ns: Default::default(),
+            merge_padded: vec![false; ahead.len()],
             ahead,
             block,
             arenas,

@@ -1,6 +1,7 @@
 //! One batch on the worker threads: the phases every thread runs in turn, each followed by the
 //! barrier, with the work stealing and the cost measurements of the schedule.
 
+use super::forward::{MERGE_PAD, PADDED_MERGE_IDS};
 use super::units::{Lists, Measured, Units};
 use super::TiledEngine;
 use crate::engine::barrier::SpinBarrier;
@@ -15,7 +16,8 @@ use std::time::Instant;
 
 /// Per-thread scratch, allocated once per batch.
 pub(super) struct Scratch {
-    /// Layer buffers being merged: spikes, then near-threshold ids, `[sample][position]`.
+    /// Layer buffers being merged: spikes, then near-threshold ids, `[sample][position]`, each
+    /// sample's `capacity + MERGE_PAD` entries long.
     pub(super) merged: Vec<u16>,
     /// Per sample: spikes kept, near-threshold ids stored, near-threshold ids offered.
     pub(super) lens: Vec<usize>,
@@ -36,6 +38,9 @@ pub(super) struct BatchCtx<'a> {
     /// Per layer: whether its tiles run ahead of the merge in this batch (see
     /// [`TiledEngine::merge_ahead`]).
     pub(super) ahead: Vec<bool>,
+    /// Per layer: whether its merge appends a tile-sample's ids without a loop in this batch
+    /// (see [`TiledEngine::merge_padded`]).
+    pub(super) padded: Vec<bool>,
     /// Per layer: whether it dropped a spike in this batch.
     pub(super) dropped: Vec<AtomicBool>,
     /// Who runs which unit of the phase under way.
@@ -60,6 +65,7 @@ impl TiledEngine {
             error: OnceLock::new(),
             loss: OnceLock::new(),
             ahead: self.ahead.clone(),
+            padded: self.merge_padded.clone(),
             dropped: self.layers.iter().map(|_| AtomicBool::new(false)).collect(),
             claims: Claims::new(self.threads),
         };
@@ -170,8 +176,12 @@ impl TiledEngine {
 
     /// The schedule every thread runs for one batch.
     fn run_thread(&self, tid: usize, ctx: &BatchCtx<'_>, mut rec: Option<Recorder<'_>>) {
-        let max_cm =
-            self.layers.iter().map(|l| l.plan.capacity * l.plan.micro_batch).max().unwrap_or(1);
+        let max_cm = self
+            .layers
+            .iter()
+            .map(|l| (l.plan.capacity + MERGE_PAD) * l.plan.micro_batch)
+            .max()
+            .unwrap_or(1);
         let max_pm = self.layers.iter().map(|l| l.p() * l.plan.micro_batch).max().unwrap_or(1);
         let max_m = self.layers.iter().map(|l| l.plan.micro_batch).max().unwrap_or(1);
         let mut sc = Scratch {
@@ -278,12 +288,18 @@ impl TiledEngine {
         let t_steps = self.cfg.time_steps as u64;
         self.layers
             .iter_mut()
-            .map(|lr| {
+            .zip(&mut self.merge_padded)
+            .map(|(lr, padded)| {
                 let mut s = TileStats::default();
                 for home in lr.tiles.get_mut() {
                     s.add(&home.stats);
                     home.stats = TileStats::default();
                 }
+                // Ids each tile offered the merge per sample and step: the merge of the next
+                // batch appends them without a loop if they are a few, most of the time some.
+                let offered = (s.spikes_raw + s.near_raw) as f64
+                    / (lr.p() as u64 * t_steps * batch as u64).max(1) as f64;
+                *padded = (PADDED_MERGE_IDS..=MERGE_PAD as f64).contains(&offered);
                 LayerStats {
                     spikes: s.spikes_kept,
                     overflow: s.overflow(),
