@@ -47,14 +47,15 @@ impl<'a> OutBuffers<'a> {
         slot_view(&self.slots[(t * self.batch + b) * self.slot..])
     }
 
-    /// Asks the CPU to start loading the buffers of step `t`, every sample (see
-    /// [`Tile::prefetch_out_buffers`]). A hint: it changes no result, and an out-of-range `t`
-    /// is ignored.
+    /// Asks the CPU to start loading the buffers of `steps`, every sample (see
+    /// [`Tile::prefetch_out_buffers`]). A hint: it changes no result, and steps out of range
+    /// are ignored.
     #[inline]
-    pub fn prefetch(&self, t: usize) {
+    pub fn prefetch_steps(&self, steps: core::ops::Range<usize>) {
         let len = self.batch * self.slot;
-        let at = t.checked_mul(len).and_then(|at| Some(at..at.checked_add(len)?));
-        if let Some(slots) = at.and_then(|range| self.slots.get(range)) {
+        let end = steps.end.min(self.slots.len() / len.max(1));
+        let at = steps.start.checked_mul(len).zip(end.checked_mul(len));
+        if let Some(slots) = at.and_then(|(a, b)| self.slots.get(a..b)) {
             prefetch_lines(slots);
         }
     }

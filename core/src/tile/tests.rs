@@ -628,14 +628,16 @@ fn out_buffers_without_attaching_equal_the_tiles() {
     let bytes = bytemuck::cast_slice::<u32, u8>(&arena);
     let out = layout.out_buffers(bytes).unwrap();
     for t in 0..cfg.time_steps {
-        out.prefetch(t);
+        out.prefetch_steps(t..t + 1);
         for b in 0..cfg.batch {
             let (ids, n) = &want[t * cfg.batch + b];
             assert_eq!(out.get(t, b), SpikeView::new(ids, *n).unwrap(), "step {t}, sample {b}");
         }
     }
-    out.prefetch(cfg.time_steps);
-    out.prefetch(usize::MAX);
+    // Out-of-range or empty steps are ignored.
+    out.prefetch_steps(0..cfg.time_steps + 5);
+    out.prefetch_steps(cfg.time_steps..usize::MAX);
+    out.prefetch_steps(3..3);
     let n = layout.arena_bytes();
     assert_eq!(
         layout.out_buffers(&bytes[..n - 4]).unwrap_err(),

@@ -1,5 +1,5 @@
-//! The forward pass: tiles running all steps ahead, the layer merge that checks them step by step
-//! (or runs them in lockstep), and the loss on the output counts.
+//! The forward pass: tiles running all steps ahead, the layer merge that checks them a few steps
+//! at a time (or runs them in lockstep), and the loss on the output counts.
 
 use super::run::{BatchCtx, Scratch};
 use super::TiledEngine;
@@ -7,6 +7,7 @@ use crate::engine::{batch_loss, InputBatch};
 use anyhow::Result;
 use spiketile_core::spikes::append;
 use spiketile_core::{SharedWeights, SpikeView, StepInput, Tile, TileError};
+use std::ops::Range;
 use std::sync::atomic::Ordering;
 
 impl TiledEngine {
@@ -63,7 +64,8 @@ impl TiledEngine {
         Ok(())
     }
 
-    /// Merges replica `(l, r)`'s tile buffers step by step into the layer buffers.
+    /// Merges replica `(l, r)`'s tile buffers into the layer buffers, [`MERGE_STEPS`] steps at a
+    /// time (each tile's buffers of those steps in one stream), or step by step in lockstep.
     ///
     /// If the layer's tiles ran ahead ([`Self::forward_ahead`]), taking their own spikes as kept,
     /// the guess holds unless the layer drops a spike: then the replica's statistics are rolled
@@ -88,15 +90,21 @@ impl TiledEngine {
             for (p, saved) in sc.stats[..p_count].iter_mut().enumerate() {
                 *saved = home(p).stats;
             }
-            for t in 0..t_steps {
+            let mut t0 = 0;
+            while t0 < t_steps {
+                let steps = t0..(t0 + MERGE_STEPS).min(t_steps);
                 for p in 0..p_count {
                     let ti = r * p_count + p;
-                    let raw = unsafe { lr.ahead_raw.slice((ti * t_steps + t) * 2, 2) };
+                    let at = (ti * t_steps + steps.start) * 2;
+                    let raw = unsafe { lr.ahead_raw.slice(at, steps.len() * 2) };
                     let stats = &mut home(p).stats;
-                    stats.spikes_raw += raw[0] as u64;
-                    stats.near_raw += raw[1] as u64;
+                    for found in raw.chunks_exact(2) {
+                        stats.spikes_raw += found[0] as u64;
+                        stats.near_raw += found[1] as u64;
+                    }
                 }
-                if self.forward_exchange(input.len, (l, r, t), ctx.padded[l], sc)? {
+                t0 = steps.end;
+                if self.forward_exchange(input.len, (l, r, steps), ctx.padded[l], sc)? {
                     for (p, saved) in sc.stats[..p_count].iter().enumerate() {
                         home(p).stats = *saved;
                     }
@@ -117,7 +125,7 @@ impl TiledEngine {
                     let stats = tile.stats();
                     home.stats.add(&stats);
                 }
-                dropped |= self.forward_exchange(input.len, (l, r, t), ctx.padded[l], sc)?;
+                dropped |= self.forward_exchange(input.len, (l, r, t..t + 1), ctx.padded[l], sc)?;
             }
             if dropped {
                 ctx.dropped[l].store(true, Ordering::Relaxed);
@@ -179,15 +187,16 @@ impl TiledEngine {
         StepInput { input: src, rec }
     }
 
-    /// Merges replica `(l, r)`'s tile buffers of step `t` into the layer buffers (all samples at
-    /// once, each tile attached once): spikes in tile order, then near-threshold ids in tile
-    /// order, up to the layer's capacity. Tiles are told what the layer kept ([`Tile::commit`])
-    /// only when something was dropped; otherwise their buffers already are what was kept.
-    /// Returns whether a spike was dropped (which changes the dropping tile's next steps).
+    /// Merges replica `(l, r)`'s tile buffers of `steps` into the layer buffers (all samples at
+    /// once, each tile attached once, tile after tile): spikes in tile order, then
+    /// near-threshold ids in tile order, up to the layer's capacity. Tiles are told what the
+    /// layer kept ([`Tile::commit`]) only when something was dropped; otherwise their buffers
+    /// already are what was kept. Returns whether a spike was dropped (which changes the dropping
+    /// tile's next steps: of several steps, the caller then runs them again in lockstep).
     fn forward_exchange(
         &self,
         batch: usize,
-        (l, r, t): (usize, usize, usize),
+        (l, r, steps): (usize, usize, Range<usize>),
         padded: bool,
         sc: &mut Scratch,
     ) -> Result<bool, TileError> {
@@ -195,100 +204,147 @@ impl TiledEngine {
         let (p_count, cap) = (lr.p(), lr.plan.capacity);
         let samples = lr.plan.samples_of(r, batch);
         let m = samples.len();
-        // Spikes kept, and the first `cap` near-threshold ids (no more can be kept), per sample,
-        // each sample's `cap + MERGE_PAD` entries apart.
-        let stride = cap + MERGE_PAD;
-        let (spikes, near) = sc.merged[..2 * m * stride].split_at_mut(m * stride);
-        let (n_spikes, rest) = sc.lens[..3 * m].split_at_mut(m);
-        let (n_near, near_raw) = rest.split_at_mut(m);
+        // Per (step, sample) cell `k = (t - steps.start) * m + bl`: spikes kept, and the first
+        // `cap` near-threshold ids (no more can be kept), each cell's `cap + MERGE_PAD` entries
+        // apart.
+        let (cells, stride) = (steps.len() * m, cap + MERGE_PAD);
+        let (spikes, near) = sc.merged[..2 * cells * stride].split_at_mut(cells * stride);
+        let (n_spikes, rest) = sc.lens[..4 * cells].split_at_mut(cells);
+        let (n_near, rest) = rest.split_at_mut(cells);
+        let (near_raw, taken_before) = rest.split_at_mut(cells);
         n_spikes.fill(0);
         n_near.fill(0);
         near_raw.fill(0);
-        let (mut dropped, mut spike_dropped) = (false, false);
+        // Per step: whether a spike was dropped.
+        let mut spike_dropped = [false; MERGE_STEPS];
+        // Safety (every `home`): this unit owns the tiles of replica (l, r) in this phase.
+        let home = |p: usize| unsafe { self.home(l, r * p_count + p) };
+        // Read without attaching the tiles (one is attached below only to commit a drop).
+        let mut out = home(0).out_buffers()?;
         for p in 0..p_count {
-            // Safety: this unit owns the tiles of replica (l, r) in this phase.
-            let home = unsafe { self.home(l, r * p_count + p) };
+            // The next tile's buffers, read after this one's: at large widths a replica has a
+            // hundred or more tiles, too many streams for the hardware to follow.
+            let next = match p + 1 < p_count {
+                true => Some(home(p + 1).out_buffers()?),
+                false => None,
+            };
+            if let Some(next) = &next {
+                next.prefetch_steps(steps.clone());
+            }
+            let home = home(p);
             let first = home.layout.config().first_neuron;
-            // Read without attaching the tile (it is attached below only to commit a drop).
-            let out = home.out_buffers()?;
-            // The next step's buffers, read after the other tiles' of this step: at large widths
-            // a replica has a hundred or more tiles, too many streams for the hardware to follow.
-            out.prefetch(t + 1);
             let (mut kept, mut raw) = (0, 0);
-            // Safety: the samples' entries of step t belong to this unit.
-            let at = self.start_at(p, (samples.start, t));
-            let starts = unsafe { lr.starts.slice_mut(at, 2 * m) };
-            for (bl, start) in starts.chunks_exact_mut(2).enumerate() {
-                let view = out.get(t, bl);
-                let (s, nr) = (view.spikes(), view.near());
-                let (sp, ne) = (&mut spikes[bl * stride..], &mut near[bl * stride..]);
-                let taken = if padded {
-                    n_near[bl] += append_padded(&mut ne[..stride], n_near[bl], nr, first);
-                    append_padded(&mut sp[..stride], n_spikes[bl], s, first)
-                } else {
-                    n_near[bl] += append(&mut ne[..cap], n_near[bl], nr, first);
-                    append(&mut sp[..cap], n_spikes[bl], s, first)
-                };
-                n_spikes[bl] += taken;
-                near_raw[bl] += nr.len();
-                sc.keep[p * m + bl] = taken;
-                start[0] = (n_spikes[bl] - taken) as u16;
-                // Relative to the buffer's spike count, known after the last tile (below).
-                start[1] = (near_raw[bl] - nr.len()) as u16;
-                sc.keep[(p_count + p) * m + bl] = nr.len();
-                spike_dropped |= taken < s.len();
-                kept += taken;
-                raw += nr.len();
+            for (dt, t) in steps.clone().enumerate() {
+                // Safety: the samples' entries of step t belong to this unit.
+                let at = self.start_at(p, (samples.start, t));
+                let starts = unsafe { lr.starts.slice_mut(at, 2 * m) };
+                let mut step_dropped = false;
+                for (bl, start) in starts.chunks_exact_mut(2).enumerate() {
+                    let k = dt * m + bl;
+                    let view = out.get(t, bl);
+                    let (s, nr) = (view.spikes(), view.near());
+                    let (sp, ne) = (&mut spikes[k * stride..], &mut near[k * stride..]);
+                    let taken = if padded {
+                        n_near[k] += append_padded(&mut ne[..stride], n_near[k], nr, first);
+                        append_padded(&mut sp[..stride], n_spikes[k], s, first)
+                    } else {
+                        n_near[k] += append(&mut ne[..cap], n_near[k], nr, first);
+                        append(&mut sp[..cap], n_spikes[k], s, first)
+                    };
+                    n_spikes[k] += taken;
+                    near_raw[k] += nr.len();
+                    start[0] = (n_spikes[k] - taken) as u16;
+                    // Relative to the buffer's spike count, known after the last tile (below).
+                    start[1] = (near_raw[k] - nr.len()) as u16;
+                    step_dropped |= taken < s.len();
+                    kept += taken;
+                    raw += nr.len();
+                }
+                spike_dropped[dt] |= step_dropped;
             }
             // Every near-threshold id counts as kept unless the slow path below says otherwise.
             home.stats.spikes_kept += kept as u64;
             home.stats.near_kept += raw as u64;
+            if let Some(next) = next {
+                out = next;
+            }
         }
-        dropped |= spike_dropped;
         for p in 0..p_count {
             // Safety: as above. A tile's near-threshold ids follow all spikes of the buffer
             // (positions stay below the layer width: kept spikes and offered near-threshold
             // ids are distinct neurons).
-            let at = self.start_at(p, (samples.start, t));
-            let starts = unsafe { lr.starts.slice_mut(at, 2 * m) };
-            for (start, &ns) in starts.chunks_exact_mut(2).zip(n_spikes.iter()) {
-                start[1] += ns as u16;
-            }
-        }
-        for (bl, b) in samples.enumerate() {
-            let ns = n_spikes[bl];
-            let kn = near_raw[bl].min(cap - ns);
-            dropped |= kn < near_raw[bl];
-            // Safety: sample b's slot of layer l at step t is this unit's alone.
-            let slot =
-                unsafe { lr.buf.slice_mut((t * self.cfg.batch_size + b) * (cap + 2), cap + 2) };
-            slot[0] = ns as u16;
-            slot[1] = (ns + kn) as u16;
-            slot[2..2 + ns].copy_from_slice(&spikes[bl * stride..bl * stride + ns]);
-            slot[2 + ns..2 + ns + kn].copy_from_slice(&near[bl * stride..bl * stride + kn]);
-        }
-        if dropped {
-            // Near-threshold ids before tile p, per sample.
-            let before = n_near;
-            before.fill(0);
-            for p in 0..p_count {
-                let home = unsafe { self.home(l, r * p_count + p) };
-                let mut tile = home.tile()?;
-                let mut refused = 0;
-                for bl in 0..m {
-                    let (ks, raw) = (sc.keep[p * m + bl], sc.keep[(p_count + p) * m + bl]);
-                    let room = cap - n_spikes[bl];
-                    let kn = raw.min(room.saturating_sub(before[bl]));
-                    before[bl] += raw;
-                    tile.commit(t, bl, ks, kn)?;
-                    refused += raw - kn;
+            for (dt, t) in steps.clone().enumerate() {
+                let at = self.start_at(p, (samples.start, t));
+                let starts = unsafe { lr.starts.slice_mut(at, 2 * m) };
+                for (start, &ns) in starts.chunks_exact_mut(2).zip(&n_spikes[dt * m..]) {
+                    start[1] += ns as u16;
                 }
-                // `commit` counted what was kept again on this attachment (`tile`'s own
-                // statistics, not added to `home`); the layer's count is corrected here.
-                home.stats.near_kept -= refused as u64;
             }
         }
-        Ok(spike_dropped)
+        for (dt, t) in steps.clone().enumerate() {
+            let mut dropped = spike_dropped[dt];
+            for (bl, b) in samples.clone().enumerate() {
+                let k = dt * m + bl;
+                let ns = n_spikes[k];
+                let kn = near_raw[k].min(cap - ns);
+                dropped |= kn < near_raw[k];
+                // Safety: sample b's slot of layer l at step t is this unit's alone.
+                let slot =
+                    unsafe { lr.buf.slice_mut((t * self.cfg.batch_size + b) * (cap + 2), cap + 2) };
+                slot[0] = ns as u16;
+                slot[1] = (ns + kn) as u16;
+                slot[2..2 + ns].copy_from_slice(&spikes[k * stride..k * stride + ns]);
+                slot[2 + ns..2 + ns + kn].copy_from_slice(&near[k * stride..k * stride + kn]);
+            }
+            if dropped {
+                self.commit_drops(
+                    (l, r, t),
+                    &n_spikes[dt * m..][..m],
+                    &near_raw[dt * m..][..m],
+                    (&mut n_near[dt * m..][..m], &mut taken_before[dt * m..][..m]),
+                )?;
+            }
+        }
+        Ok(spike_dropped.contains(&true))
+    }
+
+    /// Tells replica `(l, r)`'s tiles what the layer kept of their buffers of step `t`, where
+    /// something was dropped: per sample, the layer kept `n_spikes` spikes and took
+    /// `near_raw` near-threshold ids offered up to its capacity. What each tile's spikes and
+    /// near-threshold ids got is found again as the merge found it, tile after tile (`before`
+    /// and `taken_before`: scratch, one entry per sample).
+    fn commit_drops(
+        &self,
+        (l, r, t): (usize, usize, usize),
+        n_spikes: &[usize],
+        near_raw: &[usize],
+        (before, taken_before): (&mut [usize], &mut [usize]),
+    ) -> Result<(), TileError> {
+        let lr = &self.layers[l];
+        let (p_count, cap) = (lr.p(), lr.plan.capacity);
+        before.fill(0);
+        taken_before.fill(0);
+        for p in 0..p_count {
+            // Safety: this unit owns the tiles of replica (l, r) in this phase.
+            let home = unsafe { self.home(l, r * p_count + p) };
+            let mut tile = home.tile()?;
+            let mut refused = 0;
+            for (bl, (&ns, &offered)) in n_spikes.iter().zip(near_raw).enumerate() {
+                let view = tile.out_buffer(t, bl);
+                let (s, raw) = (view.spikes().len(), view.near().len());
+                let ks = s.min(cap.saturating_sub(taken_before[bl]));
+                taken_before[bl] += ks;
+                let kn = raw.min((cap - ns).saturating_sub(before[bl]));
+                debug_assert!(before[bl] + raw <= offered);
+                before[bl] += raw;
+                tile.commit(t, bl, ks, kn)?;
+                refused += raw - kn;
+            }
+            // `commit` counted what was kept again on this attachment (`tile`'s own
+            // statistics, not added to `home`); the layer's count is corrected here.
+            home.stats.near_kept -= refused as u64;
+        }
+        Ok(())
     }
 
     pub(super) fn loss(&self, input: &InputBatch) -> Result<f64> {
@@ -308,6 +364,10 @@ impl TiledEngine {
         batch_loss(&self.cfg, counts, &input.labels[..input.len], dldc)
     }
 }
+
+/// Steps a replica's merge takes at once, tile after tile, where its tiles ran ahead
+/// ([`TiledEngine::merge_ahead`]): each tile's buffers are read in one stream of this many steps.
+pub(super) const MERGE_STEPS: usize = 8;
 
 /// Spare entries past the capacity of each sample's merge scratch ([`append_padded`]).
 pub(super) const MERGE_PAD: usize = 4;
@@ -358,33 +418,66 @@ mod tests {
     use crate::model::Params;
     use spiketile_core::spikes::append;
 
+    /// Trains `cfg`'s model from `params` on three random batches of 30 % activity, with `setup`
+    /// run on the engine before each batch: the losses, weights and optimizer state.
+    fn train_three(
+        cfg: &crate::config::ModelConfig,
+        setup: impl Fn(&mut TiledEngine),
+    ) -> (Vec<f64>, Vec<u64>, Params, crate::model::OptimState) {
+        let params = Params::init(cfg, 3);
+        let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(7);
+        let mut e = TiledEngine::new(cfg, &params, 2).unwrap();
+        let (mut losses, mut overflow) = (Vec::new(), Vec::new());
+        for _ in 0..3 {
+            let samples = crate::cli::bench::random_batch(cfg, 0.3, &mut rng);
+            setup(&mut e);
+            let refs: Vec<&BinnedSample> = samples.iter().collect();
+            let batch = InputBatch::new(&refs, cfg.time_steps, cfg.capacity(cfg.inputs));
+            let res = e.run_batch(&batch, true).unwrap();
+            losses.push(res.loss_sum);
+            overflow.push(res.layers.iter().map(|s| s.overflow).sum());
+        }
+        assert!(e.params() != params, "training must change the weights");
+        (losses, overflow, e.params(), e.optim_state())
+    }
+
+    /// A small two-layer model on tiles of 4 neurons and 2 samples, busy (30 % capacity).
+    fn busy_config() -> crate::config::ModelConfig {
+        let mut cfg = crate::config::test_config();
+        (cfg.hidden, cfg.max_neurons_per_tile, cfg.max_samples_per_tile) =
+            (vec![12, 9], Some(4), Some(2));
+        (cfg.init_gain, cfg.max_activity) = (12.0, 0.3);
+        cfg
+    }
+
     /// Merges with and without the padded append, in busy and in overflowing layers (small
     /// capacities: some batches drop spikes and merge in lockstep), train to the same weights,
     /// losses and optimizer state bit for bit.
     #[test]
     fn padded_merges_equal_plain_ones() {
-        let mut cfg = crate::config::test_config();
-        (cfg.hidden, cfg.max_neurons_per_tile, cfg.max_samples_per_tile) =
-            (vec![12, 9], Some(4), Some(2));
-        (cfg.init_gain, cfg.max_activity) = (12.0, 0.3);
-        let params = Params::init(&cfg, 3);
-        let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(7);
-        let batches: Vec<Vec<BinnedSample>> =
-            (0..3).map(|_| crate::cli::bench::random_batch(&cfg, 0.3, &mut rng)).collect();
+        let cfg = busy_config();
         let train = |padded: bool| {
-            let mut e = TiledEngine::new(&cfg, &params, 2).unwrap();
-            let mut losses = Vec::new();
-            for samples in &batches {
-                e.merge_padded.iter_mut().for_each(|p| *p = padded);
-                let refs: Vec<&BinnedSample> = samples.iter().collect();
-                let batch = InputBatch::new(&refs, cfg.time_steps, cfg.capacity(cfg.inputs));
-                losses.push(e.run_batch(&batch, true).unwrap().loss_sum);
-            }
-            (losses, e.params(), e.optim_state())
+            train_three(&cfg, |e| e.merge_padded.iter_mut().for_each(|p| *p = padded))
         };
-        let plain = train(false);
-        assert!(plain.1 != params, "training must change the weights");
-        assert!(train(true) == plain);
+        assert!(train(true) == train(false));
+    }
+
+    /// Merges of tiles that ran ahead, `MERGE_STEPS` steps at a time and tile after tile, train
+    /// as merges in lockstep, step by step, bit for bit: where near-threshold ids overflow the
+    /// capacity (the tiles are told what was kept) and where spikes do (the merge runs the
+    /// replica again in lockstep), over more steps than one merge takes.
+    #[test]
+    fn merges_ahead_equal_lockstep_ones() {
+        let mut cfg = busy_config();
+        cfg.time_steps = 2 * super::MERGE_STEPS + 3;
+        for (max_activity, window) in [(0.3, 1.0), (0.2, f32::INFINITY)] {
+            (cfg.max_activity, cfg.window) = (max_activity, window);
+            let train =
+                |ahead: bool| train_three(&cfg, |e| e.ahead.iter_mut().for_each(|a| *a = ahead));
+            let lockstep = train(false);
+            assert!(lockstep.1.iter().any(|&o| o > 0), "some batch overflows: {:?}", lockstep.1);
+            assert!(train(true) == lockstep, "max activity {max_activity}, window {window}");
+        }
     }
 
     /// The padded append takes what `append` takes and leaves the same taken entries, for every

@@ -14,13 +14,13 @@
 //!
 //! The math is one superstep per time step (SPEC §1, §3); the phases group many supersteps where
 //! that changes no result. Forward, layer by layer: the tiles of a feed-forward layer run every
-//! step at once, taking their spikes as kept, and the merge then checks that guess step by step
-//! (`merge_ahead`). Backward, in blocks of steps from the end ([`TiledEngine::backward_block`]),
-//! layer by layer (top down) within a block, each tile gathering its
-//! `dL/dS` from the partials of the layer above (summed over that layer's tiles first, where it
-//! has several per replica: `sum_partials`). With a recurrent layer, which exchanges with
-//! itself every step, its forward runs in lockstep inside the merge and the backward runs step
-//! by step, every layer in each step's phase:
+//! step at once, taking their spikes as kept, and the merge then checks that guess a few steps
+//! at a time, tile after tile (`merge_ahead`). Backward, in blocks of steps from the end
+//! ([`TiledEngine::backward_block`]), layer by layer (top down) within a block, each tile
+//! gathering its `dL/dS` from the partials of the layer above (summed over that layer's tiles
+//! first, where it has several per replica: `sum_partials`). With a recurrent layer, which
+//! exchanges with itself every step, its forward runs in lockstep inside the merge and the
+//! backward runs step by step, every layer in each step's phase:
 //!
 //! | phase | unit | writes | reads |
 //! |---|---|---|---|

@@ -1,7 +1,7 @@
 //! One batch on the worker threads: the phases every thread runs in turn, each followed by the
 //! barrier, with the work stealing and the cost measurements of the schedule.
 
-use super::forward::{MERGE_PAD, PADDED_MERGE_IDS};
+use super::forward::{MERGE_PAD, MERGE_STEPS, PADDED_MERGE_IDS};
 use super::units::{Lists, Measured, Units};
 use super::TiledEngine;
 use crate::engine::barrier::SpinBarrier;
@@ -16,13 +16,12 @@ use std::time::Instant;
 
 /// Per-thread scratch, allocated once per batch.
 pub(super) struct Scratch {
-    /// Layer buffers being merged: spikes, then near-threshold ids, `[sample][position]`, each
-    /// sample's `capacity + MERGE_PAD` entries long.
+    /// Layer buffers being merged: spikes, then near-threshold ids, `[step][sample][position]`,
+    /// each cell `capacity + MERGE_PAD` entries long, for up to `MERGE_STEPS` steps.
     pub(super) merged: Vec<u16>,
-    /// Per sample: spikes kept, near-threshold ids stored, near-threshold ids offered.
+    /// Per step and sample: spikes kept, near-threshold ids stored, near-threshold ids offered,
+    /// and the scratch of a merge that dropped some.
     pub(super) lens: Vec<usize>,
-    /// Kept spikes, then offered near-threshold ids, `[pass][tile][sample]`.
-    pub(super) keep: Vec<usize>,
     /// A replica's tile statistics, saved before a merge that may have to start over.
     pub(super) stats: Vec<TileStats>,
 }
@@ -182,12 +181,10 @@ impl TiledEngine {
             .map(|l| (l.plan.capacity + MERGE_PAD) * l.plan.micro_batch)
             .max()
             .unwrap_or(1);
-        let max_pm = self.layers.iter().map(|l| l.p() * l.plan.micro_batch).max().unwrap_or(1);
         let max_m = self.layers.iter().map(|l| l.plan.micro_batch).max().unwrap_or(1);
         let mut sc = Scratch {
-            merged: vec![0; 2 * max_cm],
-            lens: vec![0; 3 * max_m],
-            keep: vec![0; 2 * max_pm],
+            merged: vec![0; 2 * MERGE_STEPS * max_cm],
+            lens: vec![0; 4 * MERGE_STEPS * max_m],
             stats: vec![TileStats::default(); self.layers.iter().map(|l| l.p()).max().unwrap_or(1)],
         };
         let t_steps = self.cfg.time_steps;
@@ -199,7 +196,7 @@ impl TiledEngine {
             r.restart(Instant::now());
         }
         // Forward, layer by layer: each tile of a feed-forward layer runs all steps ahead, then
-        // each replica's merge checks them step by step (see `merge_ahead`).
+        // each replica's merge checks them a few steps at a time (see `merge_ahead`).
         for l in 0..self.layers.len() {
             if ctx.ahead[l] {
                 let units = (tid, Lists::Layer(l, ForwardCompute));
