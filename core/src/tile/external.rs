@@ -179,4 +179,18 @@ impl Tile<'_> {
             self.prefetch_own_history(t, b);
         }
     }
+
+    /// Asks the CPU for the history a forward step `t` writes, every sample: the candidate
+    /// buffers and the membranes of their gradient sets. A hint for a driver that runs a tile
+    /// through many steps whose histories lie beyond the caches: it changes no result, and an
+    /// out-of-range `t` is ignored.
+    #[inline]
+    pub fn prefetch_forward(&self, t: usize) {
+        if t < self.cfg.time_steps {
+            let kt = self.cfg.own_capacity();
+            let (lo, hi) = (self.step_index(t, 0), self.step_index(t, self.cfg.batch - 1) + 1);
+            crate::simd::prefetch_lines(&self.out_hist[lo * (kt + 2)..hi * (kt + 2)]);
+            crate::simd::prefetch_lines(&self.u_hist[lo * kt..hi * kt]);
+        }
+    }
 }

@@ -583,6 +583,7 @@ fn prefetch_hints_ignore_out_of_range_steps() {
         Tile::new(cfg, NeuronParams::default(), bytemuck::cast_slice_mut(&mut arena)).unwrap();
     for t in [0, cfg.time_steps - 1, cfg.time_steps, usize::MAX] {
         tile.prefetch_out_buffers(t);
+        tile.prefetch_forward(t);
         tile.prefetch_backward(t, 0);
         tile.prefetch_backward(t, cfg.batch);
         tile.prefetch_backward_external(t, 0);
