@@ -84,9 +84,9 @@ impl TiledEngine {
             let rec0 = recs.next().flatten();
             for (tid, rec) in (1..this.threads).zip(recs) {
                 let ctx = &ctx;
-                s.spawn(move || this.run_thread(tid, ctx, rec));
+                s.spawn(move || this.run_thread_or_poison(tid, ctx, rec));
             }
-            this.run_thread(0, &ctx, rec0);
+            this.run_thread_or_poison(0, &ctx, rec0);
         });
         drop(recorders);
         for ((ahead, dropped), lr) in self.ahead.iter_mut().zip(&ctx.dropped).zip(&self.layers) {
@@ -171,6 +171,16 @@ impl TiledEngine {
     /// Spans one thread records in one training batch (at most).
     fn trace_spans(&self) -> usize {
         8 * self.cfg.time_steps + 8
+    }
+
+    /// [`Self::run_thread`]; if it panics (a bug), the barrier is poisoned first, so that the
+    /// other threads panic too instead of waiting at it forever, and the panic goes on.
+    fn run_thread_or_poison(&self, tid: usize, ctx: &BatchCtx<'_>, rec: Option<Recorder<'_>>) {
+        let run = std::panic::AssertUnwindSafe(|| self.run_thread(tid, ctx, rec));
+        if let Err(panic) = std::panic::catch_unwind(run) {
+            ctx.barrier.poison();
+            std::panic::resume_unwind(panic);
+        }
     }
 
     /// The schedule every thread runs for one batch.
