@@ -17,10 +17,11 @@ impl TiledEngine {
         input: &InputBatch,
         (l, p, g): (usize, usize, usize),
         steps: std::ops::Range<usize>,
+        vecs: &mut [f32],
     ) -> Result<(), TileError> {
         let lr = &self.layers[l];
         if let Some(d) = &lr.deferred {
-            return self.backward_deferred(input, d, (l, p, g), steps);
+            return self.backward_deferred(input, d, (l, p, g), steps, vecs);
         }
         let p_count = lr.p();
         let reps = lr.group(g);

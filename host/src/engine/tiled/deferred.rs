@@ -49,7 +49,7 @@ pub(super) struct Deferred {
     /// a run ending at `hi` is step `t`, replica `r` of a group starting at `r0`, its sample
     /// `bl`: `k = (hi - 1 - t) * slots + (r - r0) * m + bl`.
     slots: usize,
-    /// Floats per vector slot in [`Self::vecs`]: the width of the widest tile column.
+    /// Floats per vector slot of a unit's vectors: the width of the widest tile column.
     lanes: usize,
     /// Rows of the gradient (the source layer's width).
     inputs: usize,
@@ -60,8 +60,6 @@ pub(super) struct Deferred {
     starts: Shared<u32>,
     /// Per group and run, the vector indices each row takes, row after row: `[g][run][run_uses]`.
     uses: Shared<u16>,
-    /// Per tile column and group, the vectors of the run under way: `[p][g][slots * run][lanes]`.
-    vecs: Shared<f32>,
 }
 
 impl Deferred {
@@ -108,7 +106,6 @@ impl Deferred {
             run_uses,
             starts: Shared::new(lists * (lp.inputs + 1)),
             uses: Shared::new(lists * run_uses),
-            vecs: Shared::new(lp.splits.len() * groups * slots * run * lanes),
             runs,
             run,
         }
@@ -119,13 +116,14 @@ impl Deferred {
         self.runs.len()
     }
 
-    /// Bytes of the lists and vectors.
+    /// Bytes of the lists.
     pub(super) fn bytes(&self) -> usize {
-        4 * (self.starts.len() + self.vecs.len()) + 2 * self.uses.len()
+        4 * self.starts.len() + 2 * self.uses.len()
     }
 
-    /// Floats of one unit's vectors.
-    fn unit_len(&self) -> usize {
+    /// Floats of one unit's vectors, `[slots * run][lanes]` (the thread's scratch: a unit fills
+    /// and empties them run by run).
+    pub(super) fn unit_len(&self) -> usize {
         self.slots * self.run * self.lanes
     }
 }
@@ -190,21 +188,23 @@ impl TiledEngine {
         d: &Deferred,
         (l, p, g): (usize, usize, usize),
         steps: Range<usize>,
+        vecs: &mut [f32],
     ) -> Result<(), TileError> {
         let lr = &self.layers[l];
         let (p_count, m) = (lr.p(), lr.plan.micro_batch);
         let reps = lr.group(g);
         // Safety: not the update phase.
         let shared = unsafe { self.col_weights(l, p) };
-        // Safety: the tiles of group (l, p, g), their partial out-buffers and their vectors
-        // belong to this unit.
+        // Safety: the tiles of group (l, p, g) and their partial out-buffers belong to this
+        // unit.
         let mut tile0 = unsafe { self.home(l, reps.start * p_count + p) }.tile()?;
         // A wide layer's gradient rows come from L3: into L2 in one stream (see forward_ahead).
         if self.far_partials(l) {
             spiketile_core::simd::prefetch_lines_l2(tile0.grads().0);
         }
-        let len = d.unit_len();
-        let vecs = unsafe { d.vecs.slice_mut((p * lr.groups() + g) * len, len) };
+        // This thread's scratch, in cache from the unit before (a buffer per unit, in a wide
+        // layer, would come from memory at each unit's first run).
+        let vecs = &mut vecs[..d.unit_len()];
         let n = tile0.config().neurons;
         let runs = d.runs.iter().enumerate();
         for (ri, run) in runs.filter(|(_, run)| run.start >= steps.start && run.end <= steps.end) {

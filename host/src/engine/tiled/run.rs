@@ -24,6 +24,18 @@ pub(super) struct Scratch {
     pub(super) lens: Vec<usize>,
     /// A replica's tile statistics, saved before a merge that may have to start over.
     pub(super) stats: Vec<TileStats>,
+    /// The `dL/dc` vectors of a unit of a layer with deferred gradients (see
+    /// [`super::deferred`]), from the first cache line boundary on ([`Scratch::vecs`]).
+    vecs: Vec<f32>,
+}
+
+impl Scratch {
+    /// The vectors' buffer, starting on a cache line: each vector of a 32-neuron tile is two
+    /// whole lines (unaligned, three, and every load of a row kernel's would cross a line).
+    pub(super) fn vecs(&mut self) -> &mut [f32] {
+        let skip = self.vecs.as_ptr().align_offset(64).min(self.vecs.len());
+        &mut self.vecs[skip..]
+    }
 }
 
 /// What every thread runs in one batch.
@@ -192,10 +204,14 @@ impl TiledEngine {
             .max()
             .unwrap_or(1);
         let max_m = self.layers.iter().map(|l| l.plan.micro_batch).max().unwrap_or(1);
+        let deferred = self.layers.iter().flat_map(|l| l.deferred.as_ref());
+        let max_vecs = deferred.map(|d| d.unit_len()).max().unwrap_or(0);
         let mut sc = Scratch {
             merged: vec![0; 2 * MERGE_STEPS * max_cm],
             lens: vec![0; 4 * MERGE_STEPS * max_m],
             stats: vec![TileStats::default(); self.layers.iter().map(|l| l.p()).max().unwrap_or(1)],
+            // With room for the alignment (`Scratch::vecs`).
+            vecs: vec![0.0; 16 + max_vecs],
         };
         let t_steps = self.cfg.time_steps;
         let u = &ctx.units;
@@ -260,7 +276,8 @@ impl TiledEngine {
             |units: Lists, steps: std::ops::Range<usize>, at: u32, layer: Option<usize>| {
                 self.phase(ctx, (tid, units), &mut rec, (Compute, bwd, at), |i| {
                     let started = Instant::now();
-                    Self::record(ctx, self.backward_compute(ctx.input, u.group[i], steps.clone()));
+                    let (group, vecs) = (u.group[i], sc.vecs());
+                    Self::record(ctx, self.backward_compute(ctx.input, group, steps.clone(), vecs));
                     self.charge(BackwardCompute, i, started);
                 });
                 if let Some(l) = layer.filter(|&l| self.summed(l)) {
