@@ -208,6 +208,7 @@ impl TiledEngine {
         // Per (step, sample) cell `k = (t - steps.start) * m + bl`: spikes kept, and the first
         // `cap` near-threshold ids (no more can be kept), each cell's `cap + MERGE_PAD` entries
         // apart.
+        debug_assert!(steps.len() <= MERGE_STEPS, "the scratch holds MERGE_STEPS steps");
         let (cells, stride) = (steps.len() * m, cap + MERGE_PAD);
         let (spikes, near) = sc.merged[..2 * cells * stride].split_at_mut(cells * stride);
         let (n_spikes, rest) = sc.lens[..4 * cells].split_at_mut(cells);
