@@ -432,8 +432,9 @@ mod tests {
     use crate::model::Params;
     use spiketile_core::spikes::append;
 
-    /// Trains `cfg`'s model from `params` on three random batches of 30 % activity, with `setup`
-    /// run on the engine before each batch: the losses, weights and optimizer state.
+    /// Trains `cfg`'s model from its initial weights (seed 3) on three random batches of 30 %
+    /// activity, with `setup` run on the engine before each batch: the losses, the overflow per
+    /// batch, the weights and the optimizer state.
     fn train_three(
         cfg: &crate::config::ModelConfig,
         setup: impl Fn(&mut TiledEngine),
