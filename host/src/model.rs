@@ -85,3 +85,11 @@ pub struct OptimState {
     /// Optimizer steps taken so far.
     pub step: u32,
 }
+
+impl OptimState {
+    /// A fresh optimizer: no steps taken, every moment zero (`m` and `v` left out, which
+    /// [`crate::engine::Engine::set_state`] reads as zeros).
+    pub fn fresh() -> Self {
+        OptimState { m: None, v: None, step: 0 }
+    }
+}

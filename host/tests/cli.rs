@@ -387,16 +387,25 @@ fn bench_min_time_keeps_stepping() {
     let small = ["bench", "--hidden", "32", "--time-steps", "20", "--batch-size", "8"];
     spiketile()
         .args(small)
-        .args(["--steps", "1", "--min-time", "0.3"])
+        .args(["--steps", "2", "--min-time", "0.3"])
         .assert()
         .success()
-        .stderr(predicate::str::contains("1 timed steps or more, at least 0.3 s"))
+        .stderr(predicate::str::contains(
+            "2 timed steps, run again from the initial weights until 0.3 s are timed",
+        ))
         .stdout(predicate::function(|out: &str| {
-            // "... N steps in S s": it stopped only once 0.3 s had been timed.
+            // "... N steps in S s": it stopped only once 0.3 s had been timed, after whole runs.
             let words: Vec<&str> = out.split_whitespace().collect();
             let at = words.iter().position(|w| *w == "steps").unwrap();
-            words[at + 1] == "in" && words[at + 2].parse::<f64>().unwrap() >= 0.3
+            let n: usize = words[at - 1].parse().unwrap();
+            words[at + 1] == "in" && words[at + 2].parse::<f64>().unwrap() >= 0.3 && n % 2 == 0
         }));
+    spiketile()
+        .args(small)
+        .args(["--steps", "2", "--trace", "t.json", "--trace-steps", "3"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("--trace-steps 3 is more than --steps 2"));
     spiketile()
         .args(small)
         .args(["--min-time=-1"])

@@ -322,7 +322,13 @@ impl Engine for DenseEngine {
         ensure!(params.layers.len() == self.params.layers.len(), "layer count differs");
         self.params = params.clone();
         if let Some(o) = optim {
-            self.optim = o.clone();
+            // Moments left out are zeros, as in the tiled engine.
+            let zeros = |m: &Option<Params>| match (m, &self.optim.m) {
+                (Some(m), _) => Some(m.clone()),
+                (None, Some(_)) => Some(Params::zeros(&self.cfg)),
+                (None, None) => None,
+            };
+            self.optim = OptimState { m: zeros(&o.m), v: zeros(&o.v), step: o.step };
         }
         Ok(())
     }

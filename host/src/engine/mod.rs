@@ -145,7 +145,8 @@ pub trait Engine: Send {
     fn params(&mut self) -> Params;
     /// The current optimizer state.
     fn optim_state(&mut self) -> OptimState;
-    /// Replaces parameters and (optionally) optimizer state.
+    /// Replaces parameters and (optionally) optimizer state; moments left out (`None`) of an
+    /// optimizer that has them are zeros ([`OptimState::fresh`] restarts the optimizer).
     fn set_state(&mut self, params: &Params, optim: Option<&OptimState>) -> Result<()>;
     /// The model configuration.
     fn config(&self) -> &ModelConfig;
