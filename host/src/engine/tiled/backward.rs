@@ -8,36 +8,40 @@ use crate::engine::InputBatch;
 use spiketile_core::{SharedGrads, SharedWeights, StepInput, Tile, TileError};
 
 impl TiledEngine {
-    /// Backward compute of `steps` (from the last down) for replica group `(l, p, g)`: at each
-    /// step, every replica in turn; every replica reads the column's weights, and those after
-    /// the leader accumulate their weight gradients into its buffers, so one copy of each stays
-    /// in this core's cache (the update needs only their sum).
+    /// Backward compute of `steps` (from the last down) for replica group `g` of layer `l`'s
+    /// tile columns `cols`: at each step, column after column, every replica in turn; every
+    /// replica reads the column's weights, and those after the leader accumulate their weight
+    /// gradients into its buffers, so one copy of each stays in this core's cache (the update
+    /// needs only their sum). Neighbouring columns' entries of the partials share cache lines,
+    /// which a unit of several columns reads once at each step.
     pub(super) fn backward_compute(
         &self,
         input: &InputBatch,
-        (l, p, g): (usize, usize, usize),
+        (l, cols, g): (usize, std::ops::Range<usize>, usize),
         steps: std::ops::Range<usize>,
         vecs: &mut [f32],
     ) -> Result<(), TileError> {
         let lr = &self.layers[l];
         if let Some(d) = &lr.deferred {
-            return self.backward_deferred(input, d, (l, p, g), steps, vecs);
+            return self.backward_deferred(input, d, (l, cols, g), steps, vecs);
         }
         let p_count = lr.p();
         let reps = lr.group(g);
-        // Safety: not the update phase.
-        let shared = unsafe { self.col_weights(l, p) };
-        // Safety: the tiles of group (l, p, g) and their partial out-buffers belong to this unit.
-        let mut tile0 = unsafe { self.home(l, reps.start * p_count + p) }.tile()?;
         for t in steps.rev() {
-            let sh = Some(shared);
-            self.backward_replica(input, l, reps.start, p, t, &mut tile0, sh, None, None)?;
-            let (dw, dv) = tile0.grads_mut();
-            let mut grads = SharedGrads { dw, dv };
-            for r in reps.start + 1..reps.end {
-                let mut tile = unsafe { self.home(l, r * p_count + p) }.tile()?;
-                let g = Some(grads.reborrow());
-                self.backward_replica(input, l, r, p, t, &mut tile, sh, g, None)?;
+            for p in cols.clone() {
+                // Safety: not the update phase.
+                let sh = Some(unsafe { self.col_weights(l, p) });
+                // Safety: the tiles of group (l, p, g) and their partial out-buffers belong to
+                // this unit.
+                let mut tile0 = unsafe { self.home(l, reps.start * p_count + p) }.tile()?;
+                self.backward_replica(input, l, reps.start, p, t, &mut tile0, sh, None, None)?;
+                let (dw, dv) = tile0.grads_mut();
+                let mut grads = SharedGrads { dw, dv };
+                for r in reps.start + 1..reps.end {
+                    let mut tile = unsafe { self.home(l, r * p_count + p) }.tile()?;
+                    let g = Some(grads.reborrow());
+                    self.backward_replica(input, l, r, p, t, &mut tile, sh, g, None)?;
+                }
             }
         }
         Ok(())
@@ -114,7 +118,20 @@ impl TiledEngine {
                     tile.backward_external(t, bl, step, l > 0, shared, grads)?;
                 }
             }
-            if l > 0 {
+            if l > 0 && lr.unit_sums {
+                // The sum over the layer's tiles, in tile order from zero (this unit runs every
+                // column of the sample, in order): what `sum_partials` would write.
+                let k = lr.plan.in_capacity;
+                let n = step.input.n_grad();
+                // Safety: the sums of this unit's samples belong to it alone.
+                let dst = unsafe { lr.part_sum.slice_mut((slot * self.cfg.batch_size + b) * k, n) };
+                let src = &tile.src_partials(bl)[..n];
+                if p == 0 {
+                    dst.iter_mut().zip(src).for_each(|(d, &x)| *d = 0.0 + x);
+                } else {
+                    dst.iter_mut().zip(src).for_each(|(d, &x)| *d += x);
+                }
+            } else if l > 0 {
                 let k = lr.plan.in_capacity;
                 let n = step.input.n_grad();
                 // Safety: tile ti's partial out-buffer of this slot belongs to this unit alone.
@@ -236,8 +253,10 @@ impl TiledEngine {
     }
 
     /// Whether layer `l`'s partial `dL/dS` are summed over its tiles before the layer below
-    /// reads them ([`Self::sum_partials`]): a layer above the first with several tiles per
-    /// replica, in a backward pass in blocks.
+    /// reads them ([`Self::sum_partials`], or its units: [`LayerRt::unit_sums`]): a layer above
+    /// the first with several tiles per replica, in a backward pass in blocks.
+    ///
+    /// [`LayerRt::unit_sums`]: super::layer::LayerRt::unit_sums
     pub(super) fn summed(&self, l: usize) -> bool {
         l > 0 && self.block > 1 && self.layers[l].p() > 1
     }
@@ -248,6 +267,7 @@ impl TiledEngine {
     /// read one float per entry where they read one per tile of this layer, scattered over
     /// buffers of up to hundreds of megabytes (at hidden 4096 this layer has 4 tiles per
     /// replica, between two 4096-wide layers 820); here each tile's partials are read in order.
+    /// Layers whose units sum their partials themselves have no such phase.
     pub(super) fn sum_partials(
         &self,
         batch: usize,

@@ -186,47 +186,39 @@ impl TiledEngine {
         &self,
         input: &InputBatch,
         d: &Deferred,
-        (l, p, g): (usize, usize, usize),
+        (l, cols, g): (usize, Range<usize>, usize),
         steps: Range<usize>,
         vecs: &mut [f32],
     ) -> Result<(), TileError> {
         let lr = &self.layers[l];
         let (p_count, m) = (lr.p(), lr.plan.micro_batch);
         let reps = lr.group(g);
-        // Safety: not the update phase.
-        let shared = unsafe { self.col_weights(l, p) };
-        // Safety: the tiles of group (l, p, g) and their partial out-buffers belong to this
-        // unit.
-        let mut tile0 = unsafe { self.home(l, reps.start * p_count + p) }.tile()?;
         // A wide layer's gradient rows come from L3: into L2 in one stream (see forward_ahead).
         if self.far_partials(l) {
-            spiketile_core::simd::prefetch_lines_l2(tile0.grads().0);
+            for p in cols.clone() {
+                // Safety: the tiles of group (l, p, g) belong to this unit.
+                let tile0 = unsafe { self.home(l, reps.start * p_count + p) }.tile()?;
+                spiketile_core::simd::prefetch_lines_l2(tile0.grads().0);
+            }
         }
         // This thread's scratch, in cache from the unit before (a buffer per unit, in a wide
-        // layer, would come from memory at each unit's first run).
-        let vecs = &mut vecs[..d.unit_len()];
-        let n = tile0.config().neurons;
+        // layer, would come from memory at each unit's first run): each column's vectors.
+        let len = d.unit_len();
+        let vecs = &mut vecs[..cols.len() * len];
         let runs = d.runs.iter().enumerate();
         for (ri, run) in runs.filter(|(_, run)| run.start >= steps.start && run.end <= steps.end) {
             for t in run.clone().rev() {
-                for r in reps.clone() {
-                    let at = ((run.end - 1 - t) * d.slots + (r - reps.start) * m) * n;
-                    let v = Some(&mut vecs[at..at + m * n]);
-                    if r == reps.start {
-                        self.backward_replica(
-                            input,
-                            l,
-                            r,
-                            p,
-                            t,
-                            &mut tile0,
-                            Some(shared),
-                            None,
-                            v,
-                        )?;
-                    } else {
+                for (p, vecs) in cols.clone().zip(vecs.chunks_exact_mut(len)) {
+                    // Safety: not the update phase.
+                    let shared = Some(unsafe { self.col_weights(l, p) });
+                    for r in reps.clone() {
+                        // Safety: the tiles of group (l, p, g) and their partial out-buffers
+                        // belong to this unit.
                         let mut tile = unsafe { self.home(l, r * p_count + p) }.tile()?;
-                        self.backward_replica(input, l, r, p, t, &mut tile, Some(shared), None, v)?;
+                        let n = tile.config().neurons;
+                        let at = ((run.end - 1 - t) * d.slots + (r - reps.start) * m) * n;
+                        let v = Some(&mut vecs[at..at + m * n]);
+                        self.backward_replica(input, l, r, p, t, &mut tile, shared, None, v)?;
                     }
                 }
             }
@@ -234,8 +226,12 @@ impl TiledEngine {
             // Safety: the lists were written in an earlier phase.
             let starts = unsafe { d.starts.slice(list * (d.inputs + 1), d.inputs + 1) };
             let uses = unsafe { d.uses.slice(list * d.run_uses, d.run_uses) };
-            let vecs = &vecs[..d.slots * d.run * n];
-            rows::gather_add(tile0.grads_mut().0, n, vecs, starts, uses);
+            for (p, vecs) in cols.clone().zip(vecs.chunks_exact(len)) {
+                let mut tile0 = unsafe { self.home(l, reps.start * p_count + p) }.tile()?;
+                let n = tile0.config().neurons;
+                let vecs = &vecs[..d.slots * d.run * n];
+                rows::gather_add(tile0.grads_mut().0, n, vecs, starts, uses);
+            }
         }
         Ok(())
     }

@@ -80,12 +80,14 @@ pub(super) struct LayerRt {
     pub(super) starts: Shared<u16>,
     /// Partial `dL/dS` of the source layer from each tile, `[slot][r][p][m][in_cap]`: backward
     /// step `t` writes slot `t % (block + 1)` (see [`TiledEngine::block`]); the source layer
-    /// reads step `t + 1`'s.
+    /// (or, for a layer of several tiles per replica, the sum over its tiles) reads step
+    /// `t + 1`'s. Empty with [`LayerRt::unit_sums`].
     pub(super) part_src: Shared<f32>,
     /// The partials of `part_src` summed over the layer's tiles (tile order, from zero: the sums
     /// the source layer's gather would make), `[slot][b][in_cap]`; only for a layer of several
     /// tiles per replica in a backward pass in blocks, where the source layer's tiles then read
-    /// one buffer instead of every tile's (see [`TiledEngine::sum_partials`]).
+    /// one buffer instead of every tile's (see [`TiledEngine::sum_partials`], or
+    /// [`LayerRt::unit_sums`]).
     pub(super) part_sum: Shared<f32>,
     /// Per sample `b` of a batch, its row in this layer's `part_src` slots, `r * P * m + bl`
     /// (replica `r = b / m`, its sample `bl = b % m`; tile `q`'s row is `m * q` further): the
@@ -100,11 +102,25 @@ pub(super) struct LayerRt {
     pub(super) ahead_raw: Shared<u32>,
     /// The deferral of the input-weight gradients, where it pays (see [`Deferred`]).
     pub(super) deferred: Option<Deferred>,
+    /// Whether each backward unit runs every tile column of its replica group and sums their
+    /// partials as it goes, straight into `part_sum` (see [`unit_sums`]); then `part_src` is
+    /// empty and no phase sums them.
+    pub(super) unit_sums: bool,
 }
 
 impl LayerRt {
     pub(super) fn p(&self) -> usize {
         self.plan.splits.len()
+    }
+
+    /// The tile columns of one backward unit starting at column `p`: all of them with
+    /// [`LayerRt::unit_sums`], else `p` alone.
+    pub(super) fn back_cols(&self, p: usize) -> std::ops::Range<usize> {
+        if self.unit_sums {
+            0..self.p()
+        } else {
+            p..p + 1
+        }
     }
 
     pub(super) fn groups(&self) -> usize {
@@ -178,6 +194,30 @@ pub(super) fn backward_block(plan: &Plan, t_steps: usize) -> usize {
     (BLOCK_PARTIALS_BYTES / per_step.max(1)).saturating_sub(1).clamp(2, t_steps.max(2))
 }
 
+/// Most bytes of weights and gradient rows a backward unit that sums its partials
+/// ([`unit_sums`]) may run over: its columns' tiles stay in one core's L2 (2 MiB) while it runs
+/// them step by step. 700-4096-20's readout (4 columns of 5 neurons): 640 KiB.
+const UNIT_SUMS_BYTES: usize = 1 << 20;
+
+/// Whether layer `li` of `plan`, in backward blocks of `block` steps on `threads` threads, sums
+/// its partials inside its backward units ([`LayerRt::unit_sums`]): a layer whose partials are
+/// summed (above the first, several tiles per replica, in blocks), whose columns' weights and
+/// gradient rows fit [`UNIT_SUMS_BYTES`], and whose replica groups keep every thread busy (one
+/// unit per group). The same sums as [`TiledEngine::sum_partials`] (from zero, in tile order),
+/// without writing every tile's partials and reading them again in a phase of their own.
+/// 700-4096-20 (its readout: 4 columns), three alternating traced pairs, ms per thread and batch:
+/// the readout's backward 7.6-7.7 -> 5.7-5.9, its phase of sums (and lists) 2.8 -> 1.0 (the
+/// lists alone), the hidden layer's backward, though, 37.6-38.2 -> 39.0-40.6 (cause not found);
+/// all phases 94.9-96.6 -> 93.1-96.7.
+pub(super) fn unit_sums(li: usize, lp: &LayerPlan, block: usize, threads: usize) -> bool {
+    let bytes: usize = lp.splits.iter().map(|&(_, n)| 2 * 4 * n * lp.inputs).sum();
+    li > 0
+        && block > 1
+        && lp.splits.len() > 1
+        && bytes <= UNIT_SUMS_BYTES
+        && threads <= lp.replicas.min(REPLICA_GROUPS)
+}
+
 /// Floats of layer `li`'s `part_sum` (see [`LayerRt::part_sum`]) for backward blocks of
 /// `block` steps and batches of `batch` samples: none for the first layer, a layer of one tile
 /// per replica, or a backward pass step by step.
@@ -193,6 +233,46 @@ pub(super) fn part_sum_len(li: usize, lp: &LayerPlan, block: usize, batch: usize
 mod tests {
     use super::*;
     use crate::model::Params;
+
+    /// Backward units that sum their partials as they go (two threads: one unit per replica
+    /// group) train as units of one column each and a phase that sums them (three threads),
+    /// bit for bit, with the input-weight gradients scattered and deferred.
+    #[test]
+    fn units_that_sum_equal_the_sum_phase() {
+        use super::super::deferred::Deferred;
+        use crate::data::BinnedSample;
+        use crate::engine::{Engine, InputBatch};
+        let mut cfg = crate::config::test_config();
+        (cfg.hidden, cfg.max_neurons_per_tile, cfg.max_samples_per_tile) =
+            (vec![12, 9], Some(4), Some(2));
+        (cfg.init_gain, cfg.max_activity) = (12.0, 0.3);
+        let params = Params::init(&cfg, 3);
+        let train = |threads: usize, defer: bool| {
+            let mut e = TiledEngine::new(&cfg, &params, threads).unwrap();
+            let sums: Vec<bool> = e.layers.iter().map(|lr| lr.unit_sums).collect();
+            if defer {
+                for lr in &mut e.layers {
+                    lr.deferred = Some(Deferred::with_run(lr, cfg.time_steps, e.block, 4));
+                }
+            }
+            let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(7);
+            let mut losses = Vec::new();
+            for _ in 0..3 {
+                let samples = crate::cli::bench::random_batch(&cfg, 0.3, &mut rng);
+                let refs: Vec<&BinnedSample> = samples.iter().collect();
+                let batch = InputBatch::new(&refs, cfg.time_steps, cfg.capacity(cfg.inputs));
+                losses.push(e.run_batch(&batch, true).unwrap().loss_sum);
+            }
+            (sums, losses, e.params(), e.optim_state())
+        };
+        for defer in [false, true] {
+            let (two, three) = (train(2, defer), train(3, defer));
+            assert_eq!(two.0, [false, true, false], "a layer of 3 columns sums in its units");
+            assert_eq!(three.0, [false; 3], "with more threads than replica groups, a phase");
+            assert!(two.2 != params, "training must change the weights");
+            assert!(two.1 == three.1 && two.2 == three.2 && two.3 == three.3, "defer {defer}");
+        }
+    }
 
     /// Every tile's arena starts on a cache line.
     #[test]

@@ -18,7 +18,9 @@
 //! at a time, tile after tile (`merge_ahead`). Backward, in blocks of steps from the end
 //! ([`TiledEngine::backward_block`]), layer by layer (top down) within a block, each tile
 //! gathering its `dL/dS` from the partials of the layer above (summed over that layer's tiles
-//! first, where it has several per replica: `sum_partials`). With a recurrent layer, which
+//! first, where it has several per replica: in a phase of their own, `sum_partials`, or, where
+//! one unit runs all of a replica group's columns, inside the unit: `LayerRt::unit_sums`). With
+//! a recurrent layer, which
 //! exchanges with itself every step, its forward runs in lockstep inside the merge and the
 //! backward runs step by step, every layer in each step's phase:
 //!
@@ -28,8 +30,8 @@
 //! | forward merge, layer `l` | replica `(l, r)` | its tiles (commit; lockstep: everything), layer buffers and `starts` of its samples | its tiles, layer buffers of `l-1` |
 //! | loss | thread 0 | counts, `dL/dc` | output layer buffers |
 //! | lists, layer `l` with deferred input-weight gradients (the first alongside the loss) | replica group and run `(l, g, run)` | its lists of uses | layer buffers of `l-1` (or the input batch) |
-//! | backward, layer `l` and a block of steps (or all layers and one step) | replica group `(l, p, g)` | their arenas, the leader's gradients, their partials of those steps (deferred: their `dL/dc` vectors in the thread's scratch) | layer buffers, `starts`, partials of later steps, `dL/dc`, the column's weights |
-//! | backward sum, layer `l > 0` of several tiles per replica, a block of steps | replica `(l, r)` | `part_sum` of its samples at those steps | its tiles' partials of those steps, layer buffers of `l-1` |
+//! | backward, layer `l` and a block of steps (or all layers and one step) | replica group `(l, p, g)`, or `(l, all columns, g)` with `unit_sums` | their arenas, the leader's gradients, their partials of those steps (with `unit_sums` their sums, in `part_sum`; deferred: their `dL/dc` vectors in the thread's scratch) | layer buffers, `starts`, partials of later steps, `dL/dc`, the column's weights |
+//! | backward sum, layer `l > 0` of several tiles per replica without `unit_sums`, a block of steps | replica `(l, r)` | `part_sum` of its samples at those steps | its tiles' partials of those steps, layer buffers of `l-1` |
 //! | update | tile column `(l, p)` | replica 0's and the group leaders' tiles `(l, *, p)`, the column's weights | the same |
 //!
 //! No region is written by two units of one phase or read by a unit while another writes it, so
@@ -64,7 +66,7 @@ use self::arenas::Arenas;
 use self::deferred::Deferred;
 #[cfg(doc)]
 use self::forward::PADDED_MERGE_IDS;
-use self::layer::{backward_block, col_lens, part_sum_len, LayerRt, TileHome};
+use self::layer::{backward_block, col_lens, part_sum_len, unit_sums, LayerRt, TileHome};
 use super::shared::Shared;
 use super::trace::{ExecTrace, TraceBuffers, TraceMeta};
 use super::{BatchResult, Engine, EngineMemory, InputBatch};
@@ -147,7 +149,7 @@ impl TiledEngine {
         let (arenas, ptrs) = Arenas::new(&words)?;
         let mut homes_of = layouts.into_iter().zip(ptrs).map(|(l, a)| TileHome::new(l, a));
         let mut layers = Vec::new();
-        for (li, lp) in plan.layers.iter().enumerate() {
+        for lp in &plan.layers {
             let mut homes: Vec<TileHome> = homes_of.by_ref().take(lp.tiles()).collect();
             for home in &mut homes {
                 home.tile().map_err(|e| anyhow!("building a tile: {e}"))?;
@@ -169,20 +171,15 @@ impl TiledEngine {
                 col_at,
                 buf: Shared::new(b * t_steps * (lp.capacity + 2)),
                 starts: Shared::new(t_steps * b * lp.splits.len() * 2),
-                // The first layer's partials (dL/dS of the data) have no reader.
-                part_src: Shared::new(if li == 0 {
-                    0
-                } else {
-                    (block + 1) * r * p * m * lp.in_capacity
-                }),
-                part_sum: Shared::new(part_sum_len(li, lp, block, b)),
+                // The backward pass's buffers: `configure_backward`.
+                part_src: Shared::new(0),
+                part_sum: Shared::new(0),
                 part_rec: Shared::new(if lp.recurrent { 2 * r * p * m * lp.capacity } else { 0 }),
                 ahead_raw: Shared::new(if lp.recurrent { 0 } else { lp.tiles() * t_steps * 2 }),
                 part_row: (0..b).map(|s| s / m * p * m + s % m).collect(),
                 deferred: None,
+                unit_sums: false,
             });
-            let lr = layers.last_mut().expect("just pushed");
-            lr.deferred = Deferred::new(lr, t_steps, block);
         }
         let ahead: Vec<bool> = plan.layers.iter().map(|lp| !lp.recurrent).collect();
         let mut engine = TiledEngine {
@@ -200,12 +197,12 @@ impl TiledEngine {
             ahead,
             block,
             arenas,
-            slots: slots(t_steps, block),
+            slots: Vec::new(),
         };
         let groups: usize = engine.layers.iter().map(|lr| lr.p() * lr.groups()).sum();
         let replicas: usize = engine.layers.iter().map(|lr| lr.plan.replicas).sum();
-        let counters = |n: usize| (0..n).map(|_| AtomicU64::new(0)).collect::<Vec<_>>();
-        engine.unit_ns = [counters(groups), counters(replicas), counters(groups)];
+        engine.unit_ns = [counters(groups), counters(replicas), Vec::new()];
+        engine.configure_backward();
         engine.set_state(params, None)?;
         Ok(engine)
     }
@@ -231,22 +228,34 @@ impl TiledEngine {
             "backward blocks of {steps} steps: at least 1, and 1 with a recurrent layer"
         );
         self.block = steps;
-        self.slots = slots(self.cfg.time_steps, steps);
-        for (li, lr) in self.layers.iter_mut().enumerate() {
-            lr.deferred = Deferred::new(lr, self.cfg.time_steps, steps);
-            if li == 0 {
-                continue;
-            }
-            let lp = &lr.plan;
-            lr.part_src = Shared::new((steps + 1) * lp.tiles() * lp.micro_batch * lp.in_capacity);
-            lr.part_sum = Shared::new(part_sum_len(li, lp, steps, self.cfg.batch_size));
-        }
+        self.configure_backward();
         Ok(())
+    }
+
+    /// Everything of the backward pass that follows from the block size and the thread count:
+    /// the partials' buffers and their slots, each layer's deferral and whether its units sum
+    /// their partials ([`LayerRt::unit_sums`]), and the backward units' cost counters.
+    fn configure_backward(&mut self) {
+        let (t_steps, block, batch) = (self.cfg.time_steps, self.block, self.cfg.batch_size);
+        self.slots = slots(t_steps, block);
+        for (li, lr) in self.layers.iter_mut().enumerate() {
+            lr.deferred = Deferred::new(lr, t_steps, block);
+            let lp = &lr.plan;
+            lr.unit_sums = unit_sums(li, lp, block, self.threads);
+            // The first layer's partials (dL/dS of the data) have no reader; a layer whose
+            // units sum its partials writes only the sums.
+            let src = if li == 0 || lr.unit_sums { 0 } else { lp.tiles() * lp.micro_batch };
+            lr.part_src = Shared::new((block + 1) * src * lp.in_capacity);
+            lr.part_sum = Shared::new(part_sum_len(li, lp, block, batch));
+        }
+        let back = self.layers.iter().map(|lr| lr.p() / lr.back_cols(0).len() * lr.groups());
+        self.unit_ns[2] = counters(back.sum());
     }
 
     /// Sets the number of worker threads (results do not depend on it).
     pub fn set_threads(&mut self, threads: usize) {
         self.threads = threads.max(1);
+        self.configure_backward();
     }
 }
 
@@ -318,6 +327,11 @@ impl Engine for TiledEngine {
     fn take_trace(&mut self) -> Option<ExecTrace> {
         self.trace.take().map(|tr| tr.finish())
     }
+}
+
+/// `n` cost counters at zero (see [`TiledEngine::unit_ns`]).
+fn counters(n: usize) -> Vec<AtomicU64> {
+    (0..n).map(|_| AtomicU64::new(0)).collect()
 }
 
 /// The slot of the partial-`dL/dS` buffers of each of `t_steps` steps, for backward blocks of

@@ -204,8 +204,10 @@ impl TiledEngine {
             .max()
             .unwrap_or(1);
         let max_m = self.layers.iter().map(|l| l.plan.micro_batch).max().unwrap_or(1);
-        let deferred = self.layers.iter().flat_map(|l| l.deferred.as_ref());
-        let max_vecs = deferred.map(|d| d.unit_len()).max().unwrap_or(0);
+        let deferred = self.layers.iter();
+        let vecs =
+            deferred.flat_map(|l| Some(l.back_cols(0).len() * l.deferred.as_ref()?.unit_len()));
+        let max_vecs = vecs.max().unwrap_or(0);
         let mut sc = Scratch {
             merged: vec![0; 2 * MERGE_STEPS * max_cm],
             lens: vec![0; 4 * MERGE_STEPS * max_m],
@@ -271,16 +273,19 @@ impl TiledEngine {
         // layers; otherwise blocks of steps from the end, one phase per layer (top down) and
         // block, each tile running the block's steps in turn.
         // In blocks, a layer of several tiles per replica then sums its partials over its tiles
-        // (one phase per replica), so that the layer below reads one buffer (`sum_partials`).
+        // (one phase per replica), so that the layer below reads one buffer (`sum_partials`),
+        // unless its units did (`LayerRt::unit_sums`).
         let mut backward =
             |units: Lists, steps: std::ops::Range<usize>, at: u32, layer: Option<usize>| {
                 self.phase(ctx, (tid, units), &mut rec, (Compute, bwd, at), |i| {
                     let started = Instant::now();
-                    let (group, vecs) = (u.group[i], sc.vecs());
-                    Self::record(ctx, self.backward_compute(ctx.input, group, steps.clone(), vecs));
+                    let (l, p0, p1, g) = u.back[i];
+                    let vecs = sc.vecs();
+                    let unit = (l, p0..p1, g);
+                    Self::record(ctx, self.backward_compute(ctx.input, unit, steps.clone(), vecs));
                     self.charge(BackwardCompute, i, started);
                 });
-                if let Some(l) = layer.filter(|&l| self.summed(l)) {
+                if let Some(l) = layer.filter(|&l| self.summed(l) && !self.layers[l].unit_sums) {
                     let units = (tid, Lists::Layer(l, ForwardExchange));
                     self.phase(ctx, units, &mut rec, (Exchange, bwd, at), |i| {
                         let (l, r) = u.replica[i];

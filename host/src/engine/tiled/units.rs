@@ -11,6 +11,8 @@ pub(super) struct Units {
     pub(super) replica: Vec<(usize, usize)>,
     /// Replica-group units `(l, p, g)` (compute phases).
     pub(super) group: Vec<(usize, usize, usize)>,
+    /// Backward units `(l, p0, p1, g)`: replica group `g` of columns `p0..p1` of layer `l`.
+    pub(super) back: Vec<(usize, usize, usize, usize)>,
     /// Column units `(l, p)` (update).
     pub(super) column: Vec<(usize, usize)>,
     /// List units `(l, g, run)` of the layers with deferred input-weight gradients.
@@ -57,7 +59,8 @@ impl Units {
     pub(super) fn count(&self, lists: Lists) -> usize {
         match lists {
             Lists::Layer(_, Measured::ForwardExchange) => self.replica.len(),
-            Lists::Layer(..) | Lists::Steps => self.group.len(),
+            Lists::Layer(_, Measured::BackwardCompute) | Lists::Steps => self.back.len(),
+            Lists::Layer(..) => self.group.len(),
             Lists::Columns => self.column.len(),
             Lists::Uses(l) => self.lists.iter().filter(|u| u.0 == l).count(),
         }
@@ -81,7 +84,8 @@ impl TiledEngine {
         let mut replica = Vec::new();
         let mut group = Vec::new();
         let mut column = Vec::new();
-        let (mut rc, mut gc, mut cc) = (Vec::new(), Vec::new(), Vec::new());
+        let mut back = Vec::new();
+        let (mut rc, mut gc, mut cc, mut bc) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for (l, lr) in self.layers.iter().enumerate() {
             let lp = &lr.plan;
             let (m, p_count) = (lp.micro_batch as u64, lr.p() as u64);
@@ -99,6 +103,14 @@ impl TiledEngine {
                 let width = lp.inputs + if lp.recurrent { lp.width } else { 0 };
                 cc.push((width * n) as u64 * (lp.replicas as u64 + 2));
             }
+            for p0 in (0..lr.p()).step_by(lr.back_cols(0).len()) {
+                let p1 = lr.back_cols(p0).end;
+                for g in 0..lr.groups() {
+                    back.push((l, p0, p1, g));
+                    let n: usize = lp.splits[p0..p1].iter().map(|&(_, n)| n).sum();
+                    bc.push(lr.group(g).len() as u64 * m * fan_in * n as u64);
+                }
+            }
         }
         // Measured costs, once every unit has been measured: the static estimates above cannot
         // know how active each layer is.
@@ -107,7 +119,7 @@ impl TiledEngine {
             .each_ref()
             .map(|counters| counters.iter().map(|c| c.swap(0, Ordering::Relaxed)).collect());
         let costs = |k: usize, units: &[usize]| -> Vec<u64> {
-            let statics = if k % 2 == 0 { &gc } else { &rc };
+            let statics = [&gc, &rc, &bc][k];
             let m = &measured[k];
             if units.iter().all(|&i| m[i] > 0) {
                 units.iter().map(|&i| m[i]).collect()
@@ -130,7 +142,9 @@ impl TiledEngine {
             let mut groups: Vec<usize> = (0..group.len()).filter(|&i| group[i].0 == l).collect();
             groups.sort_by_key(|&i| (group[i].2, group[i].1));
             let replicas = (0..replica.len()).filter(|&i| replica[i].0 == l).collect();
-            for (k, units) in [groups.clone(), replicas, groups].iter().enumerate() {
+            let mut backs: Vec<usize> = (0..back.len()).filter(|&i| back[i].0 == l).collect();
+            backs.sort_by_key(|&i| (back[i].3, back[i].1));
+            for (k, units) in [groups, replicas, backs].iter().enumerate() {
                 let plan = schedule::assign(&costs(k, units), threads);
                 for (tid, picked) in plan.into_iter().enumerate() {
                     let picked: Vec<usize> = picked.into_iter().map(|j| units[j]).collect();
@@ -139,7 +153,7 @@ impl TiledEngine {
             }
         }
         // Backward step by step: every layer's units in each step's phase.
-        let all: Vec<usize> = (0..group.len()).collect();
+        let all: Vec<usize> = (0..back.len()).collect();
         let mine_steps =
             schedule::assign(&costs(Measured::BackwardCompute as usize, &all), threads);
         let mine_columns = schedule::assign(&cc, threads);
@@ -157,6 +171,16 @@ impl TiledEngine {
                 }
             }
         }
-        Units { replica, group, column, lists, mine_layer, mine_steps, mine_columns, mine_lists }
+        Units {
+            replica,
+            group,
+            back,
+            column,
+            lists,
+            mine_layer,
+            mine_steps,
+            mine_columns,
+            mine_lists,
+        }
     }
 }
