@@ -9,11 +9,12 @@ use spiketile_core::{SharedGrads, SharedWeights, StepInput, Tile, TileError};
 
 impl TiledEngine {
     /// Backward compute of `steps` (from the last down) for replica group `g` of layer `l`'s
-    /// tile columns `cols`: at each step, column after column, every replica in turn; every
-    /// replica reads the column's weights, and those after the leader accumulate their weight
-    /// gradients into its buffers, so one copy of each stays in this core's cache (the update
-    /// needs only their sum). Neighbouring columns' entries of the partials share cache lines,
-    /// which a unit of several columns reads once at each step.
+    /// tile columns `cols` (one, or with [`LayerRt::unit_sums`] all: [`Self::backward_columns`]):
+    /// at each step, every replica in turn; every replica reads the column's weights, and those
+    /// after the leader accumulate their weight gradients into its buffers, so one copy of each
+    /// stays in this core's cache (the update needs only their sum).
+    ///
+    /// [`LayerRt::unit_sums`]: super::layer::LayerRt::unit_sums
     pub(super) fn backward_compute(
         &self,
         input: &InputBatch,
@@ -25,8 +26,41 @@ impl TiledEngine {
         if let Some(d) = &lr.deferred {
             return self.backward_deferred(input, d, (l, cols, g), steps, vecs);
         }
-        let p_count = lr.p();
-        let reps = lr.group(g);
+        if cols.len() > 1 {
+            return self.backward_columns(input, (l, cols, g), steps);
+        }
+        let (p, p_count, reps) = (cols.start, lr.p(), lr.group(g));
+        // Safety: not the update phase.
+        let shared = unsafe { self.col_weights(l, p) };
+        // Safety: the tiles of group (l, p, g) and their partial out-buffers belong to this unit.
+        let mut tile0 = unsafe { self.home(l, reps.start * p_count + p) }.tile()?;
+        for t in steps.rev() {
+            let sh = Some(shared);
+            self.backward_replica(input, l, reps.start, p, t, &mut tile0, sh, None, None)?;
+            let (dw, dv) = tile0.grads_mut();
+            let mut grads = SharedGrads { dw, dv };
+            for r in reps.start + 1..reps.end {
+                let mut tile = unsafe { self.home(l, r * p_count + p) }.tile()?;
+                let g = Some(grads.reborrow());
+                self.backward_replica(input, l, r, p, t, &mut tile, sh, g, None)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Self::backward_compute`] of several columns `cols`: at each step, column after column
+    /// (in order: a sample's partials are summed over the columns as they come). Kept out of
+    /// line: with the loops of one column and of several in one function, W (one column per
+    /// unit) ran 1-4 % slower.
+    #[inline(never)]
+    fn backward_columns(
+        &self,
+        input: &InputBatch,
+        (l, cols, g): (usize, std::ops::Range<usize>, usize),
+        steps: std::ops::Range<usize>,
+    ) -> Result<(), TileError> {
+        let lr = &self.layers[l];
+        let (p_count, reps) = (lr.p(), lr.group(g));
         for t in steps.rev() {
             for p in cols.clone() {
                 // Safety: not the update phase.

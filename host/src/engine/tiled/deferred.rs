@@ -116,6 +116,19 @@ impl Deferred {
         self.runs.len()
     }
 
+    /// Group `g`'s lists of run `ri`: where each row's uses start, and the uses.
+    fn list(&self, g: usize, ri: usize) -> (&[u32], &[u16]) {
+        let list = g * self.runs.len() + ri;
+        // Safety: the lists are written in a phase before the backward pass, which only reads
+        // them.
+        unsafe {
+            (
+                self.starts.slice(list * (self.inputs + 1), self.inputs + 1),
+                self.uses.slice(list * self.run_uses, self.run_uses),
+            )
+        }
+    }
+
     /// Bytes of the lists.
     pub(super) fn bytes(&self) -> usize {
         4 * self.starts.len() + 2 * self.uses.len()
@@ -190,10 +203,63 @@ impl TiledEngine {
         steps: Range<usize>,
         vecs: &mut [f32],
     ) -> Result<(), TileError> {
+        if cols.len() > 1 {
+            return self.backward_deferred_columns(input, d, (l, cols, g), steps, vecs);
+        }
+        let lr = &self.layers[l];
+        let (p, p_count, m) = (cols.start, lr.p(), lr.plan.micro_batch);
+        let reps = lr.group(g);
+        // Safety: not the update phase.
+        let shared = unsafe { self.col_weights(l, p) };
+        // Safety: the tiles of group (l, p, g) and their partial out-buffers belong to this
+        // unit.
+        let mut tile0 = unsafe { self.home(l, reps.start * p_count + p) }.tile()?;
+        // A wide layer's gradient rows come from L3: into L2 in one stream (see forward_ahead).
+        if self.far_partials(l) {
+            spiketile_core::simd::prefetch_lines_l2(tile0.grads().0);
+        }
+        // This thread's scratch, in cache from the unit before (a buffer per unit, in a wide
+        // layer, would come from memory at each unit's first run).
+        let vecs = &mut vecs[..d.unit_len()];
+        let n = tile0.config().neurons;
+        let runs = d.runs.iter().enumerate();
+        for (ri, run) in runs.filter(|(_, run)| run.start >= steps.start && run.end <= steps.end) {
+            for t in run.clone().rev() {
+                for r in reps.clone() {
+                    let at = ((run.end - 1 - t) * d.slots + (r - reps.start) * m) * n;
+                    let v = Some(&mut vecs[at..at + m * n]);
+                    let sh = Some(shared);
+                    if r == reps.start {
+                        self.backward_replica(input, l, r, p, t, &mut tile0, sh, None, v)?;
+                    } else {
+                        let mut tile = unsafe { self.home(l, r * p_count + p) }.tile()?;
+                        self.backward_replica(input, l, r, p, t, &mut tile, sh, None, v)?;
+                    }
+                }
+            }
+            let (starts, uses) = d.list(g, ri);
+            let vecs = &vecs[..d.slots * d.run * n];
+            rows::gather_add(tile0.grads_mut().0, n, vecs, starts, uses);
+        }
+        Ok(())
+    }
+
+    /// [`Self::backward_deferred`] of several columns `cols` (see
+    /// [`TiledEngine::backward_compute`]): at each step, column after column, each column's
+    /// vectors in a part of the thread's scratch of their own. Out of line, as
+    /// `backward_columns`.
+    #[inline(never)]
+    fn backward_deferred_columns(
+        &self,
+        input: &InputBatch,
+        d: &Deferred,
+        (l, cols, g): (usize, Range<usize>, usize),
+        steps: Range<usize>,
+        vecs: &mut [f32],
+    ) -> Result<(), TileError> {
         let lr = &self.layers[l];
         let (p_count, m) = (lr.p(), lr.plan.micro_batch);
         let reps = lr.group(g);
-        // A wide layer's gradient rows come from L3: into L2 in one stream (see forward_ahead).
         if self.far_partials(l) {
             for p in cols.clone() {
                 // Safety: the tiles of group (l, p, g) belong to this unit.
@@ -201,8 +267,6 @@ impl TiledEngine {
                 spiketile_core::simd::prefetch_lines_l2(tile0.grads().0);
             }
         }
-        // This thread's scratch, in cache from the unit before (a buffer per unit, in a wide
-        // layer, would come from memory at each unit's first run): each column's vectors.
         let len = d.unit_len();
         let vecs = &mut vecs[..cols.len() * len];
         let runs = d.runs.iter().enumerate();
@@ -222,11 +286,9 @@ impl TiledEngine {
                     }
                 }
             }
-            let list = g * d.runs.len() + ri;
-            // Safety: the lists were written in an earlier phase.
-            let starts = unsafe { d.starts.slice(list * (d.inputs + 1), d.inputs + 1) };
-            let uses = unsafe { d.uses.slice(list * d.run_uses, d.run_uses) };
+            let (starts, uses) = d.list(g, ri);
             for (p, vecs) in cols.clone().zip(vecs.chunks_exact(len)) {
+                // Safety: as above.
                 let mut tile0 = unsafe { self.home(l, reps.start * p_count + p) }.tile()?;
                 let n = tile0.config().neurons;
                 let vecs = &vecs[..d.slots * d.run * n];

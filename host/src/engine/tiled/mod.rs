@@ -149,7 +149,7 @@ impl TiledEngine {
         let (arenas, ptrs) = Arenas::new(&words)?;
         let mut homes_of = layouts.into_iter().zip(ptrs).map(|(l, a)| TileHome::new(l, a));
         let mut layers = Vec::new();
-        for lp in &plan.layers {
+        for (li, lp) in plan.layers.iter().enumerate() {
             let mut homes: Vec<TileHome> = homes_of.by_ref().take(lp.tiles()).collect();
             for home in &mut homes {
                 home.tile().map_err(|e| anyhow!("building a tile: {e}"))?;
@@ -164,6 +164,7 @@ impl TiledEngine {
                 })
                 .collect();
             let col_total = col_at.last().map_or(0, |&(at, nw, nv)| at + nw + nv);
+            let (unit_sums, src_len, sum_len) = backward_lens(li, lp, block, b, threads.max(1));
             layers.push(LayerRt {
                 plan: lp.clone(),
                 tiles: Shared::from_vec(homes),
@@ -171,15 +172,16 @@ impl TiledEngine {
                 col_at,
                 buf: Shared::new(b * t_steps * (lp.capacity + 2)),
                 starts: Shared::new(t_steps * b * lp.splits.len() * 2),
-                // The backward pass's buffers: `configure_backward`.
-                part_src: Shared::new(0),
-                part_sum: Shared::new(0),
+                part_src: Shared::new(src_len),
+                part_sum: Shared::new(sum_len),
                 part_rec: Shared::new(if lp.recurrent { 2 * r * p * m * lp.capacity } else { 0 }),
                 ahead_raw: Shared::new(if lp.recurrent { 0 } else { lp.tiles() * t_steps * 2 }),
                 part_row: (0..b).map(|s| s / m * p * m + s % m).collect(),
                 deferred: None,
-                unit_sums: false,
+                unit_sums,
             });
+            let lr = layers.last_mut().expect("just pushed");
+            lr.deferred = Deferred::new(lr, t_steps, block);
         }
         let ahead: Vec<bool> = plan.layers.iter().map(|lp| !lp.recurrent).collect();
         let mut engine = TiledEngine {
@@ -197,12 +199,11 @@ impl TiledEngine {
             ahead,
             block,
             arenas,
-            slots: Vec::new(),
+            slots: slots(t_steps, block),
         };
         let groups: usize = engine.layers.iter().map(|lr| lr.p() * lr.groups()).sum();
         let replicas: usize = engine.layers.iter().map(|lr| lr.plan.replicas).sum();
-        engine.unit_ns = [counters(groups), counters(replicas), Vec::new()];
-        engine.configure_backward();
+        engine.unit_ns = [counters(groups), counters(replicas), counters(engine.back_units())];
         engine.set_state(params, None)?;
         Ok(engine)
     }
@@ -240,16 +241,17 @@ impl TiledEngine {
         self.slots = slots(t_steps, block);
         for (li, lr) in self.layers.iter_mut().enumerate() {
             lr.deferred = Deferred::new(lr, t_steps, block);
-            let lp = &lr.plan;
-            lr.unit_sums = unit_sums(li, lp, block, self.threads);
-            // The first layer's partials (dL/dS of the data) have no reader; a layer whose
-            // units sum its partials writes only the sums.
-            let src = if li == 0 || lr.unit_sums { 0 } else { lp.tiles() * lp.micro_batch };
-            lr.part_src = Shared::new((block + 1) * src * lp.in_capacity);
-            lr.part_sum = Shared::new(part_sum_len(li, lp, block, batch));
+            let (unit_sums, src_len, sum_len) =
+                backward_lens(li, &lr.plan, block, batch, self.threads);
+            (lr.unit_sums, lr.part_src, lr.part_sum) =
+                (unit_sums, Shared::new(src_len), Shared::new(sum_len));
         }
-        let back = self.layers.iter().map(|lr| lr.p() / lr.back_cols(0).len() * lr.groups());
-        self.unit_ns[2] = counters(back.sum());
+        self.unit_ns[2] = counters(self.back_units());
+    }
+
+    /// How many backward units there are (see [`Units::back`](units::Units)).
+    fn back_units(&self) -> usize {
+        self.layers.iter().map(|lr| lr.p() / lr.back_cols(0).len() * lr.groups()).sum()
     }
 
     /// Sets the number of worker threads (results do not depend on it).
@@ -327,6 +329,23 @@ impl Engine for TiledEngine {
     fn take_trace(&mut self) -> Option<ExecTrace> {
         self.trace.take().map(|tr| tr.finish())
     }
+}
+
+/// Layer `li`'s (planned as `lp`) backward buffers for blocks of `block` steps, batches of
+/// `batch` samples and `threads` threads: whether its units sum their partials
+/// ([`LayerRt::unit_sums`]), and the lengths of its `part_src` and `part_sum`. The first layer's
+/// partials (`dL/dS` of the data) have no reader; a layer whose units sum its partials writes
+/// only the sums.
+fn backward_lens(
+    li: usize,
+    lp: &crate::plan::LayerPlan,
+    block: usize,
+    batch: usize,
+    threads: usize,
+) -> (bool, usize, usize) {
+    let sums = unit_sums(li, lp, block, threads);
+    let src = if li == 0 || sums { 0 } else { lp.tiles() * lp.micro_batch };
+    (sums, (block + 1) * src * lp.in_capacity, part_sum_len(li, lp, block, batch))
 }
 
 /// `n` cost counters at zero (see [`TiledEngine::unit_ns`]).
