@@ -81,6 +81,25 @@ impl TiledEngine {
         Ok(())
     }
 
+    /// Adds column `p`'s partials `src` of sample `b` to layer `l`'s sums in `slot`
+    /// ([`LayerRt::unit_sums`]: this unit runs every column of the sample, in order), so that
+    /// each entry is the sum over the layer's tiles in tile order from zero, what
+    /// [`Self::sum_partials`] would write. Out of line, as [`Self::backward_columns`].
+    ///
+    /// [`LayerRt::unit_sums`]: super::layer::LayerRt::unit_sums
+    #[inline(never)]
+    fn add_to_sums(&self, l: usize, p: usize, (slot, b): (usize, usize), src: &[f32]) {
+        let k = self.layers[l].plan.in_capacity;
+        let at = (slot * self.cfg.batch_size + b) * k;
+        // Safety: the sums of this unit's samples belong to it alone.
+        let dst = unsafe { self.layers[l].part_sum.slice_mut(at, src.len()) };
+        if p == 0 {
+            dst.iter_mut().zip(src).for_each(|(d, &x)| *d = 0.0 + x);
+        } else {
+            dst.iter_mut().zip(src).for_each(|(d, &x)| *d += x);
+        }
+    }
+
     /// The slot of the partial-`dL/dS` buffers that holds backward step `t`.
     fn slot(&self, t: usize) -> usize {
         self.slots[t]
@@ -153,18 +172,8 @@ impl TiledEngine {
                 }
             }
             if l > 0 && lr.unit_sums {
-                // The sum over the layer's tiles, in tile order from zero (this unit runs every
-                // column of the sample, in order): what `sum_partials` would write.
-                let k = lr.plan.in_capacity;
                 let n = step.input.n_grad();
-                // Safety: the sums of this unit's samples belong to it alone.
-                let dst = unsafe { lr.part_sum.slice_mut((slot * self.cfg.batch_size + b) * k, n) };
-                let src = &tile.src_partials(bl)[..n];
-                if p == 0 {
-                    dst.iter_mut().zip(src).for_each(|(d, &x)| *d = 0.0 + x);
-                } else {
-                    dst.iter_mut().zip(src).for_each(|(d, &x)| *d += x);
-                }
+                self.add_to_sums(l, p, (slot, b), &tile.src_partials(bl)[..n]);
             } else if l > 0 {
                 let k = lr.plan.in_capacity;
                 let n = step.input.n_grad();
