@@ -21,7 +21,7 @@ pub(super) fn col_lens(cfg: &TileConfig) -> (usize, usize) {
 /// One tile's home: its validated layout, arena and spike counts.
 pub(super) struct TileHome {
     pub(super) layout: TileLayout,
-    /// The tile's arena: its own stretch of the engine's [`Arenas`], on a cache line. A tile's
+    /// The tile's arena: its own stretch of the engine's [`Arenas`](super::arenas::Arenas), on a cache line. A tile's
     /// weights and gradients are the first regions of its arena, so a weight row of 16 floats
     /// (16 neurons; 32 take two) is exactly one cache line instead of straddling two.
     arena: ArenaPtr,

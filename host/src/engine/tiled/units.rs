@@ -9,18 +9,19 @@ use std::sync::atomic::Ordering;
 pub(super) struct Units {
     /// Replica units `(l, r)` (exchange phases).
     pub(super) replica: Vec<(usize, usize)>,
-    /// Replica-group units `(l, p, g)` (compute phases).
+    /// Replica-group units `(l, p, g)` (the forward pass's compute phases).
     pub(super) group: Vec<(usize, usize, usize)>,
-    /// Backward units `(l, p0, p1, g)`: replica group `g` of columns `p0..p1` of layer `l`.
+    /// Backward units `(l, p0, p1, g)`: replica group `g` of columns `p0..p1` of layer `l`, one
+    /// column each, or all of the layer's with [`LayerRt::unit_sums`](super::layer::LayerRt).
     pub(super) back: Vec<(usize, usize, usize, usize)>,
     /// Column units `(l, p)` (update).
     pub(super) column: Vec<(usize, usize)>,
     /// List units `(l, g, run)` of the layers with deferred input-weight gradients.
     pub(super) lists: Vec<(usize, usize, usize)>,
     /// Per thread and layer, by [`Measured`] phase: indices into `group` (running ahead), into
-    /// `replica` (merging) and into `group` (backward blocks).
+    /// `replica` (merging) and into `back` (backward blocks).
     pub(super) mine_layer: Vec<Vec<[Vec<usize>; 3]>>,
-    /// Per thread: indices into `group` for the backward step by step (all layers at once).
+    /// Per thread: indices into `back` for the backward step by step (all layers at once).
     pub(super) mine_steps: Vec<Vec<usize>>,
     /// Per thread: indices into `column`.
     pub(super) mine_columns: Vec<Vec<usize>>,
@@ -31,9 +32,9 @@ pub(super) struct Units {
 /// The units of one phase, by thread (see [`Units::list`]).
 #[derive(Clone, Copy)]
 pub(super) enum Lists {
-    /// Layer `l`'s units of a phase measured for the schedule (the backward blocks' and the
-    /// forward compute's are replica groups, the forward exchange's replicas; the sums of the
-    /// partials run on the forward exchange's lists).
+    /// Layer `l`'s units of a phase measured for the schedule (the forward compute's are replica
+    /// groups, the forward exchange's replicas, the backward blocks' backward units; the sums of
+    /// the partials run on the forward exchange's lists).
     Layer(usize, Measured),
     /// The backward pass step by step: every layer's replica groups.
     Steps,
