@@ -21,9 +21,10 @@ pub(super) fn col_lens(cfg: &TileConfig) -> (usize, usize) {
 /// One tile's home: its validated layout, arena and spike counts.
 pub(super) struct TileHome {
     pub(super) layout: TileLayout,
-    /// The tile's arena: its own stretch of the engine's [`Arenas`](super::arenas::Arenas), on a cache line. A tile's
-    /// weights and gradients are the first regions of its arena, so a weight row of 16 floats
-    /// (16 neurons; 32 take two) is exactly one cache line instead of straddling two.
+    /// The tile's arena: its own stretch of the engine's [`Arenas`](super::arenas::Arenas), on a
+    /// cache line. A tile's weights and gradients are the first regions of its arena, so a
+    /// weight row of 16 floats (16 neurons; 32 take two) is exactly one cache line instead of
+    /// straddling two.
     arena: ArenaPtr,
     pub(super) stats: TileStats,
 }
@@ -207,8 +208,7 @@ const UNIT_SUMS_BYTES: usize = 1 << 20;
 /// without writing every tile's partials and reading them again in a phase of their own.
 /// 700-4096-20 (its readout: 4 columns), three alternating traced pairs, ms per thread and batch:
 /// the readout's backward 7.6-7.7 -> 5.7-5.9, its phase of sums (and lists) 2.8 -> 1.0 (the
-/// lists alone), the hidden layer's backward, though, 37.6-38.2 -> 39.0-40.6 (cause not found);
-/// all phases 94.9-96.6 -> 93.1-96.7.
+/// lists alone); all phases 94.9-96.6 -> 93.1-96.7 (docs/performance.md, session 14).
 pub(super) fn unit_sums(li: usize, lp: &LayerPlan, block: usize, threads: usize) -> bool {
     let bytes: usize = lp.splits.iter().map(|&(_, n)| 2 * 4 * n * lp.inputs).sum();
     li > 0

@@ -20,9 +20,8 @@
 //! gathering its `dL/dS` from the partials of the layer above (summed over that layer's tiles
 //! first, where it has several per replica: in a phase of their own, `sum_partials`, or, where
 //! one unit runs all of a replica group's columns, inside the unit: `LayerRt::unit_sums`). With
-//! a recurrent layer, which
-//! exchanges with itself every step, its forward runs in lockstep inside the merge and the
-//! backward runs step by step, every layer in each step's phase:
+//! a recurrent layer, which exchanges with itself every step, its forward runs in lockstep
+//! inside the merge and the backward runs step by step, every layer in each step's phase:
 //!
 //! | phase | unit | writes | reads |
 //! |---|---|---|---|
