@@ -29,21 +29,37 @@ impl TiledEngine {
         if cols.len() > 1 {
             return self.backward_columns(input, (l, cols, g), steps);
         }
-        let (p, p_count, reps) = (cols.start, lr.p(), lr.group(g));
+        let (p, reps) = (cols.start, lr.group(g));
         // Safety: not the update phase.
         let shared = unsafe { self.col_weights(l, p) };
         // Safety: the tiles of group (l, p, g) and their partial out-buffers belong to this unit.
-        let mut tile0 = unsafe { self.home(l, reps.start * p_count + p) }.tile()?;
+        let mut tile0 = unsafe { self.home(l, reps.start * lr.p() + p) }.tile()?;
         for t in steps.rev() {
-            let sh = Some(shared);
-            self.backward_replica(input, l, reps.start, p, t, &mut tile0, sh, None, None)?;
-            let (dw, dv) = tile0.grads_mut();
-            let mut grads = SharedGrads { dw, dv };
-            for r in reps.start + 1..reps.end {
-                let mut tile = unsafe { self.home(l, r * p_count + p) }.tile()?;
-                let g = Some(grads.reborrow());
-                self.backward_replica(input, l, r, p, t, &mut tile, sh, g, None)?;
-            }
+            self.backward_group_step(input, (l, p, reps.clone()), t, &mut tile0, shared)?;
+        }
+        Ok(())
+    }
+
+    /// Backward step `t` of column `(l, p)` for the replicas `reps` of a group: the leader's
+    /// tile `tile0`, then every other replica's, accumulating into the leader's gradients.
+    #[inline(always)]
+    fn backward_group_step(
+        &self,
+        input: &InputBatch,
+        (l, p, reps): (usize, usize, std::ops::Range<usize>),
+        t: usize,
+        tile0: &mut Tile<'_>,
+        shared: SharedWeights<'_>,
+    ) -> Result<(), TileError> {
+        let (sh, p_count) = (Some(shared), self.layers[l].p());
+        self.backward_replica(input, l, reps.start, p, t, tile0, sh, None, None)?;
+        let (dw, dv) = tile0.grads_mut();
+        let mut grads = SharedGrads { dw, dv };
+        for r in reps.start + 1..reps.end {
+            // Safety: the tiles of the group belong to the caller's unit.
+            let mut tile = unsafe { self.home(l, r * p_count + p) }.tile()?;
+            let g = Some(grads.reborrow());
+            self.backward_replica(input, l, r, p, t, &mut tile, sh, g, None)?;
         }
         Ok(())
     }
@@ -60,22 +76,15 @@ impl TiledEngine {
         steps: std::ops::Range<usize>,
     ) -> Result<(), TileError> {
         let lr = &self.layers[l];
-        let (p_count, reps) = (lr.p(), lr.group(g));
+        let reps = lr.group(g);
         for t in steps.rev() {
             for p in cols.clone() {
                 // Safety: not the update phase.
-                let sh = Some(unsafe { self.col_weights(l, p) });
+                let shared = unsafe { self.col_weights(l, p) };
                 // Safety: the tiles of group (l, p, g) and their partial out-buffers belong to
                 // this unit.
-                let mut tile0 = unsafe { self.home(l, reps.start * p_count + p) }.tile()?;
-                self.backward_replica(input, l, reps.start, p, t, &mut tile0, sh, None, None)?;
-                let (dw, dv) = tile0.grads_mut();
-                let mut grads = SharedGrads { dw, dv };
-                for r in reps.start + 1..reps.end {
-                    let mut tile = unsafe { self.home(l, r * p_count + p) }.tile()?;
-                    let g = Some(grads.reborrow());
-                    self.backward_replica(input, l, r, p, t, &mut tile, sh, g, None)?;
-                }
+                let mut tile0 = unsafe { self.home(l, reps.start * lr.p() + p) }.tile()?;
+                self.backward_group_step(input, (l, p, reps.clone()), t, &mut tile0, shared)?;
             }
         }
         Ok(())

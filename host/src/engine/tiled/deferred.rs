@@ -211,13 +211,10 @@ impl TiledEngine {
         let reps = lr.group(g);
         // Safety: not the update phase.
         let shared = unsafe { self.col_weights(l, p) };
+        self.prefetch_grads(l, cols, reps.start)?;
         // Safety: the tiles of group (l, p, g) and their partial out-buffers belong to this
         // unit.
         let mut tile0 = unsafe { self.home(l, reps.start * p_count + p) }.tile()?;
-        // A wide layer's gradient rows come from L3: into L2 in one stream (see forward_ahead).
-        if self.far_partials(l) {
-            spiketile_core::simd::prefetch_lines_l2(tile0.grads().0);
-        }
         // This thread's scratch, in cache from the unit before (a buffer per unit, in a wide
         // layer, would come from memory at each unit's first run).
         let vecs = &mut vecs[..d.unit_len()];
@@ -244,6 +241,19 @@ impl TiledEngine {
         Ok(())
     }
 
+    /// In a wide layer, whose gradient rows come from L3, asks for the gradient rows of the
+    /// leader `r0` of columns `cols` into L2, in one stream each (see `forward_ahead`); a hint.
+    fn prefetch_grads(&self, l: usize, cols: Range<usize>, r0: usize) -> Result<(), TileError> {
+        if self.far_partials(l) {
+            for p in cols {
+                // Safety: the caller's unit owns the group's tiles.
+                let tile = unsafe { self.home(l, r0 * self.layers[l].p() + p) }.tile()?;
+                spiketile_core::simd::prefetch_lines_l2(tile.grads().0);
+            }
+        }
+        Ok(())
+    }
+
     /// [`Self::backward_deferred`] of several columns `cols` (see
     /// [`TiledEngine::backward_compute`]): at each step, column after column, each column's
     /// vectors in a part of the thread's scratch of their own. Out of line, as
@@ -260,13 +270,7 @@ impl TiledEngine {
         let lr = &self.layers[l];
         let (p_count, m) = (lr.p(), lr.plan.micro_batch);
         let reps = lr.group(g);
-        if self.far_partials(l) {
-            for p in cols.clone() {
-                // Safety: the tiles of group (l, p, g) belong to this unit.
-                let tile0 = unsafe { self.home(l, reps.start * p_count + p) }.tile()?;
-                spiketile_core::simd::prefetch_lines_l2(tile0.grads().0);
-            }
-        }
+        self.prefetch_grads(l, cols.clone(), reps.start)?;
         let len = d.unit_len();
         let vecs = &mut vecs[..cols.len() * len];
         let runs = d.runs.iter().enumerate();
