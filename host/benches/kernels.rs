@@ -2,7 +2,8 @@
 //! update, buffer construction; with the tile's own history and with the source buffer kept by the
 //! driver, as the host engine runs it), buffer construction alone, the backward step, and Adam; and the
 //! two row kernels alone at the scale of W, where the rows come from L2 (the bound on W's
-//! throughput that docs/performance.md derives).
+//! throughput that docs/performance.md derives); the deferred gradient against the scatters;
+//! and the backward step's dot products (`dots`) against dots taken element after element.
 //!
 //! `cargo bench -p spiketile --bench kernels` (add `-- --quick` for a short run).
 
@@ -12,7 +13,7 @@
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use spiketile_core::rows::{accumulate_rows, gather_add, scatter_add};
+use spiketile_core::rows::{accumulate_rows, dots, gather_add, scatter_add};
 use spiketile_core::spikes::build_into;
 use spiketile_core::{
     NeuronParams, Optimizer, OptimizerKind, SpikeView, StepInput, Tile, TileConfig,
@@ -207,5 +208,63 @@ fn deferred_gradients(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, kernels, rows_at_w_scale, deferred_gradients);
+/// The partial `dL/dS` of a backward step: one dot product of a weight row with `dL/dc` per id of
+/// the source buffer (26 ids: W's hidden capacity), for W's readout (256 x 20 weights) and a
+/// recurrent hidden tile of W (256 x 32), 64 sample-steps of different ids. `dots` (eight running
+/// sums, vector instructions) against chains: the dots taken element after element, four at a time side
+/// by side (the kernel before session 15). Throughput is in dots.
+fn partial_dots(c: &mut Criterion) {
+    let mut rng = ChaCha8Rng::seed_from_u64(4);
+    let ids: Vec<Vec<u16>> =
+        (0..64).map(|_| (0..256u16).filter(|_| rng.gen_bool(0.1)).take(26).collect()).collect();
+    let mut g = c.benchmark_group("partial dL/dS (26 ids per sample-step, 64 sample-steps)");
+    g.throughput(Throughput::Elements(ids.iter().map(Vec::len).sum::<usize>() as u64));
+    for lanes in [20usize, 32] {
+        let w: Vec<f32> = (0..256 * lanes).map(|_| rng.gen_range(-1.0..1.0)).collect();
+        let x: Vec<f32> = (0..lanes).map(|_| rng.gen_range(-0.01..0.01)).collect();
+        let mut out = [0.0f32; 26];
+        g.bench_function(format!("dots, {lanes} lanes"), |b| {
+            b.iter(|| {
+                for list in &ids {
+                    dots(&mut out, &w, list, black_box(&x));
+                    black_box(&out);
+                }
+            })
+        });
+        g.bench_function(format!("chains, {lanes} lanes"), |b| {
+            b.iter(|| {
+                for list in &ids {
+                    serial_dots(&mut out, &w, list, black_box(&x));
+                    black_box(&out);
+                }
+            })
+        });
+    }
+    g.finish();
+}
+
+/// Dots taken element after element (one chain of additions each), four ids side by side: the
+/// backward step's kernel before session 15.
+fn serial_dots(out: &mut [f32], w: &[f32], ids: &[u16], x: &[f32]) {
+    let n = x.len();
+    let row = |j: u16| &w[j as usize * n..][..n];
+    let mut out4 = out.chunks_exact_mut(4);
+    let mut ids4 = ids.chunks_exact(4);
+    for (o, j) in (&mut out4).zip(&mut ids4) {
+        let (r0, r1, r2, r3) = (row(j[0]), row(j[1]), row(j[2]), row(j[3]));
+        let mut s = [0.0f32; 4];
+        for (i, &xi) in x.iter().enumerate() {
+            s[0] += r0[i] * xi;
+            s[1] += r1[i] * xi;
+            s[2] += r2[i] * xi;
+            s[3] += r3[i] * xi;
+        }
+        o.copy_from_slice(&s);
+    }
+    for (o, &j) in out4.into_remainder().iter_mut().zip(ids4.remainder()) {
+        *o = row(j).iter().zip(x).fold(0.0, |s, (a, b)| s + a * b);
+    }
+}
+
+criterion_group!(benches, kernels, rows_at_w_scale, deferred_gradients, partial_dots);
 criterion_main!(benches);

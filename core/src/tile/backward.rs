@@ -2,39 +2,9 @@
 //! to its source layer (and, if recurrent, to its own).
 
 use super::{slot_view, SharedGrads, SharedWeights, StepInput, Tile};
-use crate::rows::scatter_add;
+use crate::rows::{dots, scatter_add};
 use crate::spikes::SpikeView;
 use crate::TileError;
-
-#[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).fold(0.0, |s, (x, y)| s + x * y)
-}
-
-/// `out[k] = dot(rows[ids[k]], c)` for every id (rows of `c.len()` floats), each sum in the order
-/// [`dot`] takes it, four ids at a time: one dot is a chain of dependent additions, and four
-/// independent chains run side by side.
-#[inline]
-fn dots(out: &mut [f32], rows: &[f32], ids: &[u16], c: &[f32]) {
-    let n = c.len();
-    let row = |j: u16| &rows[j as usize * n..][..n];
-    let mut out4 = out.chunks_exact_mut(4);
-    let mut ids4 = ids.chunks_exact(4);
-    for (o, j) in (&mut out4).zip(&mut ids4) {
-        let (r0, r1, r2, r3) = (row(j[0]), row(j[1]), row(j[2]), row(j[3]));
-        let mut s = [0.0f32; 4];
-        for (i, &x) in c.iter().enumerate() {
-            s[0] += r0[i] * x;
-            s[1] += r1[i] * x;
-            s[2] += r2[i] * x;
-            s[3] += r3[i] * x;
-        }
-        o.copy_from_slice(&s);
-    }
-    for (o, &j) in out4.into_remainder().iter_mut().zip(ids4.remainder()) {
-        *o = dot(row(j), c);
-    }
-}
 
 impl<'a> Tile<'a> {
     /// Where the driver writes `dL/dS_l[t]` for sample `b` before [`Tile::backward`]: entry `k`
@@ -234,29 +204,5 @@ impl<'a> Tile<'a> {
         }
         let k = self.cfg.layer_capacity;
         &self.rec_partials[b * k..(b + 1) * k]
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{dot, dots};
-
-    /// Four chains side by side give every dot product bit for bit as `dot` takes it, for any
-    /// number of ids (whole groups of four and the rest) and row widths.
-    #[test]
-    fn dots_equal_dot_bit_for_bit() {
-        for n in [1usize, 3, 5, 20, 32] {
-            let rows: Vec<f32> = (0..9 * n).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
-            let c: Vec<f32> = (0..n).map(|i| ((i * 13 % 17) as f32 - 8.0) / 3.0).collect();
-            for len in 0..=9 {
-                let ids: Vec<u16> = (0..len).map(|k| ((k * 5 + 2) % 9) as u16).collect();
-                let mut out = vec![f32::NAN; len];
-                dots(&mut out, &rows, &ids, &c);
-                for (o, &j) in out.iter().zip(&ids) {
-                    let want = dot(&rows[j as usize * n..(j as usize + 1) * n], &c);
-                    assert_eq!(o.to_bits(), want.to_bits(), "n {n}, {len} ids");
-                }
-            }
-        }
     }
 }

@@ -1,7 +1,8 @@
 //! Row kernels of the tile programs: the sparse accumulate of the forward step (sum the weight
 //! rows of the input spikes), the scatter of the backward step (add one vector to the gradient
 //! rows of the input spikes) and its deferred form, the gather (add to each gradient row, once,
-//! every vector listed for it).
+//! every vector listed for it), and the dot products of the backward step's partial `dL/dS`
+//! ([`dots`], in a module of its own: their order is not the plain loop's).
 //!
 //! Weights are input-major (`w[j * n + i]`), so one input spike `j` selects one contiguous row of
 //! `n` floats. Rows of the widths the planner makes for layers split over several tiles (1 to 32
@@ -10,8 +11,9 @@
 //! 8, 4, 2 and 1 lanes, looping over the spikes inside a block. Either way the rows' loads are
 //! independent of each other.
 //!
-//! The arithmetic is that of the plain loops, lane by lane in spike order, so the results are
-//! bit-identical to them (and to the dense reference engine).
+//! The arithmetic of the accumulate, the scatter and the gather is that of the plain loops, lane
+//! by lane in spike order, so the results are bit-identical to them (and to the dense reference
+//! engine).
 //!
 //! ```
 //! use spiketile_core::rows::{accumulate_rows, scatter_add};
@@ -69,6 +71,9 @@ macro_rules! whole_rows {
         }
     };
 }
+
+mod dots;
+pub use dots::dots;
 
 /// `out[i] (+)= sum over j in ids, in order, of w[j * n + i]` with `n = out.len()`: from zero if
 /// `from_zero`, else continuing the sums already in `out`.
