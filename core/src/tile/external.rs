@@ -118,16 +118,15 @@ impl Tile<'_> {
         Ok(())
     }
 
-    /// [`Tile::backward_external`] for a tile without recurrent weights that leaves its
-    /// input-weight gradient to the driver: the step's `dL/dc = (1 - alpha) g` (the vector
-    /// [`Tile::backward`] adds to the gradient row of every input spike of `step`) is written
-    /// into `dldc` (one float per neuron) and no gradient row is touched. A driver that keeps
-    /// these vectors for a run of steps and samples can add them with
-    /// [`crate::rows::gather_add`], each row once for all its uses; listed in the order the
-    /// steps ran, the gradients are the same bit for bit. `BadInput` (and nothing changed) if
-    /// the tile is recurrent, `dldc` is not one float per neuron, or as
-    /// [`Tile::backward_external`].
-    ///
+    /// [`Tile::backward_external`] that leaves the input-weight gradient to the driver: the
+    /// step's `dL/dc = (1 - alpha) g` (the vector [`Tile::backward`] adds to the gradient row of
+    /// every input spike of `step`) is written into `dldc` (one float per neuron) and no input
+    /// gradient row is touched. A driver that keeps these vectors for a run of steps and samples
+    /// can add them with [`crate::rows::gather_add`], each row once for all its uses; listed in
+    /// the order the steps ran, the gradients are the same bit for bit. A recurrent tile still
+    /// adds its recurrent-weight gradients, into `grads`' `dV` (or its own; `grads`' `dW` is
+    /// not touched). `BadInput` (and nothing changed) if `dldc` is not one float per neuron, or
+    /// as [`Tile::backward_external`].
     /// ```
     /// use spiketile_core::rows::gather_add;
     /// use spiketile_core::{NeuronParams, OptimizerKind, SpikeView, StepInput, Tile, TileConfig};
@@ -146,7 +145,7 @@ impl Tile<'_> {
     /// tile.commit_all(1, 0).unwrap();
     /// tile.dlds_mut(0)[..2].copy_from_slice(&[1.0, 1.0]);
     /// let mut dldc = [0.0f32; 2];
-    /// tile.backward_external_deferred(1, 0, step, false, None, &mut dldc).unwrap();
+    /// tile.backward_external_deferred(1, 0, step, false, None, None, &mut dldc).unwrap();
     /// assert!(tile.grads().0.iter().all(|&g| g == 0.0));
     /// // Inputs 0 and 2 spiked: their rows get the vector.
     /// gather_add(tile.grads_mut().0, 2, &dldc, &[0, 1, 1, 2], &[0, 0]);
@@ -159,14 +158,15 @@ impl Tile<'_> {
         step: StepInput<'_>,
         source_partials: bool,
         shared: Option<SharedWeights<'_>>,
+        grads: Option<SharedGrads<'_>>,
         dldc: &mut [f32],
     ) -> Result<(), TileError> {
-        if self.cfg.recurrent || dldc.len() != self.cfg.neurons {
+        if dldc.len() != self.cfg.neurons {
             return Err(TileError::BadInput);
         }
-        self.check_backward(t, b, &shared, &None)?;
+        self.check_backward(t, b, &shared, &grads)?;
         self.check_step(t, b, &step.input, &step.rec, &shared)?;
-        self.backward_step(t, b, step, source_partials, shared, None, Some(dldc));
+        self.backward_step(t, b, step, source_partials, shared, grads, Some(dldc));
         Ok(())
     }
 

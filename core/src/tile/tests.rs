@@ -195,7 +195,8 @@ fn run_layer_with(
                 let step = StepInput { input, rec };
                 if sources == Sources::Deferred {
                     let mut dldc = vec![0.0f32; tile.config().neurons];
-                    tile.backward_external_deferred(t, b, step, true, None, &mut dldc).unwrap();
+                    tile.backward_external_deferred(t, b, step, true, None, None, &mut dldc)
+                        .unwrap();
                     vecs[tile_index(&cfgs, f)].extend(dldc);
                 } else if external {
                     tile.backward_external(t, b, step, true, None, None).unwrap();
@@ -329,18 +330,26 @@ fn external_histories_equal_the_tiles_own() {
 }
 
 /// Deferred input-weight gradients, added at the end from lists in step order, equal the
-/// scatters of every step bit for bit (exact mode and overflow, on one tile and split); a
-/// recurrent tile and a vector of the wrong length are refused.
+/// scatters of every step bit for bit (exact mode and overflow, on one tile and split, and
+/// split with recurrent weights, whose gradients are still scattered); a vector of the wrong
+/// length is refused.
 #[test]
 fn deferred_input_gradients_equal_the_scatters() {
     for (seed, window, cap) in [(7, f32::INFINITY, WIDTH), (11, 0.3, 2)] {
         let n = net(seed);
-        for splits in [&[0, WIDTH][..], &[0, 2, 5, WIDTH]] {
-            let own = run_layer_with(&n, splits, (false, window, cap), Sources::Own);
-            let def = run_layer_with(&n, splits, (false, window, cap), Sources::Deferred);
+        for (splits, recurrent) in
+            [(&[0, WIDTH][..], false), (&[0, 2, 5, WIDTH], false), (&[0, 2, 5, WIDTH], true)]
+        {
+            let own = run_layer_with(&n, splits, (recurrent, window, cap), Sources::Own);
+            let def = run_layer_with(&n, splits, (recurrent, window, cap), Sources::Deferred);
             assert!(own.dw.iter().any(|&g| g != 0.0), "gradients must flow");
+            assert!(
+                !recurrent || own.dv.iter().any(|&g| g != 0.0),
+                "recurrent gradients must flow"
+            );
             assert_eq!(own.counts, def.counts);
             assert_eq!(own.dw, def.dw);
+            assert_eq!(own.dv, def.dv);
             assert_eq!(own.partials, def.partials);
         }
     }
@@ -352,11 +361,11 @@ fn deferred_input_gradients_equal_the_scatters() {
             Tile::new(cfg, NeuronParams::default(), bytemuck::cast_slice_mut(&mut arena)).unwrap();
         let mut short = vec![0.0f32; cfg.neurons - 1];
         let step = StepInput::EMPTY;
-        let r = tile.backward_external_deferred(0, 0, step, false, None, &mut short);
+        let r = tile.backward_external_deferred(0, 0, step, false, None, None, &mut short);
         assert_eq!(r, Err(TileError::BadInput));
         let mut right = vec![0.0f32; cfg.neurons];
-        let r = tile.backward_external_deferred(0, 0, step, false, None, &mut right);
-        assert_eq!(r.is_ok(), !recurrent);
+        let r = tile.backward_external_deferred(0, 0, step, false, None, None, &mut right);
+        assert!(r.is_ok(), "recurrent {recurrent}");
     }
 }
 

@@ -163,8 +163,9 @@ impl TiledEngine {
             self.gather_dlds((l, r, p), (b, bl, t), tile);
             // Safety: layer buffers are read-only in backward phases. The first layer's deferred
             // step reads nothing of its source buffer (the lists carry the input spikes, and
-            // nobody needs dL/dS of the data), so it is not even looked up.
-            let step = if l == 0 && deferred.is_some() {
+            // nobody needs dL/dS of the data), so unless it is recurrent (its own layer's
+            // buffer is read) nothing is looked up.
+            let step = if l == 0 && deferred.is_some() && !lr.plan.recurrent {
                 StepInput::EMPTY
             } else {
                 unsafe { self.step_input(input, l, b, t) }
@@ -173,7 +174,8 @@ impl TiledEngine {
                 Some(vecs) => {
                     let n = tile.config().neurons;
                     let v = &mut vecs[bl * n..(bl + 1) * n];
-                    tile.backward_external_deferred(t, bl, step, l > 0, shared, v)?;
+                    let grads = grads.as_mut().map(SharedGrads::reborrow);
+                    tile.backward_external_deferred(t, bl, step, l > 0, shared, grads, v)?;
                 }
                 None => {
                     let grads = grads.as_mut().map(SharedGrads::reborrow);

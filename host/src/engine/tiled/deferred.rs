@@ -20,7 +20,7 @@ use super::layer::LayerRt;
 use super::TiledEngine;
 use crate::engine::shared::Shared;
 use crate::engine::InputBatch;
-use spiketile_core::{rows, TileError};
+use spiketile_core::{rows, SharedGrads, TileError};
 use std::ops::Range;
 
 /// Bytes of `dL/dc` vectors a unit keeps for one run. Measured on W, one thread, two rounds
@@ -60,37 +60,43 @@ pub(super) struct Deferred {
     starts: Shared<u32>,
     /// Per group and run, the vector indices each row takes, row after row: `[g][run][run_uses]`.
     uses: Shared<u16>,
+    /// In a backward pass step by step (blocks of 1 step, every step a phase of its own), each
+    /// unit's vectors, kept from phase to phase: `[p * groups + g][unit_len]` (a unit may run
+    /// on either thread, so the threads' scratch cannot hold them). `None` in blocks.
+    step_vecs: Option<Shared<f32>>,
 }
 
 impl Deferred {
-    /// The deferral of layer `lr` for backward blocks of `block` steps out of `t_steps`, if it
-    /// pays: not for a recurrent layer (its backward runs step by step), nor where a unit's
-    /// vectors would leave room for fewer than [`MIN_RUN`] steps in [`RUN_BYTES`], nor where a
-    /// tile column's gradient rows fit in [`L1_ROWS_BYTES`].
+    /// The deferral of layer `lr` for backward blocks of `block` steps out of `t_steps` (1: step
+    /// by step, where the runs span the steps of the whole pass), if it pays: not where a unit's
+    /// vectors would leave room for fewer than [`MIN_RUN`] steps in [`RUN_BYTES`] or its runs
+    /// would be shorter, nor where a tile column's gradient rows fit in [`L1_ROWS_BYTES`].
     pub(super) fn new(lr: &LayerRt, t_steps: usize, block: usize) -> Option<Deferred> {
         let lp = &lr.plan;
         let slots = lp.replicas.div_ceil(lr.groups()) * lp.micro_batch;
         let lanes = lp.splits.iter().map(|&(_, n)| n).max()?;
         let run = RUN_BYTES / (4 * slots * lanes);
         let rows_bytes = 4 * lp.inputs * lanes;
-        if lp.recurrent || run.min(block).min(t_steps) < MIN_RUN || rows_bytes <= L1_ROWS_BYTES {
+        if run.min(span(t_steps, block)) < MIN_RUN || rows_bytes <= L1_ROWS_BYTES {
             return None;
         }
         Some(Self::with_run(lr, t_steps, block, run))
     }
 
-    /// The deferral of layer `lr` (not recurrent) in runs of at most `run` steps (at least 1),
-    /// each within one backward block of `block` steps out of `t_steps`.
+    /// The deferral of layer `lr` in runs of at most `run` steps (at least 1), each within one
+    /// backward block of `block` steps out of `t_steps` (with `block` 1, step by step, within
+    /// the whole pass).
     pub(super) fn with_run(lr: &LayerRt, t_steps: usize, block: usize, run: usize) -> Deferred {
         let lp = &lr.plan;
         let groups = lr.groups();
         let slots = lp.replicas.div_ceil(groups) * lp.micro_batch;
         let lanes = lp.splits.iter().map(|&(_, n)| n).max().unwrap_or(0);
+        let span = span(t_steps, block);
         // Vector indices are u16.
-        let run = run.min(u16::MAX as usize / slots).min(block).min(t_steps).max(1);
+        let run = run.min(u16::MAX as usize / slots).min(span).max(1);
         let mut runs = Vec::new();
-        for k in (0..t_steps.div_ceil(block)).rev() {
-            let (lo, mut hi) = (k * block, ((k + 1) * block).min(t_steps));
+        for k in (0..t_steps.div_ceil(span)).rev() {
+            let (lo, mut hi) = (k * span, ((k + 1) * span).min(t_steps));
             while hi > lo {
                 let start = hi.saturating_sub(run).max(lo);
                 runs.push(start..hi);
@@ -99,6 +105,7 @@ impl Deferred {
         }
         let run_uses = run * slots * lp.in_capacity;
         let lists = groups * runs.len();
+        let step_vecs = (block == 1).then(|| Shared::new(lr.p() * groups * slots * run * lanes));
         Deferred {
             slots,
             lanes,
@@ -106,6 +113,7 @@ impl Deferred {
             run_uses,
             starts: Shared::new(lists * (lp.inputs + 1)),
             uses: Shared::new(lists * run_uses),
+            step_vecs,
             runs,
             run,
         }
@@ -129,15 +137,25 @@ impl Deferred {
         }
     }
 
-    /// Bytes of the lists.
+    /// Bytes of the lists (and of the units' vectors, step by step).
     pub(super) fn bytes(&self) -> usize {
-        4 * self.starts.len() + 2 * self.uses.len()
+        let vecs = self.step_vecs.as_ref().map_or(0, Shared::len);
+        4 * self.starts.len() + 2 * self.uses.len() + 4 * vecs
     }
 
     /// Floats of one unit's vectors, `[slots * run][lanes]` (the thread's scratch: a unit fills
     /// and empties them run by run).
     pub(super) fn unit_len(&self) -> usize {
         self.slots * self.run * self.lanes
+    }
+}
+
+/// The steps a run may span: a backward block's, or with blocks of 1 step (step by step) all.
+fn span(t_steps: usize, block: usize) -> usize {
+    if block == 1 {
+        t_steps.max(1)
+    } else {
+        block.min(t_steps).max(1)
     }
 }
 
@@ -203,6 +221,10 @@ impl TiledEngine {
         steps: Range<usize>,
         vecs: &mut [f32],
     ) -> Result<(), TileError> {
+        if let Some(all) = &d.step_vecs {
+            debug_assert!(cols.len() == 1 && steps.len() == 1, "step by step: one column");
+            return self.backward_deferred_step(input, (d, all), (l, cols.start, g), steps.start);
+        }
         if cols.len() > 1 {
             return self.backward_deferred_columns(input, d, (l, cols, g), steps, vecs);
         }
@@ -234,6 +256,52 @@ impl TiledEngine {
                     }
                 }
             }
+            let (starts, uses) = d.list(g, ri);
+            let vecs = &vecs[..d.slots * d.run * n];
+            rows::gather_add(tile0.grads_mut().0, n, vecs, starts, uses);
+        }
+        Ok(())
+    }
+
+    /// [`Self::backward_deferred`] of step `t` in a backward pass step by step, every step a
+    /// phase of its own: unit `(l, p, g)`'s vectors stay in its own buffer (`all`) from phase to
+    /// phase, and the leader's gradient rows take them at the first step of each run. The
+    /// replicas after the leader add their recurrent-weight gradients into the leader's.
+    fn backward_deferred_step(
+        &self,
+        input: &InputBatch,
+        (d, all): (&Deferred, &Shared<f32>),
+        (l, p, g): (usize, usize, usize),
+        t: usize,
+    ) -> Result<(), TileError> {
+        let lr = &self.layers[l];
+        let (p_count, m) = (lr.p(), lr.plan.micro_batch);
+        let reps = lr.group(g);
+        let Some(ri) = d.runs.iter().position(|run| run.contains(&t)) else {
+            return Err(TileError::OutOfRange);
+        };
+        let run = d.runs[ri].clone();
+        let len = d.unit_len();
+        // Safety: unit (l, p, g)'s vectors belong to it alone; not the update phase; the tiles
+        // of group (l, p, g) and their partial out-buffers belong to this unit.
+        let vecs = unsafe { all.slice_mut((p * lr.groups() + g) * len, len) };
+        let shared = Some(unsafe { self.col_weights(l, p) });
+        let mut tile0 = unsafe { self.home(l, reps.start * p_count + p) }.tile()?;
+        let n = tile0.config().neurons;
+        for r in reps.clone() {
+            let at = ((run.end - 1 - t) * d.slots + (r - reps.start) * m) * n;
+            let v = Some(&mut vecs[at..at + m * n]);
+            if r == reps.start {
+                self.backward_replica(input, l, r, p, t, &mut tile0, shared, None, v)?;
+            } else {
+                let (dw, dv) = tile0.grads_mut();
+                let grads = Some(SharedGrads { dw, dv });
+                // Safety: as above.
+                let mut tile = unsafe { self.home(l, r * p_count + p) }.tile()?;
+                self.backward_replica(input, l, r, p, t, &mut tile, shared, grads, v)?;
+            }
+        }
+        if t == run.start {
             let (starts, uses) = d.list(g, ri);
             let vecs = &vecs[..d.slots * d.run * n];
             rows::gather_add(tile0.grads_mut().0, n, vecs, starts, uses);
@@ -311,13 +379,21 @@ mod tests {
     use crate::model::Params;
 
     /// Runs that do not fill their block, blocks that split a run's worth of steps, a batch
-    /// shorter than the engine's: the deferred gradients equal the scatters bit for bit.
+    /// shorter than the engine's, a backward pass step by step (the runs' vectors kept from
+    /// phase to phase), recurrent layers (step by step, their recurrent gradients still
+    /// scattered into the leader's): the deferred gradients equal the scatters bit for bit.
     #[test]
     fn deferred_runs_equal_the_scatters() {
+        for recurrent in [false, true] {
+            deferred_runs_equal_the_scatters_in(recurrent);
+        }
+    }
+
+    fn deferred_runs_equal_the_scatters_in(recurrent: bool) {
         let mut cfg = crate::config::test_config();
         (cfg.hidden, cfg.max_neurons_per_tile, cfg.max_samples_per_tile) =
             (vec![12, 9], Some(4), Some(2));
-        cfg.init_gain = 12.0;
+        (cfg.init_gain, cfg.recurrent) = (12.0, recurrent);
         let params = Params::init(&cfg, 3);
         let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(5);
         let batches: Vec<Vec<BinnedSample>> =
@@ -338,17 +414,22 @@ mod tests {
             }
             (losses, e.params(), e.optim_state())
         };
-        let scattered = train(cfg.time_steps, None);
+        let blocks: &[(usize, usize)] = match recurrent {
+            false => &[(cfg.time_steps, 4), (7, 4), (7, 7), (10, 3), (cfg.time_steps, 1), (1, 4)],
+            true => &[(1, 4), (1, 3), (1, 1), (1, cfg.time_steps)],
+        };
+        let scattered = train(blocks[blocks.len() - 1].0, None);
         assert!(scattered.1 != params, "training must change the weights");
-        for (block, run) in [(cfg.time_steps, 4), (7, 4), (7, 7), (10, 3), (cfg.time_steps, 1)] {
+        for &(block, run) in blocks {
             let deferred = train(block, Some(run));
-            assert!(deferred == scattered, "blocks of {block}, runs of {run} differ");
+            let what = format!("recurrent {recurrent}: blocks of {block}, runs of {run}");
+            assert!(deferred == scattered, "{what} differ");
         }
     }
 
-    /// The planned deferral: W's first layer defers in runs of 12 steps; its readout (gradient
-    /// rows of 20 KiB), a recurrent layer, and a backward pass in blocks of fewer than 4 steps
-    /// do not.
+    /// The planned deferral: W's first layer defers in runs of 12 steps, step by step too (a
+    /// recurrent layer, or blocks of 1); its readout (gradient rows of 20 KiB) and a backward
+    /// pass in blocks of 2 or 3 steps do not.
     #[test]
     fn deferral_where_it_pays() {
         let mut cfg = crate::config::test_config();
@@ -364,8 +445,14 @@ mod tests {
         let mut e = e;
         e.set_backward_block(3).unwrap();
         assert!(e.layers.iter().all(|lr| lr.deferred.is_none()));
+        let runs = |e: &TiledEngine| -> Vec<Option<usize>> {
+            e.layers.iter().map(|lr| lr.deferred.as_ref().map(|d| d.run)).collect()
+        };
+        e.set_backward_block(1).unwrap();
+        assert_eq!(runs(&e), [Some(12), None]);
         cfg.recurrent = true;
         let e = TiledEngine::new(&cfg, &Params::init(&cfg, 1), 1).unwrap();
-        assert!(e.layers.iter().all(|lr| lr.deferred.is_none()));
+        assert_eq!(e.backward_block(), 1);
+        assert_eq!(runs(&e), [Some(12), None]);
     }
 }
