@@ -29,7 +29,7 @@
 //! | forward merge, layer `l` | replica `(l, r)` | its tiles (commit; lockstep: everything), layer buffers and `starts` of its samples | its tiles, layer buffers of `l-1` |
 //! | loss | thread 0 | counts, `dL/dc` | output layer buffers |
 //! | lists, layer `l` with deferred input-weight gradients (the first alongside the loss) | replica group and run `(l, g, run)` | its lists of uses | layer buffers of `l-1` (or the input batch) |
-//! | backward, layer `l` and a block of steps (or all layers and one step) | replica group `(l, p, g)`, or `(l, all columns, g)` with `unit_sums` | their arenas, the leader's gradients, their partials of those steps (with `unit_sums` their sums, in `part_sum`; deferred: their `dL/dc` vectors in the thread's scratch) | layer buffers, `starts`, partials of later steps, `dL/dc`, the column's weights |
+//! | backward, layer `l` and a block of steps (or all layers and one step) | replica group `(l, p, g)`, or `(l, all columns, g)` with `unit_sums` | their arenas, the leader's gradients, their partials of those steps (with `unit_sums` their sums, in `part_sum`; deferred: their `dL/dc` vectors in the thread's scratch, or step by step in the unit's own buffer) | layer buffers, `starts`, partials of later steps, `dL/dc`, the column's weights |
 //! | backward sum, layer `l > 0` of several tiles per replica without `unit_sums`, a block of steps | replica `(l, r)` | `part_sum` of its samples at those steps | its tiles' partials of those steps, layer buffers of `l-1` |
 //! | update | tile column `(l, p)` | replica 0's and the group leaders' tiles `(l, *, p)`, the column's weights | the same |
 //!
