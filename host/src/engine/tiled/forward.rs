@@ -434,11 +434,11 @@ mod tests {
 
     /// Trains `cfg`'s model from its initial weights (seed 3) on three random batches of 30 %
     /// activity, with `setup` run on the engine before each batch: the losses, the overflow per
-    /// batch, the weights and the optimizer state.
+    /// batch and layer, the weights and the optimizer state.
     fn train_three(
         cfg: &crate::config::ModelConfig,
         setup: impl Fn(&mut TiledEngine),
-    ) -> (Vec<f64>, Vec<u64>, Params, crate::model::OptimState) {
+    ) -> (Vec<f64>, Vec<Vec<u64>>, Params, crate::model::OptimState) {
         let params = Params::init(cfg, 3);
         let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(7);
         let mut e = TiledEngine::new(cfg, &params, 2).unwrap();
@@ -450,7 +450,7 @@ mod tests {
             let batch = InputBatch::new(&refs, cfg.time_steps, cfg.capacity(cfg.inputs));
             let res = e.run_batch(&batch, true).unwrap();
             losses.push(res.loss_sum);
-            overflow.push(res.layers.iter().map(|s| s.overflow).sum());
+            overflow.push(res.layers.iter().map(|s| s.overflow).collect());
         }
         assert!(e.params() != params, "training must change the weights");
         (losses, overflow, e.params(), e.optim_state())
@@ -480,18 +480,30 @@ mod tests {
     /// Merges of tiles that ran ahead, `MERGE_STEPS` steps at a time and tile after tile, train
     /// as merges in lockstep, step by step, bit for bit: where near-threshold ids overflow the
     /// capacity (the tiles are told what was kept) and where spikes do (the merge runs the
-    /// replica again in lockstep), over more steps than one merge takes.
+    /// replica again in lockstep), over more steps than one merge takes; in the layers of
+    /// several tiles per replica and in the output layer, of one (whose units merge their
+    /// replicas themselves), which overflows in the last case.
     #[test]
     fn merges_ahead_equal_lockstep_ones() {
         let mut cfg = busy_config();
         cfg.time_steps = 2 * super::MERGE_STEPS + 3;
-        for (max_activity, window) in [(0.3, 1.0), (0.2, f32::INFINITY)] {
-            (cfg.max_activity, cfg.window) = (max_activity, window);
-            let train =
-                |ahead: bool| train_three(&cfg, |e| e.ahead.iter_mut().for_each(|a| *a = ahead));
+        for (max_activity, window, out) in
+            [(0.3, 1.0, 1.0), (0.2, f32::INFINITY, 1.0), (1.0, 1.0, 0.25)]
+        {
+            (cfg.max_activity, cfg.window, cfg.output_max_activity) = (max_activity, window, out);
+            let train = |ahead: bool| {
+                let mut cfg = cfg.clone();
+                if out < 1.0 {
+                    cfg.init_gain = 40.0;
+                }
+                train_three(&cfg, |e| e.ahead.iter_mut().for_each(|a| *a = ahead))
+            };
             let lockstep = train(false);
-            assert!(lockstep.1.iter().any(|&o| o > 0), "some batch overflows: {:?}", lockstep.1);
-            assert!(train(true) == lockstep, "max activity {max_activity}, window {window}");
+            let last = |o: &Vec<u64>| o[o.len() - 1];
+            assert!(lockstep.1.iter().flatten().any(|&o| o > 0), "overflows: {:?}", lockstep.1);
+            assert!(out == 1.0 || lockstep.1.iter().any(|o| last(o) > 0), "{:?}", lockstep.1);
+            let what = format!("max activity {max_activity}, window {window}, output {out}");
+            assert!(train(true) == lockstep, "{what}");
         }
     }
 
