@@ -127,6 +127,7 @@ impl Tile<'_> {
     /// adds its recurrent-weight gradients, into `grads`' `dV` (or its own; `grads`' `dW` is
     /// not touched). `BadInput` (and nothing changed) if `dldc` is not one float per neuron, or
     /// as [`Tile::backward_external`].
+    ///
     /// ```
     /// use spiketile_core::rows::gather_add;
     /// use spiketile_core::{NeuronParams, OptimizerKind, SpikeView, StepInput, Tile, TileConfig};

@@ -41,8 +41,8 @@
 //! ([`super::trace`]): each worker appends one span per phase and one per barrier wait to its own
 //! preallocated buffer. Tracing changes no result, and costs one branch per phase when off.
 //!
-//! A feed-forward layer whose tile columns' gradient rows exceed L1 leaves its input-weight
-//! gradients to the replica group: its tiles keep a run of steps' `dL/dc` vectors, and the
+//! A layer whose tile columns' input-weight gradient rows exceed L1 leaves those gradients to
+//! the replica group: its tiles keep a run of steps' `dL/dc` vectors, and the
 //! leader's gradient rows take them once per run from lists of uses built before the backward
 //! pass (`deferred`; the same sums in the same order).
 //!
