@@ -25,7 +25,7 @@ use super::layer::LayerRt;
 use super::TiledEngine;
 use crate::engine::shared::Shared;
 use crate::engine::InputBatch;
-use spiketile_core::{rows, SharedGrads, TileError};
+use spiketile_core::{rows, SharedGrads, SharedWeights, Tile, TileError};
 use std::ops::Range;
 
 /// Bytes of `dL/dc` vectors a unit keeps for one run. Measured on W, one thread, two rounds
@@ -234,7 +234,7 @@ impl TiledEngine {
             return self.backward_deferred_columns(input, d, (l, cols, g), steps, vecs);
         }
         let lr = &self.layers[l];
-        let (p, p_count, m) = (cols.start, lr.p(), lr.plan.micro_batch);
+        let (p, p_count) = (cols.start, lr.p());
         let reps = lr.group(g);
         // Safety: not the update phase.
         let shared = unsafe { self.col_weights(l, p) };
@@ -249,17 +249,8 @@ impl TiledEngine {
         let runs = d.runs.iter().enumerate();
         for (ri, run) in runs.filter(|(_, run)| run.start >= steps.start && run.end <= steps.end) {
             for t in run.clone().rev() {
-                for r in reps.clone() {
-                    let at = ((run.end - 1 - t) * d.slots + (r - reps.start) * m) * n;
-                    let v = Some(&mut vecs[at..at + m * n]);
-                    let sh = Some(shared);
-                    if r == reps.start {
-                        self.backward_replica(input, l, r, p, t, &mut tile0, sh, None, v)?;
-                    } else {
-                        let mut tile = unsafe { self.home(l, r * p_count + p) }.tile()?;
-                        self.backward_replica(input, l, r, p, t, &mut tile, sh, None, v)?;
-                    }
-                }
+                let unit = (l, p, reps.clone());
+                self.deferred_group_step(input, d, unit, (t, run.end), &mut tile0, shared, vecs)?;
             }
             let (starts, uses) = d.list(g, ri);
             let vecs = &vecs[..d.slots * d.run * n];
@@ -280,7 +271,7 @@ impl TiledEngine {
         t: usize,
     ) -> Result<(), TileError> {
         let lr = &self.layers[l];
-        let (p_count, m) = (lr.p(), lr.plan.micro_batch);
+        let p_count = lr.p();
         let reps = lr.group(g);
         let Some(ri) = d.runs.iter().position(|run| run.contains(&t)) else {
             return Err(TileError::OutOfRange);
@@ -290,26 +281,49 @@ impl TiledEngine {
         // Safety: unit (l, p, g)'s vectors belong to it alone; not the update phase; the tiles
         // of group (l, p, g) and their partial out-buffers belong to this unit.
         let vecs = unsafe { all.slice_mut((p * lr.groups() + g) * len, len) };
-        let shared = Some(unsafe { self.col_weights(l, p) });
+        let shared = unsafe { self.col_weights(l, p) };
         let mut tile0 = unsafe { self.home(l, reps.start * p_count + p) }.tile()?;
         let n = tile0.config().neurons;
-        for r in reps.clone() {
-            let at = ((run.end - 1 - t) * d.slots + (r - reps.start) * m) * n;
-            let v = Some(&mut vecs[at..at + m * n]);
-            if r == reps.start {
-                self.backward_replica(input, l, r, p, t, &mut tile0, shared, None, v)?;
-            } else {
-                let (dw, dv) = tile0.grads_mut();
-                let grads = Some(SharedGrads { dw, dv });
-                // Safety: as above.
-                let mut tile = unsafe { self.home(l, r * p_count + p) }.tile()?;
-                self.backward_replica(input, l, r, p, t, &mut tile, shared, grads, v)?;
-            }
-        }
+        let unit = (l, p, reps.clone());
+        self.deferred_group_step(input, d, unit, (t, run.end), &mut tile0, shared, vecs)?;
         if t == run.start {
             let (starts, uses) = d.list(g, ri);
             let vecs = &vecs[..d.slots * d.run * n];
             rows::gather_add(tile0.grads_mut().0, n, vecs, starts, uses);
+        }
+        Ok(())
+    }
+
+    /// Step `t` of column `(l, p)`'s replicas `reps` with deferred input-weight gradients, in a
+    /// run ending at `run_end`: the leader's tile `tile0`, then every other replica's, each
+    /// writing its samples' `dL/dc` vectors into their slots of `vecs`. The replicas after the
+    /// leader add their recurrent-weight gradients (if any) into the leader's.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn deferred_group_step(
+        &self,
+        input: &InputBatch,
+        d: &Deferred,
+        (l, p, reps): (usize, usize, Range<usize>),
+        (t, run_end): (usize, usize),
+        tile0: &mut Tile<'_>,
+        shared: SharedWeights<'_>,
+        vecs: &mut [f32],
+    ) -> Result<(), TileError> {
+        let (p_count, m) = (self.layers[l].p(), self.layers[l].plan.micro_batch);
+        let n = tile0.config().neurons;
+        for r in reps.clone() {
+            let at = ((run_end - 1 - t) * d.slots + (r - reps.start) * m) * n;
+            let v = Some(&mut vecs[at..at + m * n]);
+            if r == reps.start {
+                self.backward_replica(input, l, r, p, t, tile0, Some(shared), None, v)?;
+            } else {
+                let (dw, dv) = tile0.grads_mut();
+                let grads = Some(SharedGrads { dw, dv });
+                // Safety: the tiles of the group belong to the caller's unit.
+                let mut tile = unsafe { self.home(l, r * p_count + p) }.tile()?;
+                self.backward_replica(input, l, r, p, t, &mut tile, Some(shared), grads, v)?;
+            }
         }
         Ok(())
     }
