@@ -76,6 +76,46 @@ pub fn membrane_step(p: &LifParams, u_prev: f32, spiked_prev: bool, input: f32) 
     p.alpha * u_prev * keep + (1.0 - p.alpha) * input
 }
 
+/// The membrane update of a tile of at most 64 neurons, `u[i] = alpha * u[i] + (1 - alpha) *
+/// x[i]` (the reset of the step before already applied), with the masks of
+/// [`crate::spikes::build_from_masks`]: bit `i` of the first set where the new `u[i] >= theta`,
+/// of the second where it is `>= lower`. One pass, eight lanes at a time; the same results as
+/// the update followed by [`crate::spikes::build_into`].
+///
+/// ```
+/// use spiketile_core::lif::integrate_masks;
+/// let mut u = [0.0, 1.0, 2.0];
+/// let masks = integrate_masks(&mut u, &[2.0, 1.0, 0.0], 0.5, 1.0, 0.9);
+/// assert_eq!(u, [1.0, 1.0, 1.0 * 0.5 * 2.0]);
+/// assert_eq!(masks, (0b111, 0b111));
+/// ```
+///
+/// # Panics
+/// If `u` has more than 64 membranes or `x` fewer than `u`.
+#[inline(always)]
+pub fn integrate_masks(u: &mut [f32], x: &[f32], alpha: f32, theta: f32, lower: f32) -> (u64, u64) {
+    assert!(u.len() <= 64);
+    let one_minus = 1.0 - alpha;
+    let n = u.len();
+    let x = &x[..n];
+    let (mut spikes, mut at_least_lower) = (0u64, 0u64);
+    let whole = n - n % 8;
+    let (u8s, u_tail) = u.split_at_mut(whole);
+    for (c, (uc, xc)) in u8s.chunks_exact_mut(8).zip(x.chunks_exact(8)).enumerate() {
+        let uc: &mut [f32; 8] = uc.try_into().expect("whole chunks");
+        let xc: &[f32; 8] = xc.try_into().expect("whole chunks");
+        let (s, l) = crate::simd::integrate8(uc, xc, (alpha, one_minus), (theta, lower));
+        spikes |= u64::from(s) << (8 * c);
+        at_least_lower |= u64::from(l) << (8 * c);
+    }
+    for (i, (v, &xi)) in u_tail.iter_mut().zip(&x[whole..]).enumerate() {
+        *v = alpha * *v + one_minus * xi;
+        spikes |= u64::from(*v >= theta) << (whole + i);
+        at_least_lower |= u64::from(*v >= lower) << (whole + i);
+    }
+    (spikes, at_least_lower)
+}
+
 /// One adjoint update: `sigma_prime * dl_ds + alpha * (1 - S) * g_next`.
 #[inline]
 pub fn adjoint_step(p: &LifParams, sigma_prime: f32, dl_ds: f32, spiked: bool, g_next: f32) -> f32 {
@@ -114,6 +154,52 @@ mod tests {
         ];
         for (got, want) in trace.iter().zip(want) {
             assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+        }
+    }
+
+    /// A deterministic spread of membranes and inputs around the threshold, with NaN and the
+    /// infinities among them.
+    fn values(seed: u32, n: usize) -> [f32; 64] {
+        let special = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 1.0, 0.9, -0.0];
+        let mut x = seed.wrapping_mul(2_654_435_761);
+        core::array::from_fn(|i| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            if i < n && x % 11 == 0 {
+                special[(x / 11) as usize % special.len()]
+            } else {
+                (x % 4000) as f32 / 1000.0 - 1.0
+            }
+        })
+    }
+
+    /// The one-pass update and masks equal the update lane by lane followed by
+    /// [`crate::spikes::build_into`], bit for bit, for every width up to 64 (whole chunks of 8
+    /// and tails).
+    #[test]
+    fn integrate_masks_equals_update_then_build() {
+        use crate::spikes::{build_from_masks, build_into};
+        let (alpha, theta, window) = (0.95f32, 1.0f32, 0.1f32);
+        for n in 1..=64 {
+            for seed in 1..20 {
+                let (u0, x) = (values(seed, n), values(seed + 1000, n));
+                let mut want = u0;
+                for (u, &x) in want[..n].iter_mut().zip(&x) {
+                    *u = alpha * *u + (1.0 - alpha) * x;
+                }
+                let mut got = u0;
+                let masks = integrate_masks(&mut got[..n], &x, alpha, theta, theta - window);
+                let bits =
+                    |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<heapless::Vec<u32, 64>>();
+                assert_eq!(bits(&got[..n]), bits(&want[..n]), "n {n} seed {seed}");
+                let (mut a, mut b) = ([0u16; 64], [0u16; 64]);
+                let cap = n / 2 + 1;
+                let from_masks = build_from_masks(masks.0, masks.1, &mut a[..cap]);
+                let built = build_into(&want[..n], theta, window, &mut b[..cap]);
+                assert_eq!(from_masks, built, "n {n} seed {seed}");
+                assert_eq!(a, b, "n {n} seed {seed}");
+            }
         }
     }
 

@@ -115,6 +115,78 @@ pub fn mask_at_least(x: &[f32; 8], level: f32) -> u32 {
     }
 }
 
+/// The membrane update of 8 lanes, `u[i] = alpha * u[i] + one_minus * x[i]` (a multiplication,
+/// a multiplication and an addition per lane, each rounded, as the scalar expression), and the
+/// masks of the new values [`mask_at_least`] `theta` and `lower`: in SSE2 on x86-64 (the
+/// baseline; the same roundings lane by lane), a loop elsewhere.
+#[inline(always)]
+pub fn integrate8(
+    u: &mut [f32; 8],
+    x: &[f32; 8],
+    (alpha, one_minus): (f32, f32),
+    (theta, lower): (f32, f32),
+) -> (u32, u32) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: SSE2 is part of the x86-64 baseline; the loads and stores touch the 8 floats of
+    // `u` and `x`.
+    #[allow(unsafe_code, unused_unsafe)]
+    unsafe {
+        use core::arch::x86_64::{
+            _mm_add_ps, _mm_cmpge_ps, _mm_loadu_ps, _mm_movemask_ps, _mm_mul_ps, _mm_set1_ps,
+            _mm_storeu_ps,
+        };
+        let (a, om) = (_mm_set1_ps(alpha), _mm_set1_ps(one_minus));
+        let (th, lo) = (_mm_set1_ps(theta), _mm_set1_ps(lower));
+        let (up, xp) = (u.as_mut_ptr(), x.as_ptr());
+        let v0 = _mm_add_ps(_mm_mul_ps(a, _mm_loadu_ps(up)), _mm_mul_ps(om, _mm_loadu_ps(xp)));
+        let v1 = _mm_add_ps(
+            _mm_mul_ps(a, _mm_loadu_ps(up.add(4))),
+            _mm_mul_ps(om, _mm_loadu_ps(xp.add(4))),
+        );
+        _mm_storeu_ps(up, v0);
+        _mm_storeu_ps(up.add(4), v1);
+        let mask = |l| {
+            (_mm_movemask_ps(_mm_cmpge_ps(v0, l)) | _mm_movemask_ps(_mm_cmpge_ps(v1, l)) << 4)
+                as u32
+        };
+        (mask(th), mask(lo))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        for (v, &xi) in u.iter_mut().zip(x) {
+            *v = alpha * *v + one_minus * xi;
+        }
+        (mask_at_least(u, theta), mask_at_least(u, lower))
+    }
+}
+
+/// The adjoint's decay of 8 lanes and its input-current gradient: `g[i] = alpha * g[i]`, then
+/// `c[i] = one_minus * g[i]` (each a rounded multiplication, as the scalar expressions), in
+/// SSE2 on x86-64, a loop elsewhere.
+#[inline(always)]
+pub fn decay8(g: &mut [f32; 8], c: &mut [f32; 8], alpha: f32, one_minus: f32) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: SSE2 is part of the x86-64 baseline; the loads and stores touch the 8 floats of
+    // `g` and `c`.
+    #[allow(unsafe_code, unused_unsafe)]
+    unsafe {
+        use core::arch::x86_64::{_mm_loadu_ps, _mm_mul_ps, _mm_set1_ps, _mm_storeu_ps};
+        let (a, om) = (_mm_set1_ps(alpha), _mm_set1_ps(one_minus));
+        let (gp, cp) = (g.as_mut_ptr(), c.as_mut_ptr());
+        let g0 = _mm_mul_ps(_mm_loadu_ps(gp), a);
+        let g1 = _mm_mul_ps(_mm_loadu_ps(gp.add(4)), a);
+        _mm_storeu_ps(gp, g0);
+        _mm_storeu_ps(gp.add(4), g1);
+        _mm_storeu_ps(cp, _mm_mul_ps(om, g0));
+        _mm_storeu_ps(cp.add(4), _mm_mul_ps(om, g1));
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    for (x, c) in g.iter_mut().zip(c) {
+        *x *= alpha;
+        *c = one_minus * *x;
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
 mod x86 {
@@ -151,6 +223,23 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The vector decay equals the scalar expressions bit for bit, NaN, infinities, signed
+    /// zeros and subnormals included.
+    #[test]
+    fn decay8_equals_the_scalar_expressions() {
+        let vals = [1.5f32, -0.0, 0.0, f32::NAN, f32::INFINITY, -3.25, 1e-39, 0.123_456_7, -1e30];
+        for start in 0..vals.len() {
+            let g0: [f32; 8] = core::array::from_fn(|i| vals[(start + i) % vals.len()]);
+            let (mut g, mut c) = (g0, [7.0f32; 8]);
+            decay8(&mut g, &mut c, 0.95, 1.0 - 0.95);
+            for i in 0..8 {
+                let want = g0[i] * 0.95;
+                assert_eq!(g[i].to_bits(), want.to_bits(), "g[{i}] of {g0:?}");
+                assert_eq!(c[i].to_bits(), ((1.0 - 0.95f32) * want).to_bits(), "c[{i}]");
+            }
+        }
+    }
 
     /// The vector mask equals the plain loop, NaN and infinities included.
     #[test]

@@ -97,10 +97,7 @@ pub fn build_into(u: &[f32], theta: f32, window: f32, ids: &mut [u16]) -> BuildR
     let (raw_spikes, raw_near);
     if u.len() <= BLOCK {
         let (spikes, at_least_lower) = block_masks(u, theta, lower);
-        raw_spikes = push_bits(spikes, 0, ids, &mut n);
-        let n_spikes = n;
-        raw_near = push_bits(at_least_lower & !spikes, 0, ids, &mut n);
-        return BuildResult { n_spikes, n_grad: n, raw_spikes, raw_near };
+        return build_from_masks(spikes, at_least_lower, ids);
     }
     // Wider: all blocks' spikes first, then (masks again) their near-threshold neurons.
     let blocks = || u.chunks(BLOCK).enumerate().map(|(b, x)| (b * BLOCK, x));
@@ -114,6 +111,26 @@ pub fn build_into(u: &[f32], theta: f32, window: f32, ids: &mut [u16]) -> BuildR
             push_bits(at_least_lower & !spikes, base, ids, &mut n)
         })
         .sum();
+    BuildResult { n_spikes, n_grad: n, raw_spikes, raw_near }
+}
+
+/// [`build_into`] of at most 64 membranes from their masks: bit `i` of `spikes` set where
+/// `u[i] >= theta`, of `at_least_lower` where `u[i] >= theta - window` (what
+/// [`crate::lif::integrate_masks`] returns). The same buffer as [`build_into`] of those membranes.
+///
+/// ```
+/// use spiketile_core::spikes::{build_from_masks, build_into};
+/// let u = [0.2, 1.3, 0.95, 1.0];
+/// let (mut a, mut b) = ([0u16; 4], [0u16; 4]);
+/// assert_eq!(build_from_masks(0b1010, 0b1110, &mut a), build_into(&u, 1.0, 0.1, &mut b));
+/// assert_eq!(a[..3], [1, 3, 2]);
+/// ```
+#[inline]
+pub fn build_from_masks(spikes: u64, at_least_lower: u64, ids: &mut [u16]) -> BuildResult {
+    let mut n = 0;
+    let raw_spikes = push_bits(spikes, 0, ids, &mut n);
+    let n_spikes = n;
+    let raw_near = push_bits(at_least_lower & !spikes, 0, ids, &mut n);
     BuildResult { n_spikes, n_grad: n, raw_spikes, raw_near }
 }
 

@@ -118,7 +118,14 @@ impl<'a> Tile<'a> {
             None => &mut *self.c,
         };
         let one_minus = 1.0 - alpha;
-        for (c, x) in c.iter_mut().zip(g.iter_mut()) {
+        let c = &mut c[..n];
+        let whole = n - n % 8;
+        for (g8, c8) in g[..whole].chunks_exact_mut(8).zip(c.chunks_exact_mut(8)) {
+            let g8: &mut [f32; 8] = g8.try_into().expect("whole chunks");
+            let c8: &mut [f32; 8] = c8.try_into().expect("whole chunks");
+            crate::simd::decay8(g8, c8, alpha, one_minus);
+        }
+        for (c, x) in c[whole..].iter_mut().zip(g[whole..].iter_mut()) {
             *x *= alpha;
             *c = one_minus * *x;
         }

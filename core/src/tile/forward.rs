@@ -2,8 +2,9 @@
 //! buffer, and the commit of what the layer merge kept.
 
 use super::{slot_view, store_checked, SharedWeights, StepInput, Tile};
+use crate::lif::integrate_masks;
 use crate::rows::accumulate_rows;
-use crate::spikes::{build_into, BuildResult, SpikeView};
+use crate::spikes::{build_from_masks, build_into, BuildResult, SpikeView};
 use crate::TileError;
 
 impl<'a> Tile<'a> {
@@ -110,15 +111,22 @@ impl<'a> Tile<'a> {
                 u[i as usize] = 0.0;
             }
         }
-        let alpha = self.params.lif.alpha;
-        let one_minus = 1.0 - alpha;
-        for (u, &x) in u.iter_mut().zip(self.cur.iter()) {
-            *u = alpha * *u + one_minus * x;
-        }
+        let (alpha, theta) = (self.params.lif.alpha, self.params.lif.theta);
         let kt = cfg.own_capacity();
         let s = step * (kt + 2);
         let slot = &mut self.out_hist[s..s + kt + 2];
-        let r = build_into(u, self.params.lif.theta, self.params.window, &mut slot[2..]);
+        let r = if n <= 64 {
+            // The usual tile: update and masks in one pass.
+            let lower = theta - self.params.window;
+            let (spikes, at_least_lower) = integrate_masks(u, self.cur, alpha, theta, lower);
+            build_from_masks(spikes, at_least_lower, &mut slot[2..])
+        } else {
+            let one_minus = 1.0 - alpha;
+            for (u, &x) in u.iter_mut().zip(self.cur.iter()) {
+                *u = alpha * *u + one_minus * x;
+            }
+            build_into(u, theta, self.params.window, &mut slot[2..])
+        };
         slot[0] = r.n_spikes as u16;
         slot[1] = r.n_grad as u16;
         let uh = &mut self.u_hist[step * kt..][..kt];

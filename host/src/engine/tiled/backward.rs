@@ -216,42 +216,62 @@ impl TiledEngine {
         (b, bl, t): (usize, usize, usize),
         tile: &mut Tile<'_>,
     ) {
+        let mine = tile.out_buffer(t, bl);
+        let (ns, nn) = (mine.n_spikes, mine.near().len());
+        if ns + nn == 0 {
+            // No entry (most tile-samples of a quiet layer): nothing to look up.
+            return;
+        }
         let last = l + 1 == self.layers.len();
         // Safety: layer buffers and starts are read-only in backward phases; the partials of
         // step t + 1 were written in an earlier phase.
         let (s0, n0) = self.dlds_starts((l, p), (b, t));
-        let mine = tile.out_buffer(t, bl);
-        let own = (s0..s0 + mine.n_spikes).chain(n0..n0 + mine.near().len());
         let sources = self.dlds_sources((l, r), (b, bl, t));
         // The output layer's dL/dc, and the class of each entry of its buffer.
         let dldc = last.then(|| unsafe {
             (self.dldc.slice(b * self.cfg.classes, self.cfg.classes), self.layer_buf(l, b, t).ids)
         });
         let dst = tile.dlds_mut(bl);
-        if sources.iter().all(Option::is_none) {
-            // Nothing to sum (the output layer, and every layer at the last step): the same
-            // sums as below, from zero, without their loops.
-            match dldc {
-                Some((dldc, ids)) => {
-                    for (d, k) in dst.iter_mut().zip(own) {
-                        *d = 0.0 + dldc[ids[k] as usize];
+        // The tile's entries are two stretches of the layer buffer (its spikes at s0, its
+        // near-threshold ids at n0), so the common cases below are loops over slices, without
+        // the general loop's iterators and per-entry bounds checks: the same sums in the same
+        // order, from zero.
+        match (sources, dldc) {
+            ([None, None], Some((dldc, ids))) => {
+                // The output layer: its dL/dc alone.
+                let (d0, d1) = dst[..ns + nn].split_at_mut(ns);
+                for (d, &i) in d0.iter_mut().zip(&ids[s0..s0 + ns]) {
+                    *d = 0.0 + dldc[i as usize];
+                }
+                for (d, &i) in d1.iter_mut().zip(&ids[n0..n0 + nn]) {
+                    *d = 0.0 + dldc[i as usize];
+                }
+            }
+            // Every other layer at the last step: nothing to sum.
+            ([None, None], None) => dst[..ns + nn].fill(0.0),
+            ([None, Some((part, base, _, 1))] | [Some((part, base, _, 1)), None], None) => {
+                // One source tile (a feed-forward layer under a one-tile or summed layer).
+                let (d0, d1) = dst[..ns + nn].split_at_mut(ns);
+                // Safety: as above.
+                let (p0, p1) = unsafe { (part.slice(base + s0, ns), part.slice(base + n0, nn)) };
+                d0.iter_mut().zip(p0).for_each(|(d, &x)| *d = 0.0 + x);
+                d1.iter_mut().zip(p1).for_each(|(d, &x)| *d = 0.0 + x);
+            }
+            _ => {
+                let own = (s0..s0 + ns).chain(n0..n0 + nn);
+                for (d, k) in dst.iter_mut().zip(own) {
+                    let mut a = 0.0f32;
+                    for &(part, base, stride, tiles) in sources.iter().flatten() {
+                        for q in 0..tiles {
+                            a += unsafe { part.slice(base + q * stride + k, 1)[0] };
+                        }
                     }
-                }
-                None => dst.iter_mut().zip(own).for_each(|(d, _)| *d = 0.0),
-            }
-            return;
-        }
-        for (d, k) in dst.iter_mut().zip(own) {
-            let mut a = 0.0f32;
-            for &(part, base, stride, tiles) in sources.iter().flatten() {
-                for q in 0..tiles {
-                    a += unsafe { part.slice(base + q * stride + k, 1)[0] };
+                    if let Some((dldc, ids)) = dldc {
+                        a += dldc[ids[k] as usize];
+                    }
+                    *d = a;
                 }
             }
-            if let Some((dldc, ids)) = dldc {
-                a += dldc[ids[k] as usize];
-            }
-            *d = a;
         }
     }
 
