@@ -98,20 +98,42 @@ pub fn integrate_masks(u: &mut [f32], x: &[f32], alpha: f32, theta: f32, lower: 
     let one_minus = 1.0 - alpha;
     let n = u.len();
     let x = &x[..n];
-    let (mut spikes, mut at_least_lower) = (0u64, 0u64);
     let whole = n - n % 8;
     let (u8s, u_tail) = u.split_at_mut(whole);
-    for (c, (uc, xc)) in u8s.chunks_exact_mut(8).zip(x.chunks_exact(8)).enumerate() {
+    let (mut spikes, mut at_least_lower) =
+        integrate_chunks(u8s, &x[..whole], (alpha, one_minus), (theta, lower));
+    for (i, (v, &xi)) in u_tail.iter_mut().zip(&x[whole..]).enumerate() {
+        *v = alpha * *v + one_minus * xi;
+        spikes |= u64::from(*v >= theta) << (whole + i);
+        at_least_lower |= u64::from(*v >= lower) << (whole + i);
+    }
+    (spikes, at_least_lower)
+}
+
+/// [`integrate_masks`] of whole chunks of 8 membranes: in AVX2 where the CPU has it (checked
+/// at run time), else 8 lanes per SSE2 pair ([`crate::simd::integrate8`]); the same results.
+#[inline(always)]
+fn integrate_chunks(
+    u: &mut [f32],
+    x: &[f32],
+    (alpha, one_minus): (f32, f32),
+    (theta, lower): (f32, f32),
+) -> (u64, u64) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::avx2() {
+        // SAFETY: the CPU runs AVX2 code (checked at run time); whole chunks, at most 64 lanes.
+        #[allow(unsafe_code)]
+        return unsafe {
+            crate::simd::integrate_chunks_avx2(u, x, (alpha, one_minus), (theta, lower))
+        };
+    }
+    let (mut spikes, mut at_least_lower) = (0u64, 0u64);
+    for (c, (uc, xc)) in u.chunks_exact_mut(8).zip(x.chunks_exact(8)).enumerate() {
         let uc: &mut [f32; 8] = uc.try_into().expect("whole chunks");
         let xc: &[f32; 8] = xc.try_into().expect("whole chunks");
         let (s, l) = crate::simd::integrate8(uc, xc, (alpha, one_minus), (theta, lower));
         spikes |= u64::from(s) << (8 * c);
         at_least_lower |= u64::from(l) << (8 * c);
-    }
-    for (i, (v, &xi)) in u_tail.iter_mut().zip(&x[whole..]).enumerate() {
-        *v = alpha * *v + one_minus * xi;
-        spikes |= u64::from(*v >= theta) << (whole + i);
-        at_least_lower |= u64::from(*v >= lower) << (whole + i);
     }
     (spikes, at_least_lower)
 }

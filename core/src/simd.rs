@@ -187,6 +187,43 @@ pub fn decay8(g: &mut [f32; 8], c: &mut [f32; 8], alpha: f32, one_minus: f32) {
     }
 }
 
+/// [`integrate8`] over whole chunks of 8 lanes (`u.len()` a multiple of 8, at most 64, `x` as
+/// long), in 256-bit AVX operations: the same multiplications, additions and ordered compares
+/// lane by lane, so the same results; returns the two masks over all chunks.
+///
+/// # Safety
+/// The CPU must run AVX2 code ([`avx2`]).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[allow(unsafe_code)]
+pub(crate) unsafe fn integrate_chunks_avx2(
+    u: &mut [f32],
+    x: &[f32],
+    (alpha, one_minus): (f32, f32),
+    (theta, lower): (f32, f32),
+) -> (u64, u64) {
+    use core::arch::x86_64::{
+        _mm256_add_ps, _mm256_cmp_ps, _mm256_loadu_ps, _mm256_movemask_ps, _mm256_mul_ps,
+        _mm256_set1_ps, _mm256_storeu_ps, _CMP_GE_OQ,
+    };
+    let (a, om) = (_mm256_set1_ps(alpha), _mm256_set1_ps(one_minus));
+    let (th, lo) = (_mm256_set1_ps(theta), _mm256_set1_ps(lower));
+    let (mut spikes, mut at_least_lower) = (0u64, 0u64);
+    for (c, (uc, xc)) in u.chunks_exact_mut(8).zip(x.chunks_exact(8)).enumerate() {
+        // SAFETY: each chunk holds 8 floats; AVX2 (hence AVX) is enabled by the caller's check.
+        unsafe {
+            let xv = _mm256_mul_ps(om, _mm256_loadu_ps(xc.as_ptr()));
+            let v = _mm256_add_ps(_mm256_mul_ps(a, _mm256_loadu_ps(uc.as_ptr())), xv);
+            _mm256_storeu_ps(uc.as_mut_ptr(), v);
+            let s = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_GE_OQ>(v, th)) as u32;
+            let l = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_GE_OQ>(v, lo)) as u32;
+            spikes |= u64::from(s) << (8 * c);
+            at_least_lower |= u64::from(l) << (8 * c);
+        }
+    }
+    (spikes, at_least_lower)
+}
+
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
 mod x86 {
@@ -237,6 +274,42 @@ mod tests {
                 let want = g0[i] * 0.95;
                 assert_eq!(g[i].to_bits(), want.to_bits(), "g[{i}] of {g0:?}");
                 assert_eq!(c[i].to_bits(), ((1.0 - 0.95f32) * want).to_bits(), "c[{i}]");
+            }
+        }
+    }
+
+    /// The AVX2 chunks equal the SSE2 ones ([`integrate8`]) bit for bit, masks included, for
+    /// every whole number of chunks up to 64 lanes (where the CPU runs AVX2).
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    #[allow(unsafe_code)]
+    fn integrate_chunks_avx2_equals_integrate8() {
+        if !avx2() {
+            return;
+        }
+        let vals =
+            [0.95f32, 1.0, -0.0, f32::NAN, f32::INFINITY, 0.9, 1e-39, 2.5, -7.0, 0.899_999_9];
+        for chunks in 1..=8 {
+            let n = chunks * 8;
+            let u0: [f32; 64] = core::array::from_fn(|i| vals[(i * 7 + chunks) % vals.len()]);
+            let x: [f32; 64] = core::array::from_fn(|i| vals[(i * 3 + 1) % vals.len()] * 1.5);
+            let params = ((0.95f32, 1.0 - 0.95f32), (1.0f32, 0.9f32));
+            let mut want = u0;
+            let mut masks = (0u64, 0u64);
+            for c in 0..chunks {
+                let (uc, xc) = (&mut want[8 * c..8 * c + 8], &x[8 * c..8 * c + 8]);
+                let (s, l) =
+                    integrate8(uc.try_into().unwrap(), xc.try_into().unwrap(), params.0, params.1);
+                masks.0 |= u64::from(s) << (8 * c);
+                masks.1 |= u64::from(l) << (8 * c);
+            }
+            let mut got = u0;
+            // SAFETY: avx2() said yes; whole chunks.
+            let got_masks =
+                unsafe { integrate_chunks_avx2(&mut got[..n], &x[..n], params.0, params.1) };
+            assert_eq!(got_masks, masks, "{chunks} chunks");
+            for i in 0..n {
+                assert_eq!(got[i].to_bits(), want[i].to_bits(), "lane {i} of {chunks} chunks");
             }
         }
     }

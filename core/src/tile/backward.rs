@@ -137,6 +137,11 @@ impl<'a> Tile<'a> {
         // in vector instructions: a 20-class readout's whole layer is its gradient set), into
         // the forward step's scratch; then added to g at the set's ids.
         let ng = out.ids.len();
+        if ng == 0 && defer && !source_partials && !cfg.recurrent {
+            // No gradient set, the input-weight gradient deferred and no partials to send (a
+            // quiet step of a first layer): the decay above was all of it.
+            return;
+        }
         let (uh, dlds) = (&self.u_hist[step * kt..][..ng], &self.dlds[b * kt..][..ng]);
         let surrogate = self.params.surrogate;
         let sg = &mut self.cur[..ng];

@@ -113,7 +113,7 @@ impl Tile<'_> {
         grads: Option<SharedGrads<'_>>,
     ) -> Result<(), TileError> {
         self.check_backward(t, b, &shared, &grads)?;
-        self.check_step(t, b, &step.input, &step.rec, &shared)?;
+        self.check_lengths(&step.input, &step.rec)?;
         self.backward_step(t, b, step, source_partials, shared, grads, None);
         Ok(())
     }
@@ -166,7 +166,7 @@ impl Tile<'_> {
             return Err(TileError::BadInput);
         }
         self.check_backward(t, b, &shared, &grads)?;
-        self.check_step(t, b, &step.input, &step.rec, &shared)?;
+        self.check_lengths(&step.input, &step.rec)?;
         self.backward_step(t, b, step, source_partials, shared, grads, Some(dldc));
         Ok(())
     }

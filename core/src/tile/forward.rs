@@ -69,6 +69,16 @@ impl<'a> Tile<'a> {
     ) -> Result<(), TileError> {
         self.check_tb(t, b)?;
         self.check_shared(shared)?;
+        self.check_lengths(input, rec)
+    }
+
+    /// The buffers' lengths of a step: within their capacities, and no own-layer buffer for a
+    /// tile that is not recurrent.
+    pub(super) fn check_lengths(
+        &self,
+        input: &SpikeView<'_>,
+        rec: &SpikeView<'_>,
+    ) -> Result<(), TileError> {
         let cfg = &self.cfg;
         let rec_ok =
             if cfg.recurrent { Self::fits(rec, cfg.layer_capacity) } else { rec.ids.is_empty() };

@@ -248,6 +248,13 @@ impl TiledEngine {
                 for (bl, start) in starts.chunks_exact_mut(2).enumerate() {
                     let k = dt * m + bl;
                     let view = out.get(t, bl);
+                    if view.ids.is_empty() {
+                        // Nothing offered (most tile-samples of a quiet layer): what the
+                        // appends below would leave.
+                        start[0] = n_spikes[k] as u16;
+                        start[1] = near_raw[k] as u16;
+                        continue;
+                    }
                     let (s, nr) = (view.spikes(), view.near());
                     let (sp, ne) = (&mut spikes[k * stride..], &mut near[k * stride..]);
                     let taken = if padded {
