@@ -46,6 +46,17 @@ impl BuildResult {
 /// Membranes per block of [`build_into`]: one bit each in a `u64` mask.
 const BLOCK: usize = 64;
 
+/// The ids `0..64`, for a buffer whose gradient set is a whole block.
+const IOTA: [u16; BLOCK] = {
+    let mut ids = [0u16; BLOCK];
+    let mut i = 0;
+    while i < BLOCK {
+        ids[i] = i as u16;
+        i += 1;
+    }
+    ids
+};
+
 /// The masks of a block of at most [`BLOCK`] membranes: bit `i` of the first is set where
 /// `u[i] >= theta` (a spike), of the second where `u[i] >= lower` (a spike or near it). Eight
 /// lanes per vector compare (see [`crate::simd::mask_at_least`]).
@@ -127,6 +138,16 @@ pub fn build_into(u: &[f32], theta: f32, window: f32, ids: &mut [u16]) -> BuildR
 /// ```
 #[inline]
 pub fn build_from_masks(spikes: u64, at_least_lower: u64, ids: &mut [u16]) -> BuildResult {
+    let near = at_least_lower & !spikes;
+    if spikes == 0 && near & near.wrapping_add(1) == 0 {
+        // No spike, and the near-threshold neurons are 0..k (a readout whose whole tile is its
+        // gradient set, or nothing at all): the ids without a loop over the bits.
+        let k = near.trailing_ones() as usize;
+        if k <= ids.len() {
+            ids[..k].copy_from_slice(&IOTA[..k]);
+            return BuildResult { n_spikes: 0, n_grad: k, raw_spikes: 0, raw_near: k };
+        }
+    }
     let mut n = 0;
     let raw_spikes = push_bits(spikes, 0, ids, &mut n);
     let n_spikes = n;
@@ -339,6 +360,31 @@ mod tests {
         }
     }
 
+    /// The buffer policy written as filters: spikes (`u >= 1.0`) then near-threshold neurons
+    /// (`0.9 <= u < 1.0`), ascending, up to `cap`; the ids and what `build_into` returns.
+    fn plain_policy(u: &[f32], cap: usize) -> ([u16; 200], BuildResult) {
+        let mut plain = [0u16; 200];
+        let mut n = 0;
+        let spikes = (0..u.len()).filter(|&i| u[i] >= 1.0);
+        let near = (0..u.len()).filter(|&i| u[i] < 1.0 && u[i] >= 0.9);
+        for i in spikes.clone() {
+            if n < cap {
+                plain[n] = i as u16;
+                n += 1;
+            }
+        }
+        let n_spikes = n;
+        for i in near.clone() {
+            if n < cap {
+                plain[n] = i as u16;
+                n += 1;
+            }
+        }
+        let r =
+            BuildResult { n_spikes, n_grad: n, raw_spikes: spikes.count(), raw_near: near.count() };
+        (plain, r)
+    }
+
     /// Construction against the policy written as filters, over several widths and capacities.
     #[test]
     fn build_into_equals_the_plain_policy() {
@@ -351,33 +397,43 @@ mod tests {
             }
             let u = &u[..width];
             for cap in [0, 1, 3, 10, width] {
-                let mut plain = [0u16; 200];
-                let mut n = 0;
-                let spikes = (0..width).filter(|&i| u[i] >= 1.0);
-                let near = (0..width).filter(|&i| u[i] < 1.0 && u[i] >= 0.9);
-                for i in spikes.clone() {
-                    if n < cap {
-                        plain[n] = i as u16;
-                        n += 1;
-                    }
-                }
-                let n_spikes = n;
-                for i in near.clone() {
-                    if n < cap {
-                        plain[n] = i as u16;
-                        n += 1;
-                    }
-                }
+                let (plain, want) = plain_policy(u, cap);
                 let mut ids = [0u16; 200];
                 let r = build_into(u, 1.0, 0.1, &mut ids[..cap]);
-                let want = BuildResult {
-                    n_spikes,
-                    n_grad: n,
-                    raw_spikes: spikes.count(),
-                    raw_near: near.count(),
-                };
                 assert_eq!(r, want, "width {width} cap {cap}");
-                assert_eq!(&ids[..n], &plain[..n], "width {width} cap {cap}");
+                assert_eq!(&ids[..r.n_grad], &plain[..r.n_grad], "width {width} cap {cap}");
+            }
+        }
+    }
+
+    /// A tile whose near-threshold neurons are its first `k` and none spikes takes its ids
+    /// without the loop over the bits: the same buffer as the policy, for every width up to 64
+    /// and every `k`, at capacities below, at and above `k`; and the cases next to it (a hole in
+    /// the run, one spike, a run not starting at 0) take the loop, with the same result.
+    #[test]
+    fn runs_of_near_ids_from_zero_equal_the_plain_policy() {
+        for width in 1..=64 {
+            for k in 0..=width {
+                let mut variants = [[0.0f32; 64]; 4];
+                for (v, u) in variants.iter_mut().enumerate() {
+                    u[..k].fill(0.95);
+                    match v {
+                        1 if k > 2 => u[k / 2] = 0.5,
+                        2 if k > 0 => u[k - 1] = 1.5,
+                        3 if k > 0 => u[0] = 0.0,
+                        _ => {}
+                    }
+                }
+                for u in &variants {
+                    let u = &u[..width];
+                    for cap in [0, k.saturating_sub(1), k, width] {
+                        let (plain, want) = plain_policy(u, cap);
+                        let mut ids = [0u16; 64];
+                        let r = build_into(u, 1.0, 0.1, &mut ids[..cap]);
+                        assert_eq!(r, want, "width {width} k {k} cap {cap} {u:?}");
+                        assert_eq!(&ids[..r.n_grad], &plain[..r.n_grad], "width {width} k {k}");
+                    }
+                }
             }
         }
     }

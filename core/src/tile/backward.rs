@@ -148,10 +148,19 @@ impl<'a> Tile<'a> {
         for ((x, &u), &d) in sg.iter_mut().zip(uh).zip(dlds) {
             *x = surrogate.grad(u, theta) * d;
         }
-        for (&x, &i) in sg.iter().zip(out.ids) {
-            let gi = g[i as usize] + x;
-            g[i as usize] = gi;
-            c[i as usize] = one_minus * gi;
+        if out.n_spikes == 0 && ng == n {
+            // The gradient set is the whole tile in order (near-threshold ids are ascending and
+            // distinct): the same sums over contiguous lanes.
+            for ((gi, ci), &x) in g.iter_mut().zip(c.iter_mut()).zip(sg.iter()) {
+                *gi += x;
+                *ci = one_minus * *gi;
+            }
+        } else {
+            for (&x, &i) in sg.iter().zip(out.ids) {
+                let gi = g[i as usize] + x;
+                g[i as usize] = gi;
+                c[i as usize] = one_minus * gi;
+            }
         }
         let c: &[f32] = c;
         let (input, rec) = (step_in.input, step_in.rec);

@@ -140,8 +140,14 @@ impl<'a> Tile<'a> {
         slot[0] = r.n_spikes as u16;
         slot[1] = r.n_grad as u16;
         let uh = &mut self.u_hist[step * kt..][..kt];
-        for (dst, &i) in uh.iter_mut().zip(&slot[2..2 + r.n_grad]) {
-            *dst = u[i as usize];
+        if r.n_spikes == 0 && r.n_grad == n {
+            // The gradient set is the whole tile in order (ids ascending, none spiking): a
+            // readout's usual step.
+            uh[..n].copy_from_slice(u);
+        } else {
+            for (dst, &i) in uh.iter_mut().zip(&slot[2..2 + r.n_grad]) {
+                *dst = u[i as usize];
+            }
         }
         self.stats.spikes_raw += r.raw_spikes as u64;
         self.stats.near_raw += r.raw_near as u64;

@@ -204,6 +204,9 @@ impl TiledEngine {
         let lr = &self.layers[l];
         let (p_count, cap) = (lr.p(), lr.plan.capacity);
         let samples = lr.plan.samples_of(r, batch);
+        if p_count == 1 && self.merge_single(batch, (l, r, steps.clone()))? {
+            return Ok(false);
+        }
         let m = samples.len();
         // Per (step, sample) cell `k = (t - steps.start) * m + bl`: spikes kept, and the first
         // `cap` near-threshold ids (no more can be kept), each cell's `cap + MERGE_PAD` entries
@@ -319,6 +322,53 @@ impl TiledEngine {
             }
         }
         Ok(spike_dropped.contains(&true))
+    }
+
+    /// [`Self::forward_exchange`] of a replica of one tile (a readout) whose buffers of `steps`
+    /// all fit the layer's capacity: the layer buffers are copies of the tile's, its
+    /// near-threshold ids follow its spikes at the start. Returns false, having written nothing,
+    /// if a buffer does not fit (the general merge then drops what it must).
+    fn merge_single(
+        &self,
+        batch: usize,
+        (l, r, steps): (usize, usize, Range<usize>),
+    ) -> Result<bool, TileError> {
+        let lr = &self.layers[l];
+        let cap = lr.plan.capacity;
+        let samples = lr.plan.samples_of(r, batch);
+        let m = samples.len();
+        // Safety: this unit owns the tiles of replica (l, r) in this phase.
+        let home = unsafe { self.home(l, r) };
+        if home.layout.config().first_neuron != 0 {
+            return Ok(false);
+        }
+        let out = home.out_buffers()?;
+        let fits = |t: usize| (0..m).all(|bl| out.get(t, bl).ids.len() <= cap);
+        if !steps.clone().all(fits) {
+            return Ok(false);
+        }
+        let (mut kept, mut near) = (0, 0);
+        for t in steps {
+            // Safety: the samples' entries of step t belong to this unit.
+            let at = self.start_at(0, (samples.start, t));
+            let starts = unsafe { lr.starts.slice_mut(at, 2 * m) };
+            for ((bl, b), start) in samples.clone().enumerate().zip(starts.chunks_exact_mut(2)) {
+                let view = out.get(t, bl);
+                let (ns, ng) = (view.n_spikes, view.ids.len());
+                // Safety: sample b's slot of layer l at step t is this unit's alone.
+                let slot =
+                    unsafe { lr.buf.slice_mut((t * self.cfg.batch_size + b) * (cap + 2), cap + 2) };
+                slot[0] = ns as u16;
+                slot[1] = ng as u16;
+                slot[2..2 + ng].copy_from_slice(view.ids);
+                start.copy_from_slice(&[0, ns as u16]);
+                kept += ns;
+                near += ng - ns;
+            }
+        }
+        home.stats.spikes_kept += kept as u64;
+        home.stats.near_kept += near as u64;
+        Ok(true)
     }
 
     /// Tells replica `(l, r)`'s tiles what the layer kept of their buffers of step `t`, where
