@@ -20,6 +20,8 @@
 //! tile.forward(1, 0, SpikeView::new(&[0, 2], 2).unwrap(), SpikeView::EMPTY).unwrap();
 //! let out = layout.out_buffers(bytemuck::cast_slice(&arena)).unwrap();
 //! assert_eq!(out.get(1, 0).spikes(), &[0, 1]);
+//! let (view, rest) = out.get_with_rest(1, 0);
+//! assert_eq!(rest[..view.ids.len()], *view.ids);
 //! ```
 
 use super::{slot_view, Tile, TileLayout};
@@ -45,6 +47,20 @@ impl<'a> OutBuffers<'a> {
     pub fn get(&self, t: usize, b: usize) -> SpikeView<'a> {
         assert!(b < self.batch, "sample {b} of a tile of {}", self.batch);
         slot_view(&self.slots[(t * self.batch + b) * self.slot..])
+    }
+
+    /// [`OutBuffers::get`], with the buffers' words from the first id of this one to the end of
+    /// the last (a prefix of them are the ids): for a driver that copies ids in fixed-size
+    /// blocks, reading past the buffer's own ids into what follows (spare words, the next
+    /// buffers) rather than looping over their count.
+    ///
+    /// # Panics
+    /// If `(t, b)` is out of the tile's range.
+    #[inline]
+    pub fn get_with_rest(&self, t: usize, b: usize) -> (SpikeView<'a>, &'a [u16]) {
+        assert!(b < self.batch, "sample {b} of a tile of {}", self.batch);
+        let slot = &self.slots[(t * self.batch + b) * self.slot..];
+        (slot_view(slot), &slot[2..])
     }
 
     /// Asks the CPU to start loading the buffers of `steps`, every sample (see

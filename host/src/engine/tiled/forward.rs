@@ -250,7 +250,7 @@ impl TiledEngine {
                 let mut step_dropped = false;
                 for (bl, start) in starts.chunks_exact_mut(2).enumerate() {
                     let k = dt * m + bl;
-                    let view = out.get(t, bl);
+                    let (view, rest) = out.get_with_rest(t, bl);
                     if view.ids.is_empty() {
                         // Nothing offered (most tile-samples of a quiet layer): what the
                         // appends below would leave.
@@ -261,8 +261,10 @@ impl TiledEngine {
                     let (s, nr) = (view.spikes(), view.near());
                     let (sp, ne) = (&mut spikes[k * stride..], &mut near[k * stride..]);
                     let taken = if padded {
-                        n_near[k] += append_padded(&mut ne[..stride], n_near[k], nr, first);
-                        append_padded(&mut sp[..stride], n_spikes[k], s, first)
+                        let near_rest = &rest[s.len()..];
+                        n_near[k] +=
+                            append_block(&mut ne[..stride], n_near[k], nr, near_rest, first);
+                        append_block(&mut sp[..stride], n_spikes[k], s, rest, first)
                     } else {
                         n_near[k] += append(&mut ne[..cap], n_near[k], nr, first);
                         append(&mut sp[..cap], n_spikes[k], s, first)
@@ -440,49 +442,85 @@ const PREFETCH_STEPS: usize = 1;
 /// ([`TiledEngine::merge_ahead`]): each tile's buffers are read in one stream of this many steps.
 pub(super) const MERGE_STEPS: usize = 8;
 
-/// Spare entries past the capacity of each sample's merge scratch ([`append_padded`]).
-pub(super) const MERGE_PAD: usize = 4;
+/// Spare entries past the capacity of each sample's merge scratch ([`append_block`]).
+pub(super) const MERGE_PAD: usize = 8;
 
 /// Fewest ids a layer's tiles must offer the merge per sample and step, on average, for
-/// [`append_padded`] to pay (up to [`MERGE_PAD`]; see [`super::TiledEngine::merge_padded`]).
+/// [`append_block`] to pay (up to [`MERGE_PAD`]; see [`super::TiledEngine::merge_padded`]).
 /// Where most tile-samples offer none, the plain loop's exit is always the same and costs
-/// nothing, while the padded append always writes four entries. W's first-layer merge, one
-/// thread, alternating traced pairs (plain / padded, ms per batch): 1 % input (0.05 ids per
-/// tile-sample-step) 0.589 / 0.725; 2 % (0.28) 0.68 / 0.69; 5 % (0.75) 0.88 / 0.70; W at
-/// `--init-gain 48` (1.19) 0.968 / 0.711; 10 % 3.16 / 2.77. The readout, whose 20 neurons are
-/// all near threshold (20 ids, none spiking), is faster plain.
+/// nothing, while the block append always writes its block. W's first-layer merge, one
+/// thread, alternating traced pairs (plain / a padded append of four entries, ms per batch,
+/// session 12): 1 % input (0.05 ids per tile-sample-step) 0.589 / 0.725; 2 % (0.28) 0.68 /
+/// 0.69; 5 % (0.75) 0.88 / 0.70; W at `--init-gain 48` (1.19) 0.968 / 0.711; 10 % 3.16 /
+/// 2.77. The readout, whose 20 neurons are all near threshold (20 ids, none spiking), is
+/// faster plain.
 pub(super) const PADDED_MERGE_IDS: f64 = 0.5;
 
 /// [`spiketile_core::spikes::append`] into `out` of capacity `out.len() - MERGE_PAD`: appends
 /// `ids + offset` at `out[len..]` as far as the capacity allows and returns how many were taken
-/// (a prefix of `ids`). Up to four ids (a tile-sample's usual spikes or near-threshold ids) are
-/// written without a loop: always four entries, the ids and then repeats of the last, so there
-/// is no branch on how many there are (in a busy layer a different count every call, which the
-/// CPU mostly guesses wrong); the entries past the taken ones are spare and the next append
-/// overwrites them.
+/// (a prefix of `ids`). `from` starts with `ids` ([`OutBuffers::get_with_rest`]'s words): up
+/// to [`MERGE_PAD`] ids (a tile-sample's usual spikes or near-threshold ids) are copied as one
+/// block of `MERGE_PAD` entries from `from`, a vector load, add and store without a branch on
+/// how many there are (in a busy layer a different count every call, which the CPU mostly
+/// guesses wrong); the entries past the taken ones are spare and the next append overwrites
+/// them.
+///
+/// [`OutBuffers::get_with_rest`]: spiketile_core::OutBuffers::get_with_rest
 #[inline(always)]
-pub(super) fn append_padded(out: &mut [u16], len: usize, ids: &[u16], offset: usize) -> usize {
+pub(super) fn append_block(
+    out: &mut [u16],
+    len: usize,
+    ids: &[u16],
+    from: &[u16],
+    offset: usize,
+) -> usize {
+    debug_assert!(from.starts_with(ids), "the block starts with the ids");
     let cap = out.len() - MERGE_PAD;
     let take = ids.len().min(cap.saturating_sub(len));
-    if ids.len() <= MERGE_PAD {
-        // No ids: four spare entries all the same.
-        let src = if ids.is_empty() { &[0u16][..] } else { ids };
-        let last = src.len() - 1;
-        let dst: &mut [u16; MERGE_PAD] = (&mut out[len..len + MERGE_PAD]).try_into().unwrap();
-        for (k, d) in dst.iter_mut().enumerate() {
-            *d = (src[k.min(last)] as usize + offset) as u16;
+    match (from.get(..MERGE_PAD), out.get_mut(len..len + MERGE_PAD)) {
+        (Some(src), Some(dst)) if ids.len() <= MERGE_PAD => {
+            let src: &[u16; MERGE_PAD] = src.try_into().expect("a block");
+            let dst: &mut [u16; MERGE_PAD] = dst.try_into().expect("a block");
+            // Ids plus the tile's first neuron fit u16 (layer widths do).
+            add_block(dst, src, offset as u16);
         }
-    } else {
-        for (dst, &id) in out[len..len + take].iter_mut().zip(ids) {
-            *dst = (id as usize + offset) as u16;
+        _ => {
+            for (dst, &id) in out[len..len + take].iter_mut().zip(ids) {
+                *dst = (id as usize + offset) as u16;
+            }
         }
     }
     take
 }
 
+/// `dst = src + offset`, lane by lane (wrapping): one SSE2 load, add and store (the compiler
+/// leaves the loop as eight scalar ones).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn add_block(dst: &mut [u16; MERGE_PAD], src: &[u16; MERGE_PAD], offset: u16) {
+    use std::arch::x86_64::{_mm_add_epi16, _mm_loadu_si128, _mm_set1_epi16, _mm_storeu_si128};
+    // SAFETY: SSE2 is part of the x86-64 baseline; both arrays are 16 bytes, read and written
+    // unaligned.
+    #[allow(unsafe_code)]
+    unsafe {
+        let v = _mm_loadu_si128(src.as_ptr().cast());
+        let sum = _mm_add_epi16(v, _mm_set1_epi16(offset as i16));
+        _mm_storeu_si128(dst.as_mut_ptr().cast(), sum);
+    }
+}
+
+/// `dst = src + offset`, lane by lane (wrapping).
+#[cfg(not(target_arch = "x86_64"))]
+#[inline(always)]
+fn add_block(dst: &mut [u16; MERGE_PAD], src: &[u16; MERGE_PAD], offset: u16) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = s.wrapping_add(offset);
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{append_padded, MERGE_PAD};
+    use super::{append_block, MERGE_PAD};
     use crate::data::BinnedSample;
     use crate::engine::tiled::TiledEngine;
     use crate::engine::{Engine, InputBatch};
@@ -564,20 +602,26 @@ mod tests {
         }
     }
 
-    /// The padded append takes what `append` takes and leaves the same taken entries, for every
-    /// count of ids (the loop-free ones and more) and every room left, from empty to full.
+    /// The block append takes what `append` takes and leaves the same taken entries, for every
+    /// count of ids (those of one block and more), every room left, from empty to full, and
+    /// blocks that end with the buffer's ids, short of a block, or read past them.
     #[test]
-    fn padded_append_takes_what_append_takes() {
-        let ids: Vec<u16> = (0..9).map(|k| 3 * k + 1).collect();
-        for cap in 0..8 {
+    fn block_append_takes_what_append_takes() {
+        let ids: Vec<u16> = (0..12).map(|k| 3 * k + 1).collect();
+        for cap in 0..12 {
             for len in 0..=cap {
                 for n in 0..=ids.len() {
-                    let mut want = vec![7u16; cap];
-                    let mut got = vec![7u16; cap + MERGE_PAD];
-                    let a = append(&mut want, len, &ids[..n], 100);
-                    let b = append_padded(&mut got, len, &ids[..n], 100);
-                    assert_eq!(a, b, "cap {cap}, len {len}, {n} ids");
-                    assert_eq!(got[..len + b], want[..len + a], "cap {cap}, len {len}, {n} ids");
+                    for spare in [0, 3, MERGE_PAD] {
+                        let mut from = ids[..n].to_vec();
+                        from.extend(std::iter::repeat_n(60_000, spare));
+                        let mut want = vec![7u16; cap];
+                        let mut got = vec![7u16; cap + MERGE_PAD];
+                        let a = append(&mut want, len, &ids[..n], 100);
+                        let b = append_block(&mut got, len, &ids[..n], &from, 100);
+                        let what = format!("cap {cap}, len {len}, {n} ids, {spare} spare");
+                        assert_eq!(a, b, "{what}");
+                        assert_eq!(got[..len + b], want[..len + a], "{what}");
+                    }
                 }
             }
         }

@@ -100,7 +100,7 @@ pub struct TiledEngine {
     /// (feed-forward layers that dropped no spike in the last batch).
     ahead: Vec<bool>,
     /// Per layer: whether the merge of the next batch appends each tile-sample's ids without a
-    /// loop ([`forward::append_padded`]): where the last batch's tiles offered it at least
+    /// loop ([`forward::append_block`]): where the last batch's tiles offered it at least
     /// [`PADDED_MERGE_IDS`] ids per sample and step.
     merge_padded: Vec<bool>,
     /// Backward steps per block (`layer::backward_block`): the backward pass runs the steps in
