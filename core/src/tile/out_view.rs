@@ -44,9 +44,9 @@ impl<'a> OutBuffers<'a> {
     ///
     /// # Panics
     /// If `(t, b)` is out of the tile's range.
+    #[inline]
     pub fn get(&self, t: usize, b: usize) -> SpikeView<'a> {
-        assert!(b < self.batch, "sample {b} of a tile of {}", self.batch);
-        slot_view(&self.slots[(t * self.batch + b) * self.slot..])
+        self.get_with_rest(t, b).0
     }
 
     /// [`OutBuffers::get`], with the buffers' words from the first id of this one to the end of
