@@ -360,9 +360,10 @@ mod tests {
         }
     }
 
-    /// The buffer policy written as filters: spikes (`u >= 1.0`) then near-threshold neurons
-    /// (`0.9 <= u < 1.0`), ascending, up to `cap`; the ids and what `build_into` returns.
-    fn plain_policy(u: &[f32], cap: usize) -> ([u16; 200], BuildResult) {
+    /// Whether `build_into` (threshold 1, window 0.1) builds the buffer policy written as
+    /// filters: spikes (`u >= 1.0`) then near-threshold neurons (`0.9 <= u < 1.0`), ascending,
+    /// up to `cap`.
+    fn assert_builds_plain_policy(u: &[f32], cap: usize) {
         let mut plain = [0u16; 200];
         let mut n = 0;
         let spikes = (0..u.len()).filter(|&i| u[i] >= 1.0);
@@ -380,9 +381,12 @@ mod tests {
                 n += 1;
             }
         }
-        let r =
+        let want =
             BuildResult { n_spikes, n_grad: n, raw_spikes: spikes.count(), raw_near: near.count() };
-        (plain, r)
+        let mut ids = [0u16; 200];
+        let r = build_into(u, 1.0, 0.1, &mut ids[..cap]);
+        assert_eq!(r, want, "width {} cap {cap} {u:?}", u.len());
+        assert_eq!(&ids[..n], &plain[..n], "width {} cap {cap} {u:?}", u.len());
     }
 
     /// Construction against the policy written as filters, over several widths and capacities.
@@ -397,11 +401,7 @@ mod tests {
             }
             let u = &u[..width];
             for cap in [0, 1, 3, 10, width] {
-                let (plain, want) = plain_policy(u, cap);
-                let mut ids = [0u16; 200];
-                let r = build_into(u, 1.0, 0.1, &mut ids[..cap]);
-                assert_eq!(r, want, "width {width} cap {cap}");
-                assert_eq!(&ids[..r.n_grad], &plain[..r.n_grad], "width {width} cap {cap}");
+                assert_builds_plain_policy(u, cap);
             }
         }
     }
@@ -427,11 +427,7 @@ mod tests {
                 for u in &variants {
                     let u = &u[..width];
                     for cap in [0, k.saturating_sub(1), k, width] {
-                        let (plain, want) = plain_policy(u, cap);
-                        let mut ids = [0u16; 64];
-                        let r = build_into(u, 1.0, 0.1, &mut ids[..cap]);
-                        assert_eq!(r, want, "width {width} k {k} cap {cap} {u:?}");
-                        assert_eq!(&ids[..r.n_grad], &plain[..r.n_grad], "width {width} k {k}");
+                        assert_builds_plain_policy(u, cap);
                     }
                 }
             }
