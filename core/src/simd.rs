@@ -3,10 +3,10 @@
 //! construction, and prefetch hints. Every result is the same with or without them.
 //!
 //! The crate is built for the baseline of its target (SSE2 on x86-64), so that one binary runs on
-//! every machine of that architecture. The row kernels ([`crate::rows`]) are also compiled a
-//! second time for AVX2 and run that way when the CPU (and the operating system, which must save
-//! the wider registers) supports it. Both builds do the same additions lane by lane, in the same
-//! order, so the results are bit-identical; only the number of instructions differs.
+//! every machine of that architecture. The row kernels ([`crate::rows`]) are also compiled for
+//! AVX2 and for AVX-512F and run the widest way the CPU (and the operating system, which must
+//! save the wider registers) supports. Every build does the same additions lane by lane, in the
+//! same order, so the results are bit-identical; only the number of instructions differs.
 //!
 //! Adam's loop ([`crate::optim`]) uses SSE directly, which the baseline has (`sqrtps` and `divps`
 //! round like their scalar forms). On other architectures [`avx2`] is always false.
@@ -32,6 +32,31 @@ pub fn avx2() -> bool {
             2 => true,
             _ => {
                 let yes = x86::detect_avx2();
+                STATE.store(if yes { 2 } else { 1 }, Ordering::Relaxed);
+                yes
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether this CPU runs AVX-512F code (cached after the first call): the row kernels then run
+/// on 16-lane registers.
+#[inline]
+pub fn avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use core::sync::atomic::{AtomicU8, Ordering};
+        // 0: not yet detected, 1: no, 2: yes.
+        static STATE: AtomicU8 = AtomicU8::new(0);
+        match STATE.load(Ordering::Relaxed) {
+            1 => false,
+            2 => true,
+            _ => {
+                let yes = x86::detect_avx512();
                 STATE.store(if yes { 2 } else { 1 }, Ordering::Relaxed);
                 yes
             }
@@ -244,6 +269,21 @@ mod x86 {
         }
         // SAFETY: leaf 7 exists (max >= 7).
         unsafe { __cpuid_count(7, 0) }.ebx & (1 << 5) != 0
+    }
+
+    /// CPUID says AVX-512F (and AVX2), and XCR0 says the OS saves the XMM, YMM, opmask and ZMM
+    /// registers.
+    #[allow(unused_unsafe)]
+    pub(super) fn detect_avx512() -> bool {
+        if !detect_avx2() {
+            return false;
+        }
+        // SAFETY: detect_avx2 found OSXSAVE set, so XGETBV is enabled.
+        if unsafe { xcr0() } & 0b1110_0110 != 0b1110_0110 {
+            return false;
+        }
+        // SAFETY: leaf 7 exists (detect_avx2 checked).
+        unsafe { __cpuid_count(7, 0) }.ebx & (1 << 16) != 0
     }
 
     /// # Safety

@@ -13,7 +13,9 @@
 //!
 //! The arithmetic of the accumulate, the scatter and the gather is that of the plain loops, lane
 //! by lane in spike order, so the results are bit-identical to them (and to the dense reference
-//! engine).
+//! engine). On x86-64 the same code is also compiled for AVX2 and for AVX-512F (a row of 32
+//! lanes is then two registers instead of four), and the widest build the CPU runs is chosen at
+//! run time ([`crate::simd`]).
 //!
 //! ```
 //! use spiketile_core::rows::{accumulate_rows, scatter_add};
@@ -83,6 +85,12 @@ pub use dots::dots;
 #[inline]
 pub fn accumulate_rows(out: &mut [f32], w: &[f32], ids: &[u16], from_zero: bool) {
     #[cfg(target_arch = "x86_64")]
+    if crate::simd::avx512() {
+        // SAFETY: the CPU runs AVX-512F code (checked at run time).
+        #[allow(unsafe_code)]
+        return unsafe { avx512::accumulate_rows(out, w, ids, from_zero) };
+    }
+    #[cfg(target_arch = "x86_64")]
     if crate::simd::avx2() {
         // SAFETY: the CPU runs AVX2 code (checked at run time).
         #[allow(unsafe_code)]
@@ -148,6 +156,12 @@ fn sum_block<const L: usize>(
 /// If a row `j` of `ids` lies beyond `dw`.
 #[inline]
 pub fn scatter_add(dw: &mut [f32], x: &[f32], ids: &[u16]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::avx512() {
+        // SAFETY: the CPU runs AVX-512F code (checked at run time).
+        #[allow(unsafe_code)]
+        return unsafe { avx512::scatter_add(dw, x, ids) };
+    }
     #[cfg(target_arch = "x86_64")]
     if crate::simd::avx2() {
         // SAFETY: the CPU runs AVX2 code (checked at run time).
@@ -218,6 +232,12 @@ fn scatter_block<const L: usize>(dw: &mut [f32], x: &[f32], n: usize, c: usize, 
 /// beyond `vecs`.
 #[inline]
 pub fn gather_add(dw: &mut [f32], n: usize, vecs: &[f32], starts: &[u32], uses: &[u16]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::avx512() {
+        // SAFETY: the CPU runs AVX-512F code (checked at run time).
+        #[allow(unsafe_code)]
+        return unsafe { avx512::gather_add(dw, n, vecs, starts, uses) };
+    }
     #[cfg(target_arch = "x86_64")]
     if crate::simd::avx2() {
         // SAFETY: the CPU runs AVX2 code (checked at run time).
@@ -348,6 +368,39 @@ mod avx2 {
     }
 }
 
+/// The kernels compiled for AVX-512F: the same code, so the same additions in the same order
+/// (a row of 16 lanes is one register instead of two).
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod avx512 {
+    /// # Safety
+    /// The CPU must run AVX-512F code ([`crate::simd::avx512`]).
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn accumulate_rows(out: &mut [f32], w: &[f32], ids: &[u16], zero: bool) {
+        super::accumulate_rows_portable(out, w, ids, zero)
+    }
+
+    /// # Safety
+    /// The CPU must run AVX-512F code ([`crate::simd::avx512`]).
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn scatter_add(dw: &mut [f32], x: &[f32], ids: &[u16]) {
+        super::scatter_add_portable(dw, x, ids)
+    }
+
+    /// # Safety
+    /// The CPU must run AVX-512F code ([`crate::simd::avx512`]).
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn gather_add(
+        dw: &mut [f32],
+        n: usize,
+        vecs: &[f32],
+        starts: &[u32],
+        uses: &[u16],
+    ) {
+        super::gather_add_portable(dw, n, vecs, starts, uses)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -365,14 +418,41 @@ mod tests {
     type Accumulate = fn(&mut [f32], &[f32], &[u16], bool);
     type Scatter = fn(&mut [f32], &[f32], &[u16]);
 
-    /// Every width from 1 to 40 (whole rows and all block combinations), bit for bit against the
-    /// plain loops: the dispatching kernels (AVX2 where the CPU has it) and the portable ones.
-    #[test]
-    fn kernels_equal_plain_loops() {
-        let kernels: [(Accumulate, Scatter, &str); 2] = [
+    /// The accumulate and scatter of every build this CPU runs: the dispatching ones, the
+    /// portable ones, and (on x86-64) the AVX2 and AVX-512F builds where the CPU has them.
+    fn accumulate_scatter_builds() -> Vec<(Accumulate, Scatter, &'static str)> {
+        let mut v: Vec<(Accumulate, Scatter, &str)> = vec![
             (accumulate_rows, scatter_add, "dispatched"),
             (|o, w, i, z| accumulate_rows_portable(o, w, i, z), scatter_add_portable, "portable"),
         ];
+        #[cfg(target_arch = "x86_64")]
+        #[allow(unsafe_code)]
+        {
+            if crate::simd::avx2() {
+                // SAFETY: the CPU runs AVX2 code.
+                v.push((
+                    |o, w, i, z| unsafe { avx2::accumulate_rows(o, w, i, z) },
+                    |d, x, i| unsafe { avx2::scatter_add(d, x, i) },
+                    "avx2",
+                ));
+            }
+            if crate::simd::avx512() {
+                // SAFETY: the CPU runs AVX-512F code.
+                v.push((
+                    |o, w, i, z| unsafe { avx512::accumulate_rows(o, w, i, z) },
+                    |d, x, i| unsafe { avx512::scatter_add(d, x, i) },
+                    "avx512",
+                ));
+            }
+        }
+        v
+    }
+
+    /// Every width from 1 to 40 (whole rows and all block combinations), bit for bit against the
+    /// plain loops, in every build this CPU runs.
+    #[test]
+    fn kernels_equal_plain_loops() {
+        let kernels = accumulate_scatter_builds();
         let ids = [3u16, 0, 7, 5, 1];
         for (accumulate, scatter, which) in kernels {
             for n in 1..=40 {
@@ -411,11 +491,25 @@ mod tests {
     type Gather = fn(&mut [f32], usize, &[f32], &[u32], &[u16]);
 
     /// Every width from 1 to 40, bit for bit against one plain scatter per use in list order
-    /// (rows with several uses, one with none, uses that repeat a vector).
+    /// (rows with several uses, one with none, uses that repeat a vector), in every build this
+    /// CPU runs.
     #[test]
     fn gather_equals_scatters_in_list_order() {
-        let gathers: [(Gather, &str); 2] =
-            [(gather_add, "dispatched"), (gather_add_portable, "portable")];
+        let mut gathers: Vec<(Gather, &str)> =
+            vec![(gather_add, "dispatched"), (gather_add_portable, "portable")];
+        #[cfg(target_arch = "x86_64")]
+        #[allow(unsafe_code)]
+        {
+            if crate::simd::avx2() {
+                // SAFETY: the CPU runs AVX2 code.
+                gathers.push((|d, n, v, s, u| unsafe { avx2::gather_add(d, n, v, s, u) }, "avx2"));
+            }
+            if crate::simd::avx512() {
+                // SAFETY: the CPU runs AVX-512F code.
+                gathers
+                    .push((|d, n, v, s, u| unsafe { avx512::gather_add(d, n, v, s, u) }, "avx512"));
+            }
+        }
         // Rows 0..5: row 0 vectors 2, 0, 3; row 1 none; row 2 vector 1; row 3 vectors 3, 3, 1;
         // row 4 vector 0.
         let starts = [0u32, 3, 3, 4, 7, 8];
@@ -441,11 +535,12 @@ mod tests {
         }
     }
 
-    /// The detection agrees with the standard library's.
+    /// The detections agree with the standard library's.
     #[cfg(target_arch = "x86_64")]
     #[test]
-    fn avx2_detection_agrees_with_std() {
+    fn detection_agrees_with_std() {
         assert_eq!(crate::simd::avx2(), std::is_x86_feature_detected!("avx2"));
+        assert_eq!(crate::simd::avx512(), std::is_x86_feature_detected!("avx512f"));
     }
 
     #[test]
