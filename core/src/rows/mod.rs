@@ -74,6 +74,26 @@ macro_rules! whole_rows {
     };
 }
 
+/// Calls `$kernel` in the widest build the CPU runs (AVX-512F, then AVX2, on x86-64: detected at
+/// run time by [`crate::simd`]), else `$portable`, with the same arguments.
+macro_rules! dispatch {
+    ($kernel:ident, $portable:ident($($arg:expr),*)) => {{
+        #[cfg(target_arch = "x86_64")]
+        #[allow(unsafe_code)]
+        {
+            if crate::simd::avx512() {
+                // SAFETY: the CPU runs AVX-512F code (checked at run time).
+                return unsafe { avx512::$kernel($($arg),*) };
+            }
+            if crate::simd::avx2() {
+                // SAFETY: the CPU runs AVX2 code (checked at run time).
+                return unsafe { avx2::$kernel($($arg),*) };
+            }
+        }
+        $portable($($arg),*)
+    }};
+}
+
 mod dots;
 pub use dots::dots;
 
@@ -84,23 +104,11 @@ pub use dots::dots;
 /// If a row `j` of `ids` lies beyond `w` (the caller validates ids).
 #[inline]
 pub fn accumulate_rows(out: &mut [f32], w: &[f32], ids: &[u16], from_zero: bool) {
-    #[cfg(target_arch = "x86_64")]
-    if crate::simd::avx512() {
-        // SAFETY: the CPU runs AVX-512F code (checked at run time).
-        #[allow(unsafe_code)]
-        return unsafe { avx512::accumulate_rows(out, w, ids, from_zero) };
-    }
-    #[cfg(target_arch = "x86_64")]
-    if crate::simd::avx2() {
-        // SAFETY: the CPU runs AVX2 code (checked at run time).
-        #[allow(unsafe_code)]
-        return unsafe { avx2::accumulate_rows(out, w, ids, from_zero) };
-    }
-    accumulate_rows_portable(out, w, ids, from_zero)
+    dispatch!(accumulate_rows, accumulate_rows_portable(out, w, ids, from_zero))
 }
 
-/// [`accumulate_rows`] in the target's baseline instructions (and, inlined into
-/// `avx2::accumulate_rows`, in AVX2 ones).
+/// [`accumulate_rows`] in the target's baseline instructions (and, inlined into the builds that
+/// `builds!` makes, in theirs).
 #[inline(always)]
 fn accumulate_rows_portable(out: &mut [f32], w: &[f32], ids: &[u16], from_zero: bool) {
     let n = out.len();
@@ -156,23 +164,11 @@ fn sum_block<const L: usize>(
 /// If a row `j` of `ids` lies beyond `dw`.
 #[inline]
 pub fn scatter_add(dw: &mut [f32], x: &[f32], ids: &[u16]) {
-    #[cfg(target_arch = "x86_64")]
-    if crate::simd::avx512() {
-        // SAFETY: the CPU runs AVX-512F code (checked at run time).
-        #[allow(unsafe_code)]
-        return unsafe { avx512::scatter_add(dw, x, ids) };
-    }
-    #[cfg(target_arch = "x86_64")]
-    if crate::simd::avx2() {
-        // SAFETY: the CPU runs AVX2 code (checked at run time).
-        #[allow(unsafe_code)]
-        return unsafe { avx2::scatter_add(dw, x, ids) };
-    }
-    scatter_add_portable(dw, x, ids)
+    dispatch!(scatter_add, scatter_add_portable(dw, x, ids))
 }
 
-/// [`scatter_add`] in the target's baseline instructions (and, inlined into
-/// `avx2::scatter_add`, in AVX2 ones).
+/// [`scatter_add`] in the target's baseline instructions (and, inlined into the builds that
+/// `builds!` makes, in theirs).
 #[inline(always)]
 fn scatter_add_portable(dw: &mut [f32], x: &[f32], ids: &[u16]) {
     let n = x.len();
@@ -232,23 +228,11 @@ fn scatter_block<const L: usize>(dw: &mut [f32], x: &[f32], n: usize, c: usize, 
 /// beyond `vecs`.
 #[inline]
 pub fn gather_add(dw: &mut [f32], n: usize, vecs: &[f32], starts: &[u32], uses: &[u16]) {
-    #[cfg(target_arch = "x86_64")]
-    if crate::simd::avx512() {
-        // SAFETY: the CPU runs AVX-512F code (checked at run time).
-        #[allow(unsafe_code)]
-        return unsafe { avx512::gather_add(dw, n, vecs, starts, uses) };
-    }
-    #[cfg(target_arch = "x86_64")]
-    if crate::simd::avx2() {
-        // SAFETY: the CPU runs AVX2 code (checked at run time).
-        #[allow(unsafe_code)]
-        return unsafe { avx2::gather_add(dw, n, vecs, starts, uses) };
-    }
-    gather_add_portable(dw, n, vecs, starts, uses)
+    dispatch!(gather_add, gather_add_portable(dw, n, vecs, starts, uses))
 }
 
-/// [`gather_add`] in the target's baseline instructions (and, inlined into `avx2::gather_add`,
-/// in AVX2 ones).
+/// [`gather_add`] in the target's baseline instructions (and, inlined into the builds that
+/// `builds!` makes, in theirs).
 #[inline(always)]
 fn gather_add_portable(dw: &mut [f32], n: usize, vecs: &[f32], starts: &[u32], uses: &[u16]) {
     let rows = starts.len().saturating_sub(1);
@@ -336,70 +320,44 @@ fn gather_block<const L: usize>(
     }
 }
 
-/// The kernels compiled for AVX2: the same code, so the same additions in the same order.
-#[cfg(target_arch = "x86_64")]
-#[allow(unsafe_code)]
-mod avx2 {
-    /// # Safety
-    /// The CPU must run AVX2 code ([`crate::simd::avx2`]).
-    #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn accumulate_rows(out: &mut [f32], w: &[f32], ids: &[u16], zero: bool) {
-        super::accumulate_rows_portable(out, w, ids, zero)
-    }
+/// The kernels compiled for AVX2 (`avx2`) and for AVX-512F (`avx512`): the same code, so the
+/// same additions in the same order.
+macro_rules! builds {
+    ($($feature:literal => $m:ident),*) => {$(
+        #[cfg(target_arch = "x86_64")]
+        #[allow(unsafe_code)]
+        mod $m {
+            /// # Safety
+            /// The CPU must run the build's instructions ([`crate::simd`]).
+            #[target_feature(enable = $feature)]
+            pub(super) unsafe fn accumulate_rows(out: &mut [f32], w: &[f32], ids: &[u16], zero: bool) {
+                super::accumulate_rows_portable(out, w, ids, zero)
+            }
 
-    /// # Safety
-    /// The CPU must run AVX2 code ([`crate::simd::avx2`]).
-    #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn scatter_add(dw: &mut [f32], x: &[f32], ids: &[u16]) {
-        super::scatter_add_portable(dw, x, ids)
-    }
+            /// # Safety
+            /// The CPU must run the build's instructions ([`crate::simd`]).
+            #[target_feature(enable = $feature)]
+            pub(super) unsafe fn scatter_add(dw: &mut [f32], x: &[f32], ids: &[u16]) {
+                super::scatter_add_portable(dw, x, ids)
+            }
 
-    /// # Safety
-    /// The CPU must run AVX2 code ([`crate::simd::avx2`]).
-    #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn gather_add(
-        dw: &mut [f32],
-        n: usize,
-        vecs: &[f32],
-        starts: &[u32],
-        uses: &[u16],
-    ) {
-        super::gather_add_portable(dw, n, vecs, starts, uses)
-    }
+            /// # Safety
+            /// The CPU must run the build's instructions ([`crate::simd`]).
+            #[target_feature(enable = $feature)]
+            pub(super) unsafe fn gather_add(
+                dw: &mut [f32],
+                n: usize,
+                vecs: &[f32],
+                starts: &[u32],
+                uses: &[u16],
+            ) {
+                super::gather_add_portable(dw, n, vecs, starts, uses)
+            }
+        }
+    )*};
 }
 
-/// The kernels compiled for AVX-512F: the same code, so the same additions in the same order
-/// (a row of 16 lanes is one register instead of two).
-#[cfg(target_arch = "x86_64")]
-#[allow(unsafe_code)]
-mod avx512 {
-    /// # Safety
-    /// The CPU must run AVX-512F code ([`crate::simd::avx512`]).
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn accumulate_rows(out: &mut [f32], w: &[f32], ids: &[u16], zero: bool) {
-        super::accumulate_rows_portable(out, w, ids, zero)
-    }
-
-    /// # Safety
-    /// The CPU must run AVX-512F code ([`crate::simd::avx512`]).
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn scatter_add(dw: &mut [f32], x: &[f32], ids: &[u16]) {
-        super::scatter_add_portable(dw, x, ids)
-    }
-
-    /// # Safety
-    /// The CPU must run AVX-512F code ([`crate::simd::avx512`]).
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn gather_add(
-        dw: &mut [f32],
-        n: usize,
-        vecs: &[f32],
-        starts: &[u32],
-        uses: &[u16],
-    ) {
-        super::gather_add_portable(dw, n, vecs, starts, uses)
-    }
-}
+builds!("avx2" => avx2, "avx512f" => avx512);
 
 #[cfg(test)]
 mod tests {
