@@ -110,8 +110,8 @@ pub fn integrate_masks(u: &mut [f32], x: &[f32], alpha: f32, theta: f32, lower: 
     (spikes, at_least_lower)
 }
 
-/// [`integrate_masks`] of whole chunks of 8 membranes: in AVX2 where the CPU has it (checked
-/// at run time), else 8 lanes per SSE2 pair ([`crate::simd::integrate8`]); the same results.
+/// [`integrate_masks`] of whole chunks of 8 membranes: in AVX-512F or AVX2 where the CPU has it
+/// (checked at run time), else 8 lanes per SSE2 pair ([`crate::simd::integrate8`]); the same results.
 #[inline(always)]
 fn integrate_chunks(
     u: &mut [f32],
@@ -119,6 +119,15 @@ fn integrate_chunks(
     (alpha, one_minus): (f32, f32),
     (theta, lower): (f32, f32),
 ) -> (u64, u64) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::avx512() {
+        // SAFETY: the CPU runs AVX-512F code (checked at run time); whole chunks, at most 64
+        // lanes.
+        #[allow(unsafe_code)]
+        return unsafe {
+            crate::simd::integrate_chunks_avx512(u, x, (alpha, one_minus), (theta, lower))
+        };
+    }
     #[cfg(target_arch = "x86_64")]
     if crate::simd::avx2() {
         // SAFETY: the CPU runs AVX2 code (checked at run time); whole chunks, at most 64 lanes.

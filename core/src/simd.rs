@@ -249,6 +249,51 @@ pub(crate) unsafe fn integrate_chunks_avx2(
     (spikes, at_least_lower)
 }
 
+/// [`integrate_chunks_avx2`] in 512-bit AVX-512F operations, 16 lanes at a time (a last chunk
+/// of 8 in 256-bit ones): the same multiplications, additions and ordered compares lane by lane,
+/// so the same results.
+///
+/// # Safety
+/// The CPU must run AVX-512F code ([`avx512`]).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(unsafe_code)]
+pub(crate) unsafe fn integrate_chunks_avx512(
+    u: &mut [f32],
+    x: &[f32],
+    (alpha, one_minus): (f32, f32),
+    (theta, lower): (f32, f32),
+) -> (u64, u64) {
+    use core::arch::x86_64::{
+        _mm512_add_ps, _mm512_cmp_ps_mask, _mm512_loadu_ps, _mm512_mul_ps, _mm512_set1_ps,
+        _mm512_storeu_ps, _CMP_GE_OQ,
+    };
+    let (a, om) = (_mm512_set1_ps(alpha), _mm512_set1_ps(one_minus));
+    let (th, lo) = (_mm512_set1_ps(theta), _mm512_set1_ps(lower));
+    let (mut spikes, mut at_least_lower) = (0u64, 0u64);
+    let whole = u.len() / 16 * 16;
+    let (u16s, u_rest) = u.split_at_mut(whole);
+    for (c, (uc, xc)) in u16s.chunks_exact_mut(16).zip(x.chunks_exact(16)).enumerate() {
+        // SAFETY: each chunk holds 16 floats; AVX-512F is enabled by the caller's check.
+        unsafe {
+            let xv = _mm512_mul_ps(om, _mm512_loadu_ps(xc.as_ptr()));
+            let v = _mm512_add_ps(_mm512_mul_ps(a, _mm512_loadu_ps(uc.as_ptr())), xv);
+            _mm512_storeu_ps(uc.as_mut_ptr(), v);
+            spikes |= u64::from(_mm512_cmp_ps_mask::<_CMP_GE_OQ>(v, th)) << (16 * c);
+            at_least_lower |= u64::from(_mm512_cmp_ps_mask::<_CMP_GE_OQ>(v, lo)) << (16 * c);
+        }
+    }
+    if !u_rest.is_empty() {
+        // SAFETY: AVX-512F implies AVX2; a whole chunk of 8 is left.
+        let (s, l) = unsafe {
+            integrate_chunks_avx2(u_rest, &x[whole..], (alpha, one_minus), (theta, lower))
+        };
+        spikes |= s << whole;
+        at_least_lower |= l << whole;
+    }
+    (spikes, at_least_lower)
+}
+
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
 mod x86 {
@@ -318,12 +363,12 @@ mod tests {
         }
     }
 
-    /// The AVX2 chunks equal the SSE2 ones ([`integrate8`]) bit for bit, masks included, for
-    /// every whole number of chunks up to 64 lanes (where the CPU runs AVX2).
+    /// The AVX2 and AVX-512F chunks equal the SSE2 ones ([`integrate8`]) bit for bit, masks
+    /// included, for every whole number of chunks up to 64 lanes (where the CPU runs them).
     #[test]
     #[cfg(target_arch = "x86_64")]
     #[allow(unsafe_code)]
-    fn integrate_chunks_avx2_equals_integrate8() {
+    fn vector_chunks_equal_integrate8() {
         if !avx2() {
             return;
         }
@@ -350,6 +395,16 @@ mod tests {
             assert_eq!(got_masks, masks, "{chunks} chunks");
             for i in 0..n {
                 assert_eq!(got[i].to_bits(), want[i].to_bits(), "lane {i} of {chunks} chunks");
+            }
+            if avx512() {
+                let mut got = u0;
+                // SAFETY: avx512() said yes; whole chunks.
+                let got_masks =
+                    unsafe { integrate_chunks_avx512(&mut got[..n], &x[..n], params.0, params.1) };
+                assert_eq!(got_masks, masks, "AVX-512F, {chunks} chunks");
+                for i in 0..n {
+                    assert_eq!(got[i].to_bits(), want[i].to_bits(), "AVX-512F lane {i}");
+                }
             }
         }
     }
