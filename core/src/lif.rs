@@ -197,7 +197,7 @@ mod tests {
             x ^= x << 13;
             x ^= x >> 17;
             x ^= x << 5;
-            if i < n && x % 11 == 0 {
+            if i < n && x.is_multiple_of(11) {
                 special[(x / 11) as usize % special.len()]
             } else {
                 (x % 4000) as f32 / 1000.0 - 1.0

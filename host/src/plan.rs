@@ -226,7 +226,7 @@ fn plan_layer(
     // the larger micro-batch.
     let key = |p: &LayerPlan| {
         let whole_rows = p.splits[0].1.min(WIDE_LANES) / ROW_LANES * ROW_LANES;
-        (whole_rows, p.replicas == 1 || p.replicas % REPLICA_GROUPS == 0)
+        (whole_rows, p.replicas == 1 || p.replicas.is_multiple_of(REPLICA_GROUPS))
     };
     let top = plans.iter().map(key).max();
     plans.retain(|p| Some(key(p)) == top);

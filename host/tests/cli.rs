@@ -152,7 +152,10 @@ fn a_killed_run_resumes_from_its_last_epoch() {
     child.wait().unwrap();
     // 40 samples / batch 8 = 5 steps per epoch.
     let killed_at: u64 = Checkpoint::load(&ck).unwrap().meta_parse(META_STEP).unwrap();
-    assert!(killed_at > 0 && killed_at % 5 == 0, "killed at step {killed_at}, an epoch's end");
+    assert!(
+        killed_at > 0 && killed_at.is_multiple_of(5),
+        "killed at step {killed_at}, an epoch's end"
+    );
     let epochs = (killed_at / 5 + 1).to_string();
     spiketile()
         .current_dir(dir.path())
@@ -398,7 +401,9 @@ fn bench_min_time_keeps_stepping() {
             let words: Vec<&str> = out.split_whitespace().collect();
             let at = words.iter().position(|w| *w == "steps").unwrap();
             let n: usize = words[at - 1].parse().unwrap();
-            words[at + 1] == "in" && words[at + 2].parse::<f64>().unwrap() >= 0.3 && n % 2 == 0
+            words[at + 1] == "in"
+                && words[at + 2].parse::<f64>().unwrap() >= 0.3
+                && n.is_multiple_of(2)
         }));
     spiketile()
         .args(small)

@@ -135,7 +135,7 @@ impl<'a> Tile<'a> {
         if arena.len() < fp.arena() {
             return Err(TileError::ArenaTooSmall { needed: fp.arena(), got: arena.len() });
         }
-        if arena.as_ptr() as usize % 4 != 0 {
+        if !(arena.as_ptr() as usize).is_multiple_of(4) {
             return Err(TileError::Misaligned);
         }
         Ok(fp)
@@ -161,7 +161,7 @@ impl<'a> Tile<'a> {
         if arena.len() < layout.arena {
             return Err(TileError::ArenaTooSmall { needed: layout.arena, got: arena.len() });
         }
-        if arena.as_ptr() as usize % 4 != 0 {
+        if !(arena.as_ptr() as usize).is_multiple_of(4) {
             return Err(TileError::Misaligned);
         }
         let (cfg, params, r) = (layout.cfg, layout.params, &layout.regions);

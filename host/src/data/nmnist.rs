@@ -82,7 +82,7 @@ pub fn is_layout(dir: &Path) -> bool {
 /// Errors: a length that is not a multiple of 5 (a truncated record), a pixel outside the 34 × 34
 /// sensor.
 pub fn decode(bytes: &[u8], file: &Path) -> Result<Vec<CameraEvent>> {
-    if bytes.len() % RECORD_BYTES != 0 {
+    if !bytes.len().is_multiple_of(RECORD_BYTES) {
         bail!(
             "{}: truncated record: the file has {} bytes, not a multiple of 5 (N-MNIST events are 40 \
              bits); the last {} byte(s) are a partial event",

@@ -59,7 +59,7 @@ impl<T: Copy + bytemuck::Zeroable> Shared<T> {
                 return Shared { first, len, _storage: Storage::Mapped(map) };
             }
         }
-        let aligns = size > 0 && CACHE_LINE % size == 0 && len > 0;
+        let aligns = size > 0 && CACHE_LINE.is_multiple_of(size) && len > 0;
         let pad = if aligns { CACHE_LINE / size - 1 } else { 0 };
         let mut cells: Vec<UnsafeCell<T>> =
             (0..len + pad).map(|_| UnsafeCell::new(T::zeroed())).collect();
