@@ -1,12 +1,14 @@
-//! The few places where the core uses the CPU's vector instructions directly: which ones the row
-//! kernels may use (detected once at run time), an 8-lane compare mask for the spike-buffer
-//! construction, and prefetch hints. Every result is the same with or without them.
+//! The few places where the core uses the CPU's vector instructions directly: which ones the
+//! kernels may use ([`level`]: detected once at run time, and capped by [`limit`]), an 8-lane
+//! compare mask for the spike-buffer construction, the LIF update's vector chunks, and prefetch
+//! hints. Every result is the same with or without them.
 //!
 //! The crate is built for the baseline of its target (SSE2 on x86-64), so that one binary runs on
 //! every machine of that architecture. The row kernels ([`crate::rows`]) are also compiled for
 //! AVX2 and for AVX-512F and run the widest way the CPU (and the operating system, which must
-//! save the wider registers) supports. Every build does the same additions lane by lane, in the
-//! same order, so the results are bit-identical; only the number of instructions differs.
+//! save the wider registers) supports, or as [`limit`] allows. Every build does the same
+//! additions lane by lane, in the same order, so the results are bit-identical; only the number
+//! of instructions differs.
 //!
 //! Adam's loop ([`crate::optim`]) uses SSE directly, which the baseline has (`sqrtps` and `divps`
 //! round like their scalar forms). On other architectures [`avx2`] is always false.
@@ -19,53 +21,85 @@
 //! assert_eq!(mask_at_least(&u, 1.0), 0b0100_1010);
 //! ```
 
-/// Whether this CPU runs AVX2 code (cached after the first call).
-#[inline]
-pub fn avx2() -> bool {
+/// The vector instructions the kernels may use, narrowest first. Every level gives the same
+/// results, bit for bit; only the speed differs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Level {
+    /// The target's baseline (SSE2 on x86-64).
+    Baseline = 1,
+    /// AVX2 (x86-64).
+    Avx2 = 2,
+    /// AVX-512F (x86-64).
+    Avx512 = 3,
+}
+
+/// The level in use: 0 until the first call detects the CPU's; after [`limit`], at most the
+/// level it was given.
+static LEVEL: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(0);
+
+/// The widest level this CPU (and its operating system) runs, found once (CPUID and XCR0 on
+/// x86-64; [`Level::Baseline`] elsewhere).
+fn detected() -> Level {
     #[cfg(target_arch = "x86_64")]
     {
-        use core::sync::atomic::{AtomicU8, Ordering};
-        // 0: not yet detected, 1: no, 2: yes.
-        static STATE: AtomicU8 = AtomicU8::new(0);
-        match STATE.load(Ordering::Relaxed) {
-            1 => false,
-            2 => true,
-            _ => {
-                let yes = x86::detect_avx2();
-                STATE.store(if yes { 2 } else { 1 }, Ordering::Relaxed);
-                yes
-            }
+        if x86::detect_avx512() {
+            Level::Avx512
+        } else if x86::detect_avx2() {
+            Level::Avx2
+        } else {
+            Level::Baseline
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        false
+        Level::Baseline
     }
 }
 
-/// Whether this CPU runs AVX-512F code (cached after the first call): the row kernels then run
-/// on 16-lane registers.
+/// The level the kernels use now: the CPU's widest, unless [`limit`] lowered it.
 #[inline]
-pub fn avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use core::sync::atomic::{AtomicU8, Ordering};
-        // 0: not yet detected, 1: no, 2: yes.
-        static STATE: AtomicU8 = AtomicU8::new(0);
-        match STATE.load(Ordering::Relaxed) {
-            1 => false,
-            2 => true,
-            _ => {
-                let yes = x86::detect_avx512();
-                STATE.store(if yes { 2 } else { 1 }, Ordering::Relaxed);
-                yes
-            }
+pub fn level() -> Level {
+    use core::sync::atomic::Ordering;
+    match LEVEL.load(Ordering::Relaxed) {
+        1 => Level::Baseline,
+        2 => Level::Avx2,
+        3 => Level::Avx512,
+        _ => {
+            let found = detected();
+            LEVEL.store(found as u8, Ordering::Relaxed);
+            found
         }
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+}
+
+/// Keeps the kernels at `max` or narrower from now on (the CPU's widest level if that is
+/// narrower), for every thread; returns the level now in use. For comparing the builds on one
+/// machine, or for a CPU where wide registers slow the clock. The results do not change.
+///
+/// ```
+/// use spiketile_core::simd::{level, limit, Level};
+/// let used = limit(Level::Avx2);
+/// assert!(used <= Level::Avx2 && level() == used);
+/// assert_eq!(limit(Level::Baseline), Level::Baseline);
+/// ```
+pub fn limit(max: Level) -> Level {
+    let used = detected().min(max);
+    LEVEL.store(used as u8, core::sync::atomic::Ordering::Relaxed);
+    used
+}
+
+/// Whether the kernels may use AVX2 ([`level`] at least [`Level::Avx2`]).
+#[inline]
+pub fn avx2() -> bool {
+    level() >= Level::Avx2
+}
+
+/// Whether the kernels may use AVX-512F ([`level`] at least [`Level::Avx512`]): the row kernels
+/// and the LIF update then run on 16-lane registers.
+#[inline]
+pub fn avx512() -> bool {
+    level() >= Level::Avx512
 }
 
 /// [`prefetch`] for every cache line `xs` touches, each once (a hint: no effect on any result).
@@ -407,6 +441,18 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The detection agrees with the standard library's (no unit test lowers the level with
+    /// [`limit`]: it is the whole process's).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn detection_agrees_with_std() {
+        let found = detected();
+        assert_eq!(found >= Level::Avx2, std::is_x86_feature_detected!("avx2"));
+        assert_eq!(found >= Level::Avx512, std::is_x86_feature_detected!("avx512f"));
+        assert_eq!(level(), found);
+        assert_eq!((avx2(), avx512()), (found >= Level::Avx2, found >= Level::Avx512));
     }
 
     /// The vector mask equals the plain loop, NaN and infinities included.

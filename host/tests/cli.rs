@@ -49,6 +49,42 @@ fn results_do_not_depend_on_thread_count() {
     assert!(a == b, "1 and 2 threads give different weights");
 }
 
+/// `--simd` caps the kernels' instructions; every level trains to the same bits. A 48-wide
+/// hidden layer runs rows of 32 and 16 lanes, a recurrent one the recurrent sums and scatters
+/// too, and the exact mode every neuron's adjoint.
+#[test]
+fn results_do_not_depend_on_the_vector_instructions() {
+    let dir = tempfile::tempdir().unwrap();
+    let model =
+        ["--hidden", "48", "--recurrent", "--max-neurons-per-tile", "32", "--time-steps", "20"];
+    let exact =
+        ["--hidden", "40", "--max-activity", "1", "--window", "inf", "--output-window", "inf"];
+    for (name, shape) in [("rec", &model[..]), ("exact", &exact[..])] {
+        let mut files = vec![];
+        for level in ["auto", "avx512", "avx2", "baseline"] {
+            let file = format!("{name}-{level}.safetensors");
+            spiketile()
+                .current_dir(dir.path())
+                .args(["train", "--quiet", "--max-steps", "3", "--batch-size", "8"])
+                .args(["--train-samples", "40", "--test-samples", "8"])
+                .args(shape)
+                .args(["--simd", level, "--save", &file])
+                .assert()
+                .success();
+            files.push(tensors(&dir.path().join(file)));
+        }
+        for (level, got) in ["avx512", "avx2", "baseline"].iter().zip(&files[1..]) {
+            assert!(*got == files[0], "{name}: --simd {level} trains other weights than auto");
+        }
+    }
+    // A bad level is refused with the flag named.
+    spiketile()
+        .args(["bench", "--simd", "avx1024"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("--simd"));
+}
+
 #[test]
 fn resume_continues_bit_identically() {
     let dir = tempfile::tempdir().unwrap();

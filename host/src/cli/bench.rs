@@ -320,7 +320,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let threads = args.model.threads();
     let Some(sweep) = args.sweep else {
         eprintln!(
-            "bench: {}-{}-{}, T {}, batch {}, {}, input activity {}, {} threads, {} timed steps{}",
+            "bench: {}-{}-{}, T {}, batch {}, {}, input activity {}, {} threads, kernels {:?}, {} timed steps{}",
             base.inputs,
             base.hidden.iter().map(|h| h.to_string()).collect::<Vec<_>>().join("-"),
             base.classes,
@@ -329,6 +329,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             base.optimizer,
             args.activity,
             threads,
+            spiketile_core::simd::level(),
             args.steps,
             if args.min_time > 0.0 {
                 format!(", run again from the initial weights until {} s are timed", args.min_time)

@@ -22,6 +22,39 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+    /// The widest vector instructions the kernels may use (`auto`: the CPU's widest). Every
+    /// choice gives the same results, bit for bit: for comparing them on one machine, or for a
+    /// CPU that slows its clock for wide registers.
+    #[arg(long, value_enum, global = true, default_value_t = Simd::Auto)]
+    pub simd: Simd,
+}
+
+/// `--simd`: a cap on [`spiketile_core::simd::level`].
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Simd {
+    /// The CPU's widest.
+    Auto,
+    /// AVX-512F where the CPU has it (x86-64).
+    Avx512,
+    /// AVX2 at most (x86-64).
+    Avx2,
+    /// The target's baseline instructions only (SSE2 on x86-64).
+    Baseline,
+}
+
+/// Applies `--simd`; a note on stderr if the CPU runs less than was asked for.
+fn apply_simd(choice: Simd) {
+    use spiketile_core::simd::{limit, Level};
+    let asked = match choice {
+        Simd::Auto => return,
+        Simd::Avx512 => Level::Avx512,
+        Simd::Avx2 => Level::Avx2,
+        Simd::Baseline => Level::Baseline,
+    };
+    let used = limit(asked);
+    if used < asked {
+        eprintln!("note: --simd {choice:?}: this CPU runs at most {used:?}; using that");
+    }
 }
 
 /// The subcommands.
@@ -65,6 +98,7 @@ pub fn main() -> ExitCode {
             _ => {}
         }
     }
+    apply_simd(cli.simd);
     let result = match cli.command {
         Command::Train(args) => train::run(*args),
         Command::Eval(args) => eval::run(*args),
