@@ -2,7 +2,8 @@
 //! update, buffer construction; with the tile's own history and with the source buffer kept by the
 //! driver, as the host engine runs it), buffer construction alone, the backward step, and Adam; and the
 //! two row kernels alone at the scale of W, where the rows come from L2 (the bound on W's
-//! throughput that docs/performance.md derives); the deferred gradient against the scatters;
+//! throughput that docs/performance.md derives), at every level of vector instructions the CPU
+//! runs (`spiketile --simd`); the deferred gradient against the scatters;
 //! and the backward step's dot products (`dots`) against dots taken element after element.
 //!
 //! `cargo bench -p spiketile --bench kernels` (add `-- --quick` for a short run).
@@ -14,6 +15,7 @@ use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughpu
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use spiketile_core::rows::{accumulate_rows, dots, gather_add, scatter_add};
+use spiketile_core::simd::{self, Level};
 use spiketile_core::spikes::build_into;
 use spiketile_core::{
     NeuronParams, Optimizer, OptimizerKind, SpikeView, StepInput, Tile, TileConfig,
@@ -145,22 +147,24 @@ fn rows_at_w_scale(c: &mut Criterion) {
     let rows = spikes.iter().map(Vec::len).sum::<usize>() as u64;
     let mut g = c.benchmark_group("rows at W scale (16 tiles x 8 samples, 32 lanes, from L2)");
     g.throughput(Throughput::Elements(rows));
-    g.bench_function("accumulate_rows (forward)", |b| {
-        let mut cur = [0.0f32; LANES];
-        b.iter(|| {
-            for (k, ids) in spikes.iter().enumerate() {
-                accumulate_rows(&mut cur, &w[k / 8], ids, true);
-                black_box(&cur);
-            }
-        })
-    });
-    let x = [0.01f32; LANES];
-    g.bench_function("scatter_add (backward dW)", |b| {
-        b.iter(|| {
-            for (k, ids) in spikes.iter().enumerate() {
-                scatter_add(&mut w[k / 8], black_box(&x), ids);
-            }
-        })
+    each_level(|level| {
+        g.bench_function(format!("accumulate_rows (forward, {level:?})"), |b| {
+            let mut cur = [0.0f32; LANES];
+            b.iter(|| {
+                for (k, ids) in spikes.iter().enumerate() {
+                    accumulate_rows(&mut cur, &w[k / 8], ids, true);
+                    black_box(&cur);
+                }
+            })
+        });
+        let x = [0.01f32; LANES];
+        g.bench_function(format!("scatter_add (backward dW, {level:?})"), |b| {
+            b.iter(|| {
+                for (k, ids) in spikes.iter().enumerate() {
+                    scatter_add(&mut w[k / 8], black_box(&x), ids);
+                }
+            })
+        });
     });
     g.finish();
 }
@@ -202,10 +206,25 @@ fn deferred_gradients(c: &mut Criterion) {
             }
         })
     });
-    g.bench_function("gather_add once per run", |b| {
-        b.iter(|| gather_add(&mut dw, LANES, black_box(&vecs), &starts, &uses))
+    each_level(|level| {
+        g.bench_function(format!("gather_add once per run ({level:?})"), |b| {
+            b.iter(|| gather_add(&mut dw, LANES, black_box(&vecs), &starts, &uses))
+        });
     });
     g.finish();
+}
+
+/// Runs `f` at every level of vector instructions this CPU runs, widest first, then each
+/// narrower one (as `spiketile --simd` caps them: the same sums, bit for bit), and leaves the
+/// widest in use.
+fn each_level(mut f: impl FnMut(Level)) {
+    let widest = simd::level();
+    for level in [Level::Avx512, Level::Avx2, Level::Baseline].into_iter().filter(|&l| l <= widest)
+    {
+        simd::limit(level);
+        f(level);
+    }
+    simd::limit(widest);
 }
 
 /// The partial `dL/dS` of a backward step: one dot product of a weight row with `dL/dc` per id of
