@@ -38,8 +38,8 @@ pub enum Level {
 /// level it was given.
 static LEVEL: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(0);
 
-/// The widest level this CPU (and its operating system) runs, found once (CPUID and XCR0 on
-/// x86-64; [`Level::Baseline`] elsewhere).
+/// The widest level this CPU (and its operating system) runs (CPUID and XCR0 on x86-64,
+/// [`Level::Baseline`] elsewhere); asked on every call, so [`level`] keeps the answer.
 fn detected() -> Level {
     #[cfg(target_arch = "x86_64")]
     {
