@@ -107,6 +107,13 @@ pub fn accumulate_rows(out: &mut [f32], w: &[f32], ids: &[u16], from_zero: bool)
     dispatch!(accumulate_rows, accumulate_rows_portable(out, w, ids, from_zero))
 }
 
+/// [`accumulate_rows`] inlined into its caller, in the caller's instructions (for a caller
+/// compiled for wider ones than the target's baseline; elsewhere [`accumulate_rows`] is faster).
+#[inline(always)]
+pub(crate) fn accumulate_rows_inline(out: &mut [f32], w: &[f32], ids: &[u16], from_zero: bool) {
+    accumulate_rows_portable(out, w, ids, from_zero)
+}
+
 /// [`accumulate_rows`] in the target's baseline instructions (and, inlined into the builds that
 /// `builds!` makes, in theirs).
 #[inline(always)]

@@ -98,6 +98,19 @@ impl<'a> Tile<'a> {
         step_in: StepInput<'_>,
         shared: Option<SharedWeights<'_>>,
     ) -> BuildResult {
+        self.forward_step_with::<false>(t, b, step_in, shared)
+    }
+
+    /// [`Self::forward_step`], with the row sums inlined (`INLINE`: for a caller compiled for
+    /// wider vector instructions, see [`super::run`]) or dispatched at run time.
+    #[inline(always)]
+    pub(super) fn forward_step_with<const INLINE: bool>(
+        &mut self,
+        t: usize,
+        b: usize,
+        step_in: StepInput<'_>,
+        shared: Option<SharedWeights<'_>>,
+    ) -> BuildResult {
         let cfg = self.cfg;
         let n = cfg.neurons;
         let (input, rec) = (step_in.input, step_in.rec);
@@ -105,7 +118,11 @@ impl<'a> Tile<'a> {
             Some(sh) => (sh.w, sh.v),
             None => (self.w, self.v),
         };
-        accumulate_rows(self.cur, w, input.spikes(), true);
+        if INLINE {
+            crate::rows::accumulate_rows_inline(self.cur, w, input.spikes(), true);
+        } else {
+            accumulate_rows(self.cur, w, input.spikes(), true);
+        }
         if cfg.recurrent {
             accumulate_rows(self.cur, v, rec.spikes(), false);
         }

@@ -52,6 +52,7 @@ mod config;
 mod external;
 mod forward;
 mod out_view;
+mod run;
 #[cfg(test)]
 mod tests;
 pub use config::{SharedGrads, SharedWeights, TileConfig, TileLayout, TileStats};

@@ -41,8 +41,9 @@ impl TiledEngine {
         Ok(())
     }
 
-    /// Tile `(l, r, p)` through steps `0..T`, its own spikes taken as kept; records what it found
-    /// at each step in `ahead_raw` (its own statistics are left for the merge to count).
+    /// Tile `(l, r, p)` (feed-forward) through steps `0..T`, its own spikes taken as kept, in
+    /// one call ([`Tile::forward_external_run`]); records what it found at each step in
+    /// `ahead_raw` (its own statistics are left for the merge to count).
     fn run_ahead(
         &self,
         input: &InputBatch,
@@ -57,12 +58,12 @@ impl TiledEngine {
         let ti = r * lr.p() + p;
         // Safety: this tile's row of `ahead_raw` belongs to this unit alone in this phase.
         let raw = unsafe { lr.ahead_raw.slice_mut(ti * t_steps * 2, t_steps * 2) };
-        for (t, found) in raw.chunks_exact_mut(2).enumerate() {
-            tile.prefetch_forward(t + PREFETCH_STEPS);
-            let (spikes, near) = self.forward_replica(input, l, r, t, tile, shared)?;
-            found.copy_from_slice(&[spikes, near]);
-        }
-        Ok(())
+        let found: &mut [[u32; 2]] = bytemuck::cast_slice_mut(raw);
+        let samples = lr.plan.samples_of(r, input.len);
+        // Safety: layer buffers of the steps before are not written in this phase.
+        let step =
+            |t: usize, bl: usize| unsafe { self.step_input(input, l, samples.start + bl, t) }.input;
+        tile.forward_external_run(0..t_steps, samples.len(), step, shared, found)
     }
 
     /// Merges replica `(l, r)`'s tile buffers into the layer buffers, [`MERGE_STEPS`] steps at a
@@ -429,14 +430,6 @@ impl TiledEngine {
         batch_loss(&self.cfg, counts, &input.labels[..input.len], dldc)
     }
 }
-
-/// How many steps ahead a tile running ahead asks for the history it will write
-/// ([`Tile::prefetch_forward`]). Where the layer's histories exceed the caches its stores
-/// otherwise wait for every line they write to come from memory: forward compute per
-/// tile-sample-step, one thread, 700-1024-20 84-90 -> 76-83 ns, a batch of 256 on W 83 -> 76;
-/// 700-4096-20, two threads, 34.3-34.9 -> 32.4-32.7 ms per batch; W (whose histories stay
-/// in L3) the same. Two and four steps ahead: no better.
-const PREFETCH_STEPS: usize = 1;
 
 /// Steps a replica's merge takes at once, tile after tile, where its tiles ran ahead
 /// ([`TiledEngine::merge_ahead`]): each tile's buffers are read in one stream of this many steps.

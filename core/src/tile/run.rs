@@ -1,0 +1,262 @@
+//! Forward runs: a feed-forward tile through a range of steps, every sample at each step, in one
+//! call ([`Tile::forward_external_run`]), for a driver that runs its tiles ahead of the layer
+//! merge. The same arithmetic as [`Tile::forward_external`] step after step, bit for bit; what
+//! it saves is the per-step call: the checks of the tile's shapes once per run rather than per
+//! sample and step, and (on x86-64) the row sums and the membrane update inlined into one loop
+//! compiled for the widest vector instructions the CPU runs.
+
+use super::{SharedWeights, StepInput, Tile};
+use crate::spikes::SpikeView;
+use crate::TileError;
+use core::ops::Range;
+
+/// How many steps ahead a run asks for the history it will write ([`Tile::prefetch_forward`]).
+/// Where a layer's histories exceed the caches its stores otherwise wait for every line they
+/// write to come from memory (measured in the host engine, session 13: forward compute per
+/// tile-sample-step, one thread, 700-1024-20 84-90 -> 76-83 ns, a batch of 256 on W 83 -> 76;
+/// 700-4096-20, two threads, 34.3-34.9 -> 32.4-32.7 ms per batch; W the same). Two and four
+/// steps ahead: no better.
+const PREFETCH_STEPS: usize = 1;
+
+impl Tile<'_> {
+    /// [`Tile::forward_external`] of every step `t` in `steps` (in order) and every sample
+    /// `b < samples` (in order, at each step), integrating `input(t, b)` (`S_{l-1}[t-1]`); writes the
+    /// spikes and near-threshold neurons each step found over all samples (before any capacity
+    /// cut) into `found[t - steps.start]`. A recurrent tile, `steps` or `samples` beyond the
+    /// tile's, `found` shorter than `steps` or shared weights of other shapes: `BadInput` before
+    /// anything runs. A buffer longer than the tile's input capacity: `BadInput` at its step
+    /// (the steps before it have run).
+    ///
+    /// # Panics
+    /// If an id of an input buffer is out of the tile's range (see [`StepInput::check`]).
+    pub fn forward_external_run<'s, F>(
+        &mut self,
+        steps: Range<usize>,
+        samples: usize,
+        input: F,
+        shared: Option<SharedWeights<'_>>,
+        found: &mut [[u32; 2]],
+    ) -> Result<(), TileError>
+    where
+        F: FnMut(usize, usize) -> SpikeView<'s>,
+    {
+        let cfg = &self.cfg;
+        if cfg.recurrent
+            || steps.end > cfg.time_steps
+            || samples > cfg.batch
+            || found.len() < steps.len()
+        {
+            return Err(TileError::BadInput);
+        }
+        self.check_shared(&shared)?;
+        #[cfg(target_arch = "x86_64")]
+        #[allow(unsafe_code)]
+        {
+            if crate::simd::avx512() {
+                // SAFETY: the CPU runs AVX-512F code (checked at run time).
+                return unsafe {
+                    match self.cfg.neurons {
+                        16 => self.run_lanes::<16, 1, F>(steps, samples, input, shared, found),
+                        32 => self.run_lanes::<32, 2, F>(steps, samples, input, shared, found),
+                        64 => self.run_lanes::<64, 4, F>(steps, samples, input, shared, found),
+                        _ => self.run_avx512(steps, samples, input, shared, found),
+                    }
+                };
+            }
+            if crate::simd::avx2() {
+                // SAFETY: the CPU runs AVX2 code (checked at run time).
+                return unsafe { self.run_avx2(steps, samples, input, shared, found) };
+            }
+        }
+        self.run_body::<false, F>(steps, samples, input, shared, found)
+    }
+
+    /// [`Self::run_body`] compiled for AVX-512F.
+    ///
+    /// # Safety
+    /// The CPU must run AVX-512F code.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    #[allow(unsafe_code)]
+    unsafe fn run_avx512<'s, F>(
+        &mut self,
+        steps: Range<usize>,
+        samples: usize,
+        input: F,
+        shared: Option<SharedWeights<'_>>,
+        found: &mut [[u32; 2]],
+    ) -> Result<(), TileError>
+    where
+        F: FnMut(usize, usize) -> SpikeView<'s>,
+    {
+        self.run_body::<true, F>(steps, samples, input, shared, found)
+    }
+
+    /// [`Self::run_body`] compiled for AVX2.
+    ///
+    /// # Safety
+    /// The CPU must run AVX2 code.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    #[allow(unsafe_code)]
+    unsafe fn run_avx2<'s, F>(
+        &mut self,
+        steps: Range<usize>,
+        samples: usize,
+        input: F,
+        shared: Option<SharedWeights<'_>>,
+        found: &mut [[u32; 2]],
+    ) -> Result<(), TileError>
+    where
+        F: FnMut(usize, usize) -> SpikeView<'s>,
+    {
+        self.run_body::<true, F>(steps, samples, input, shared, found)
+    }
+
+    /// [`Self::run_body`] for a tile of `N = 16 R` neurons in AVX-512F, its sums and membranes
+    /// in `R` registers of 16 lanes: the same multiplications, additions and compares lane by
+    /// lane as [`crate::simd::integrate_chunks_avx512`] and the row sums, so the same results;
+    /// a neuron that spiked at the step before is reset by a masked load of the membranes.
+    ///
+    /// # Safety
+    /// The CPU must run AVX-512F code; `N` is the tile's neuron count and `16 R`.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    #[allow(unsafe_code)]
+    unsafe fn run_lanes<'s, const N: usize, const R: usize, F>(
+        &mut self,
+        steps: Range<usize>,
+        samples: usize,
+        mut input: F,
+        shared: Option<SharedWeights<'_>>,
+        found: &mut [[u32; 2]],
+    ) -> Result<(), TileError>
+    where
+        F: FnMut(usize, usize) -> SpikeView<'s>,
+    {
+        use super::slot_view;
+        use crate::spikes::build_from_masks;
+        use core::arch::x86_64::{
+            __m512, _mm512_add_ps, _mm512_cmp_ps_mask, _mm512_loadu_ps, _mm512_maskz_loadu_ps,
+            _mm512_mul_ps, _mm512_set1_ps, _mm512_setzero_ps, _mm512_storeu_ps, _CMP_GE_OQ,
+        };
+        assert!(N == 16 * R && self.cfg.neurons == N);
+        let own = core::mem::take(&mut self.w);
+        let w: &[f32] = match &shared {
+            Some(sh) => sh.w,
+            None => own,
+        };
+        let cfg = self.cfg;
+        let (batch, cap, kt) = (cfg.batch, cfg.in_capacity, cfg.own_capacity());
+        let (alpha, theta) = (self.params.lif.alpha, self.params.lif.theta);
+        let a = _mm512_set1_ps(alpha);
+        let om = _mm512_set1_ps(1.0 - alpha);
+        let th = _mm512_set1_ps(theta);
+        let lo = _mm512_set1_ps(theta - self.params.window);
+        let (mut spikes_raw, mut near_raw) = (0u64, 0u64);
+        let mut result = Ok(());
+        'steps: for (t, found) in steps.zip(found) {
+            self.prefetch_forward(t + PREFETCH_STEPS);
+            let (mut step_spikes, mut step_near) = (0u32, 0u32);
+            for b in 0..samples {
+                let view = input(t, b);
+                if !Self::fits(&view, cap) {
+                    result = Err(TileError::BadInput);
+                    break 'steps;
+                }
+                let mut acc: [__m512; R] = [_mm512_setzero_ps(); R];
+                for &j in view.spikes() {
+                    let start = j as usize * N;
+                    let row = &w[start..start + N];
+                    for (r, acc) in acc.iter_mut().enumerate() {
+                        // SAFETY: the row holds N = 16 R floats.
+                        *acc = _mm512_add_ps(*acc, unsafe {
+                            _mm512_loadu_ps(row.as_ptr().add(16 * r))
+                        });
+                    }
+                }
+                let cur: &mut [f32; N] = (&mut self.cur[..N]).try_into().expect("N neurons");
+                let step = t * batch + b;
+                // Bit i set: neuron i keeps its membrane (not reset by a spike of the step
+                // before; everything resets at step 0).
+                let keep = if t == 0 {
+                    0
+                } else {
+                    let prev = slot_view(&self.out_hist[(step - batch) * (kt + 2)..]);
+                    prev.spikes().iter().fold(!0u64, |m, &i| m & !(1u64 << (i & 63)))
+                };
+                let u: &mut [f32; N] = (&mut self.u[b * N..(b + 1) * N]).try_into().expect("N");
+                let (mut spikes, mut at_least_lower) = (0u64, 0u64);
+                for (r, &x) in acc.iter().enumerate() {
+                    // SAFETY: lanes 16 r .. 16 r + 16 of `cur` and `u` exist (N = 16 R).
+                    unsafe {
+                        _mm512_storeu_ps(cur.as_mut_ptr().add(16 * r), x);
+                        let kept = (keep >> (16 * r)) as u16;
+                        let ur = _mm512_maskz_loadu_ps(kept, u.as_ptr().add(16 * r));
+                        let v = _mm512_add_ps(_mm512_mul_ps(a, ur), _mm512_mul_ps(om, x));
+                        _mm512_storeu_ps(u.as_mut_ptr().add(16 * r), v);
+                        spikes |= u64::from(_mm512_cmp_ps_mask::<_CMP_GE_OQ>(v, th)) << (16 * r);
+                        at_least_lower |=
+                            u64::from(_mm512_cmp_ps_mask::<_CMP_GE_OQ>(v, lo)) << (16 * r);
+                    }
+                }
+                let slot = &mut self.out_hist[step * (kt + 2)..][..kt + 2];
+                let r = build_from_masks(spikes, at_least_lower, &mut slot[2..]);
+                slot[0] = r.n_spikes as u16;
+                slot[1] = r.n_grad as u16;
+                let uh = &mut self.u_hist[step * kt..][..kt];
+                if r.n_spikes == 0 && r.n_grad == N {
+                    uh[..N].copy_from_slice(u);
+                } else {
+                    for (dst, &i) in uh.iter_mut().zip(&slot[2..2 + r.n_grad]) {
+                        *dst = u[i as usize];
+                    }
+                }
+                step_spikes += r.raw_spikes as u32;
+                step_near += r.raw_near as u32;
+            }
+            spikes_raw += u64::from(step_spikes);
+            near_raw += u64::from(step_near);
+            *found = [step_spikes, step_near];
+        }
+        self.stats.spikes_raw += spikes_raw;
+        self.stats.near_raw += near_raw;
+        self.w = own;
+        result
+    }
+
+    /// The loop of [`Tile::forward_external_run`] after its checks.
+    #[inline(always)]
+    fn run_body<'s, const INLINE: bool, F>(
+        &mut self,
+        steps: Range<usize>,
+        samples: usize,
+        mut input: F,
+        shared: Option<SharedWeights<'_>>,
+        found: &mut [[u32; 2]],
+    ) -> Result<(), TileError>
+    where
+        F: FnMut(usize, usize) -> SpikeView<'s>,
+    {
+        let cap = self.cfg.in_capacity;
+        for (t, found) in steps.zip(found) {
+            self.prefetch_forward(t + PREFETCH_STEPS);
+            let (mut spikes, mut near) = (0u32, 0u32);
+            for b in 0..samples {
+                let view = input(t, b);
+                if !Self::fits(&view, cap) {
+                    return Err(TileError::BadInput);
+                }
+                let step = StepInput::feed_forward(view);
+                let r = self.forward_step_with::<INLINE>(t, b, step, shared);
+                spikes += r.raw_spikes as u32;
+                near += r.raw_near as u32;
+            }
+            *found = [spikes, near];
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

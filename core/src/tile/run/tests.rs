@@ -1,0 +1,228 @@
+//! Runs against the tile's steps one by one: every build the CPU runs, every width the lean
+//! AVX-512F loop takes and some it does not, buffers cut by the capacity, partial micro-batches
+//! and runs split in two, bit for bit over the whole arena.
+
+use crate::*;
+
+/// Deterministic pseudo-random numbers in [0, 1).
+struct Lcg(u64);
+impl Lcg {
+    fn next(&mut self) -> f32 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((self.0 >> 40) as f32) / (1u64 << 24) as f32
+    }
+}
+
+const INPUTS: usize = 40;
+const T: usize = 14;
+const BATCH: usize = 3;
+
+fn cfg(neurons: usize, layer_capacity: usize) -> TileConfig {
+    TileConfig {
+        neurons,
+        first_neuron: 0,
+        layer_width: neurons,
+        inputs: INPUTS,
+        recurrent: false,
+        batch: BATCH,
+        time_steps: T,
+        in_capacity: INPUTS,
+        layer_capacity,
+        optimizer: OptimizerKind::Adam,
+    }
+}
+
+/// A tile's arena with random weights (most inputs excite, some inhibit, so that neurons spike
+/// and sit near the threshold at every step).
+fn arena(cfg: &TileConfig, params: NeuronParams, seed: u64) -> Vec<u32> {
+    let mut a = vec![0u32; cfg.footprint().unwrap().arena() / 4];
+    let mut r = Lcg(seed);
+    Tile::new(*cfg, params, bytemuck::cast_slice_mut(&mut a))
+        .unwrap()
+        .weights_mut()
+        .iter_mut()
+        .for_each(|w| *w = r.next() * 3.0 - 0.8);
+    a
+}
+
+/// Input ids per `[t][b]`: ascending, each input with probability `p`.
+fn inputs(seed: u64, p: f32) -> Vec<Vec<Vec<u16>>> {
+    let mut r = Lcg(seed);
+    (0..T)
+        .map(|_| {
+            (0..BATCH).map(|_| (0..INPUTS as u16).filter(|_| r.next() < p).collect()).collect()
+        })
+        .collect()
+}
+
+fn view(ids: &[u16]) -> SpikeView<'_> {
+    SpikeView::new(ids, ids.len()).unwrap()
+}
+
+/// The reference: [`Tile::forward_external`] step after step, sample after sample; what each
+/// step found.
+fn step_by_step(tile: &mut Tile<'_>, input: &[Vec<Vec<u16>>], samples: usize) -> Vec<[u32; 2]> {
+    (0..T)
+        .map(|t| {
+            let mut found = [0u32; 2];
+            for (b, ids) in input[t].iter().enumerate().take(samples) {
+                let r = tile.forward_external(t, b, StepInput::feed_forward(view(ids)), None);
+                let r = r.unwrap();
+                found[0] += r.raw_spikes as u32;
+                found[1] += r.raw_near as u32;
+            }
+            found
+        })
+        .collect()
+}
+
+type Run = fn(&mut Tile<'_>, &[Vec<Vec<u16>>], usize, usize) -> Vec<[u32; 2]>;
+
+/// Runs steps `0..split` and `split..T` of `samples` samples with one build of the run.
+macro_rules! build {
+    ($name:literal, |$tile:ident, $steps:ident, $samples:ident, $input:ident, $found:ident| $call:expr) => {
+        (
+            $name,
+            (|$tile: &mut Tile<'_>, inp: &[Vec<Vec<u16>>], samples: usize, split: usize| {
+                let mut found = vec![[0u32; 2]; T];
+                for $steps in [0..split, split..T] {
+                    let at = $steps.start;
+                    let $input = |t: usize, b: usize| view(&inp[t][b]);
+                    let $samples = samples;
+                    let $found = &mut found[at..];
+                    #[allow(unused_unsafe, unsafe_code)]
+                    let r = unsafe { $call };
+                    r.unwrap();
+                }
+                found
+            }) as Run,
+        )
+    };
+}
+
+/// Every build of the run this CPU executes (the public one dispatches to one of them).
+fn builds(neurons: usize) -> Vec<(&'static str, Run)> {
+    let mut v = vec![
+        build!("dispatched", |tile, steps, samples, input, found| tile
+            .forward_external_run(steps, samples, input, None, found)),
+        build!("portable", |tile, steps, samples, input, found| tile
+            .run_body::<false, _>(steps, samples, input, None, found)),
+    ];
+    #[cfg(target_arch = "x86_64")]
+    {
+        if crate::simd::avx2() {
+            v.push(build!("avx2", |tile, steps, samples, input, found| tile
+                .run_avx2(steps, samples, input, None, found)));
+        }
+        if crate::simd::avx512() {
+            v.push(build!("avx512", |tile, steps, samples, input, found| tile
+                .run_avx512(steps, samples, input, None, found)));
+            match neurons {
+                16 => v.push(build!("lanes 16", |tile, steps, samples, input, found| tile
+                    .run_lanes::<16, 1, _>(steps, samples, input, None, found))),
+                32 => v.push(build!("lanes 32", |tile, steps, samples, input, found| tile
+                    .run_lanes::<32, 2, _>(steps, samples, input, None, found))),
+                64 => v.push(build!("lanes 64", |tile, steps, samples, input, found| tile
+                    .run_lanes::<64, 4, _>(steps, samples, input, None, found))),
+                _ => {}
+            }
+        }
+    }
+    v
+}
+
+/// Every build, widths 16, 32 and 64 (the lean loop) and 7, 20 and 40 (the generic one), with
+/// buffers cut by the capacity or not, a window or exact mode, all or some samples, in one run
+/// or two: the same arena bit for bit, and the same counts, as the steps one by one.
+#[test]
+fn runs_equal_the_steps_one_by_one() {
+    let mut lean_runs = 0;
+    for (neurons, capacity) in [(16, 16), (16, 3), (32, 32), (32, 5), (64, 64), (64, 9)]
+        .into_iter()
+        .chain([(7, 7), (20, 4), (40, 40)])
+    {
+        let cfg = cfg(neurons, capacity);
+        for (seed, window) in [(1, 0.3), (2, f32::INFINITY)] {
+            let params = NeuronParams { window, ..NeuronParams::default() };
+            let start = arena(&cfg, params, seed);
+            let input = inputs(seed + 10, 0.25);
+            for samples in [BATCH, 2] {
+                let mut want = start.clone();
+                let mut tile = Tile::attach(cfg, params, bytemuck::cast_slice_mut(&mut want));
+                let found = step_by_step(tile.as_mut().unwrap(), &input, samples);
+                let stats = tile.unwrap().stats();
+                assert!(stats.spikes_raw > 0 && stats.near_raw > 0, "neurons must spike");
+                for (name, run) in builds(neurons) {
+                    lean_runs += usize::from(name.starts_with("lanes"));
+                    for split in [T, 5] {
+                        let what = format!(
+                            "{name}, {neurons} neurons, cap {capacity}, window {window}, \
+                             {samples} samples, split {split}"
+                        );
+                        let mut got = start.clone();
+                        {
+                            let arena = bytemuck::cast_slice_mut(&mut got);
+                            let mut tile = Tile::attach(cfg, params, arena).unwrap();
+                            assert_eq!(run(&mut tile, &input, samples, split), found, "{what}");
+                            assert_eq!(tile.stats(), stats, "{what}");
+                        }
+                        assert!(got == want, "arena differs: {what}");
+                    }
+                }
+            }
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    assert!(!crate::simd::avx512() || lean_runs > 0);
+}
+
+/// Runs a tile cannot take are refused before anything runs; a buffer over the input capacity
+/// is refused at its step, after the steps before it.
+#[test]
+fn runs_are_checked() {
+    let mut cfg = cfg(32, 32);
+    let params = NeuronParams::default();
+    let ids: Vec<u16> = (0..INPUTS as u16).collect();
+    let mut found = [[0u32; 2]; T];
+    for (recurrent, steps, samples, found_len) in [
+        (true, 0..T, BATCH, T),
+        (false, 0..T + 1, BATCH, T + 1),
+        (false, 0..T, BATCH + 1, T),
+        (false, 0..T, BATCH, T - 1),
+    ] {
+        cfg.recurrent = recurrent;
+        let mut a = arena(&cfg, params, 3);
+        let mut tile = Tile::attach(cfg, params, bytemuck::cast_slice_mut(&mut a)).unwrap();
+        let mut longer = [[0u32; 2]; T + 1];
+        let found = &mut longer[..found_len];
+        let r = tile.forward_external_run(steps, samples, |_, _| view(&ids), None, found);
+        assert_eq!(r, Err(TileError::BadInput));
+        assert_eq!(tile.out_buffer(0, 0), SpikeView::EMPTY, "nothing ran");
+    }
+    cfg.recurrent = false;
+    cfg.in_capacity = 4;
+    let mut a = arena(&cfg, params, 3);
+    let mut tile = Tile::attach(cfg, params, bytemuck::cast_slice_mut(&mut a)).unwrap();
+    tile.weights_mut().fill(30.0);
+    let input = |t: usize, _| view(if t < 2 { &ids[..4] } else { &ids[..5] });
+    let r = tile.forward_external_run(0..T, BATCH, input, None, &mut found);
+    assert_eq!(r, Err(TileError::BadInput));
+    assert!(tile.out_buffer(1, BATCH - 1).n_spikes > 0, "steps 0 and 1 ran");
+    assert_eq!(tile.out_buffer(2, 0), SpikeView::EMPTY, "step 2 did not");
+    let wrong = SharedWeights { w: &[0.0; 3], v: &[] };
+    let r = tile.forward_external_run(0..T, BATCH, |_, _| view(&ids[..1]), Some(wrong), &mut found);
+    assert_eq!(r, Err(TileError::BadInput));
+}
+
+/// An input id beyond the tile's inputs panics (as in [`Tile::forward_external`]).
+#[test]
+#[should_panic]
+fn runs_panic_on_an_id_out_of_range() {
+    let cfg = cfg(32, 32);
+    let params = NeuronParams::default();
+    let mut a = arena(&cfg, params, 3);
+    let mut tile = Tile::attach(cfg, params, bytemuck::cast_slice_mut(&mut a)).unwrap();
+    let ids = [INPUTS as u16];
+    let mut found = [[0u32; 2]; T];
+    let _ = tile.forward_external_run(0..T, BATCH, |_, _| view(&ids), None, &mut found);
+}
