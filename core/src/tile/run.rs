@@ -1,14 +1,19 @@
-//! Forward runs: a feed-forward tile through a range of steps, every sample at each step, in one
-//! call ([`Tile::forward_external_run`]), for a driver that runs its tiles ahead of the layer
-//! merge. The same arithmetic as [`Tile::forward_external`] step after step, bit for bit; what
-//! it saves is the per-step call: the checks of the tile's shapes once per run rather than per
-//! sample and step, and (on x86-64) the row sums and the membrane update inlined into one loop
-//! compiled for the widest vector instructions the CPU runs.
+//! Runs: a tile through a range of steps, every sample at each step, in one call. Forward
+//! ([`Tile::forward_external_run`]): a feed-forward tile, for a driver that runs its tiles ahead
+//! of the layer merge; backward ([`Tile::backward_deferred_run`], module `backward`): a first
+//! layer with deferred input-weight gradients. The same arithmetic as [`Tile::forward_external`]
+//! (or [`Tile::backward_external_deferred`]) step after step, bit for bit; what a run saves is the
+//! per-step call: the checks of the tile's shapes once per run rather than per sample and step,
+//! and (on x86-64) the row sums and the membrane update inlined into one loop compiled for the
+//! widest vector instructions the CPU runs; on AVX-512F, tiles of 16, 32 or 64 neurons keep
+//! their sums, membranes and adjoints in registers.
 
 use super::{SharedWeights, StepInput, Tile};
 use crate::spikes::SpikeView;
 use crate::TileError;
 use core::ops::Range;
+
+mod backward;
 
 /// How many steps ahead a run asks for the history it will write ([`Tile::prefetch_forward`]).
 /// Where a layer's histories exceed the caches its stores otherwise wait for every line they

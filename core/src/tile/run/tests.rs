@@ -226,3 +226,164 @@ fn runs_panic_on_an_id_out_of_range() {
     let mut found = [[0u32; 2]; T];
     let _ = tile.forward_external_run(0..T, BATCH, |_, _| view(&ids), None, &mut found);
 }
+
+/// `dL/dS` of entry `k` of the buffer of step `t`, sample `b`: small numbers of both signs.
+fn dlds_of(t: usize, b: usize, k: usize) -> f32 {
+    ((t * 7 + b * 13 + k * 3) % 11) as f32 * 0.1 - 0.5
+}
+
+/// The reference of the backward runs: [`Tile::backward_external_deferred`] from the last step
+/// down, sample after sample, `dL/dS` from [`dlds_of`]; step `t`'s vector of sample `b` at
+/// `(T - 1 - t) * stride + b * n`.
+fn back_step_by_step(tile: &mut Tile<'_>, samples: usize, vecs: &mut [f32], stride: usize) {
+    let n = tile.config().neurons;
+    for t in (0..T).rev() {
+        for b in 0..samples {
+            let ng = tile.out_buffer(t, b).ids.len();
+            for (k, d) in tile.dlds_mut(b)[..ng].iter_mut().enumerate() {
+                *d = dlds_of(t, b, k);
+            }
+            let v = &mut vecs[(T - 1 - t) * stride + b * n..][..n];
+            tile.backward_external_deferred(t, b, StepInput::EMPTY, false, None, None, v).unwrap();
+        }
+    }
+}
+
+type BackRun = fn(&mut Tile<'_>, usize, &mut [f32], usize, usize);
+
+/// Runs steps `split..T`, then `0..split` (each with its own stretch of the vectors), with one
+/// build of the backward run.
+macro_rules! back_build {
+    ($name:literal, |$tile:ident, $steps:ident, $samples:ident, $dlds:ident, $vecs:ident, $stride:ident| $call:expr) => {
+        (
+            $name,
+            (|$tile: &mut Tile<'_>,
+              samples: usize,
+              all: &mut [f32],
+              stride: usize,
+              split: usize| {
+                for $steps in [split..T, 0..split] {
+                    let $dlds = |t: usize, b: usize, buf: SpikeView<'_>, dst: &mut [f32]| {
+                        assert_eq!(dst.len(), buf.ids.len());
+                        for (k, d) in dst.iter_mut().enumerate() {
+                            *d = dlds_of(t, b, k);
+                        }
+                    };
+                    let $vecs = &mut all[(T - $steps.end) * stride..];
+                    let ($samples, $stride) = (samples, stride);
+                    #[allow(unused_unsafe, unsafe_code)]
+                    unsafe {
+                        $call
+                    };
+                }
+            }) as BackRun,
+        )
+    };
+}
+
+/// Every build of the backward run this CPU executes.
+fn back_builds(neurons: usize) -> Vec<(&'static str, BackRun)> {
+    let mut v = vec![
+        back_build!("dispatched", |tile, steps, samples, dlds, vecs, stride| tile
+            .backward_deferred_run(steps, samples, dlds, vecs, stride)
+            .unwrap()),
+        back_build!("portable", |tile, steps, samples, dlds, vecs, stride| tile
+            .back_body(steps, samples, dlds, vecs, stride)),
+    ];
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::avx512() {
+        match neurons {
+            16 => v
+                .push(back_build!("lanes 16", |tile, steps, samples, dlds, vecs, stride| tile
+                    .back_lanes::<16, 1, _>(steps, samples, dlds, vecs, stride))),
+            32 => v
+                .push(back_build!("lanes 32", |tile, steps, samples, dlds, vecs, stride| tile
+                    .back_lanes::<32, 2, _>(steps, samples, dlds, vecs, stride))),
+            64 => v
+                .push(back_build!("lanes 64", |tile, steps, samples, dlds, vecs, stride| tile
+                    .back_lanes::<64, 4, _>(steps, samples, dlds, vecs, stride))),
+            _ => {}
+        }
+    }
+    v
+}
+
+/// Every build of the backward run, after a forward pass, equals the steps one by one: the
+/// whole arena and every vector (and the gaps between samples' vectors untouched), widths 16,
+/// 32 and 64 (the lean loop) and 7 and 20, buffers cut or not, a window or exact mode, all or
+/// some samples, in one run or two, twice over (the adjoints start from zero at the last step).
+#[test]
+fn backward_runs_equal_the_steps_one_by_one() {
+    let mut lean_runs = 0;
+    for (neurons, capacity) in [(16, 3), (32, 32), (32, 5), (64, 9), (7, 7), (20, 4)] {
+        let cfg = cfg(neurons, capacity);
+        for (seed, window) in [(4, 0.3), (5, f32::INFINITY)] {
+            let params = NeuronParams { window, ..NeuronParams::default() };
+            let mut start = arena(&cfg, params, seed);
+            let input = inputs(seed + 10, 0.25);
+            let spikes = {
+                let mut tile = Tile::attach(cfg, params, bytemuck::cast_slice_mut(&mut start));
+                step_by_step(tile.as_mut().unwrap(), &input, BATCH);
+                tile.unwrap().stats().spikes_raw
+            };
+            assert!(spikes > 0, "neurons must spike");
+            for samples in [BATCH, 2] {
+                let stride = (samples + 1) * neurons;
+                let mut want = start.clone();
+                let mut want_vecs = vec![7.0f32; T * stride];
+                {
+                    let mut tile =
+                        Tile::attach(cfg, params, bytemuck::cast_slice_mut(&mut want)).unwrap();
+                    // Twice: the second pass starts from the adjoints the first left.
+                    back_step_by_step(&mut tile, samples, &mut want_vecs, stride);
+                    back_step_by_step(&mut tile, samples, &mut want_vecs, stride);
+                }
+                assert!(want_vecs.iter().any(|&x| x != 0.0 && x != 7.0), "gradients must flow");
+                for (name, run) in back_builds(neurons) {
+                    lean_runs += usize::from(name.starts_with("lanes"));
+                    for split in [0, 6] {
+                        let what = format!(
+                            "{name}, {neurons} neurons, cap {capacity}, window {window}, \
+                             {samples} samples, split {split}"
+                        );
+                        let mut got = start.clone();
+                        let mut vecs = vec![7.0f32; T * stride];
+                        {
+                            let arena = bytemuck::cast_slice_mut(&mut got);
+                            let mut tile = Tile::attach(cfg, params, arena).unwrap();
+                            run(&mut tile, samples, &mut vecs, stride, split);
+                            run(&mut tile, samples, &mut vecs, stride, split);
+                        }
+                        assert!(vecs == want_vecs, "vectors differ: {what}");
+                        assert!(got == want, "arena differs: {what}");
+                    }
+                }
+            }
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    assert!(!crate::simd::avx512() || lean_runs > 0);
+}
+
+/// Backward runs a tile cannot take are refused before anything runs.
+#[test]
+fn backward_runs_are_checked() {
+    let mut cfg = cfg(32, 32);
+    let params = NeuronParams::default();
+    let n = cfg.neurons;
+    for (recurrent, steps, samples, stride, len) in [
+        (true, 0..T, BATCH, BATCH * n, T * BATCH * n),
+        (false, 0..T + 1, BATCH, BATCH * n, (T + 1) * BATCH * n),
+        (false, 0..T, BATCH + 1, (BATCH + 1) * n, T * (BATCH + 1) * n),
+        (false, 0..T, BATCH, BATCH * n - 1, T * BATCH * n),
+        (false, 0..T, BATCH, BATCH * n, T * BATCH * n - 1),
+    ] {
+        cfg.recurrent = recurrent;
+        let mut a = arena(&cfg, params, 3);
+        let mut tile = Tile::attach(cfg, params, bytemuck::cast_slice_mut(&mut a)).unwrap();
+        let mut vecs = vec![7.0f32; len];
+        let r = tile.backward_deferred_run(steps, samples, |_, _, _, _| {}, &mut vecs, stride);
+        assert_eq!(r, Err(TileError::BadInput));
+        assert!(vecs.iter().all(|&x| x == 7.0), "nothing ran");
+    }
+}

@@ -158,7 +158,9 @@ impl TiledEngine {
                 // (by 1-9 %); on one thread 3 pairs of 4 lower.
                 tile.prefetch_backward_external(t - 1, bl);
             }
-            self.gather_dlds((l, r, p), (b, bl, t), tile);
+            let mine = tile.out_buffer(t, bl);
+            let counts = (mine.n_spikes, mine.near().len());
+            self.gather_dlds((l, r, p), (b, bl, t), counts, tile.dlds_mut(bl));
             // Safety: layer buffers are read-only in backward phases. The first layer's deferred
             // step reads nothing of its source buffer (the lists carry the input spikes, and
             // nobody needs dL/dS of the data), so unless it is recurrent (its own layer's
@@ -202,22 +204,23 @@ impl TiledEngine {
         Ok(())
     }
 
-    /// Writes `dL/dS_l[t]` of sample `b` (the tile's `bl`) at tile's gradient set into its
-    /// `dL/dS` in-buffer: the exchange of the backward pass, run by the receiving tile.
+    /// Writes `dL/dS_l[t]` of sample `b` (the tile's `bl`) at the tile's gradient set (its
+    /// buffer of step `t`: `ns` spikes, then `nn` near-threshold ids) into `dst` (its `dL/dS`
+    /// in-buffer, [`Tile::dlds_mut`]): the exchange of the backward pass, run by the receiving
+    /// tile.
     ///
     /// The layer's buffer is two runs (spikes, then near-threshold ids), each in tile order, so
     /// the tile's entries are one stretch of each run, in the order of its own gradient set;
     /// the merge recorded where they start (`starts`). Each entry sums, in this order, the
     /// recurrent partials of step `t + 1` (tile order), the next layer's partials of step
     /// `t + 1` (tile order), and for the output layer `dL/dc`.
-    fn gather_dlds(
+    pub(super) fn gather_dlds(
         &self,
         (l, r, p): (usize, usize, usize),
         (b, bl, t): (usize, usize, usize),
-        tile: &mut Tile<'_>,
+        (ns, nn): (usize, usize),
+        dst: &mut [f32],
     ) {
-        let mine = tile.out_buffer(t, bl);
-        let (ns, nn) = (mine.n_spikes, mine.near().len());
         if ns + nn == 0 {
             // No entry (most tile-samples of a quiet layer): nothing to look up.
             return;
@@ -231,7 +234,6 @@ impl TiledEngine {
         let dldc = last.then(|| unsafe {
             (self.dldc.slice(b * self.cfg.classes, self.cfg.classes), self.layer_buf(l, b, t).ids)
         });
-        let dst = tile.dlds_mut(bl);
         // The tile's entries are two stretches of the layer buffer (its spikes at s0, its
         // near-threshold ids at n0), so the common cases below are loops over slices, without
         // the general loop's iterators and per-entry bounds checks: the same sums in the same

@@ -25,7 +25,7 @@ use super::layer::LayerRt;
 use super::TiledEngine;
 use crate::engine::shared::Shared;
 use crate::engine::InputBatch;
-use spiketile_core::{rows, SharedGrads, SharedWeights, Tile, TileError};
+use spiketile_core::{rows, SharedGrads, SharedWeights, SpikeView, Tile, TileError};
 use std::ops::Range;
 
 /// Bytes of `dL/dc` vectors a unit keeps for one run. Measured on W, one thread, two rounds
@@ -246,11 +246,34 @@ impl TiledEngine {
         // layer, would come from memory at each unit's first run).
         let vecs = &mut vecs[..d.unit_len()];
         let n = tile0.config().neurons;
+        // A first layer without recurrent weights whose dL/dS lie within L2 (W's hidden layer)
+        // runs each replica's tile through the run in one call (its steps touch nothing of the
+        // other replicas'); elsewhere step after step, replica after replica.
+        let runs_whole = l == 0 && !lr.plan.recurrent && !self.far_partials(l);
         let runs = d.runs.iter().enumerate();
         for (ri, run) in runs.filter(|(_, run)| run.start >= steps.start && run.end <= steps.end) {
-            for t in run.clone().rev() {
-                let unit = (l, p, reps.clone());
-                self.deferred_group_step(input, d, unit, (t, run.end), &mut tile0, shared, vecs)?;
+            if runs_whole {
+                self.deferred_group_run(
+                    input,
+                    d,
+                    (l, p, reps.clone()),
+                    run.clone(),
+                    &mut tile0,
+                    vecs,
+                )?;
+            } else {
+                for t in run.clone().rev() {
+                    let unit = (l, p, reps.clone());
+                    self.deferred_group_step(
+                        input,
+                        d,
+                        unit,
+                        (t, run.end),
+                        &mut tile0,
+                        shared,
+                        vecs,
+                    )?;
+                }
             }
             let (starts, uses) = d.list(g, ri);
             let vecs = &vecs[..d.slots * d.run * n];
@@ -290,6 +313,44 @@ impl TiledEngine {
             let (starts, uses) = d.list(g, ri);
             let vecs = &vecs[..d.slots * d.run * n];
             rows::gather_add(tile0.grads_mut().0, n, vecs, starts, uses);
+        }
+        Ok(())
+    }
+
+    /// Run `run` of column `(l, p)`'s replicas `reps` (a first layer without recurrent weights),
+    /// replica after replica, each through all the run's steps in one call
+    /// ([`Tile::backward_deferred_run`]): the leader's tile `tile0`, then every other replica's,
+    /// each writing its samples' `dL/dc` vectors into their slots of `vecs`. The same vectors
+    /// as [`Self::deferred_group_step`] step after step (each replica's steps read and write
+    /// only its own tile and slots).
+    fn deferred_group_run(
+        &self,
+        input: &InputBatch,
+        d: &Deferred,
+        (l, p, reps): (usize, usize, Range<usize>),
+        run: Range<usize>,
+        tile0: &mut Tile<'_>,
+        vecs: &mut [f32],
+    ) -> Result<(), TileError> {
+        let lr = &self.layers[l];
+        let (p_count, m) = (lr.p(), lr.plan.micro_batch);
+        let n = tile0.config().neurons;
+        for r in reps.clone() {
+            let samples = lr.plan.samples_of(r, input.len);
+            let b0 = samples.start;
+            let dlds = |t: usize, bl: usize, mine: SpikeView<'_>, dst: &mut [f32]| {
+                let counts = (mine.n_spikes, mine.near().len());
+                self.gather_dlds((l, r, p), (b0 + bl, bl, t), counts, dst);
+            };
+            let at = (r - reps.start) * m * n;
+            let (vecs, stride) = (&mut vecs[at..], d.slots * n);
+            if r == reps.start {
+                tile0.backward_deferred_run(run.clone(), samples.len(), dlds, vecs, stride)?;
+            } else {
+                // Safety: the tiles of the group belong to the caller's unit.
+                let mut tile = unsafe { self.home(l, r * p_count + p) }.tile()?;
+                tile.backward_deferred_run(run.clone(), samples.len(), dlds, vecs, stride)?;
+            }
         }
         Ok(())
     }
