@@ -60,10 +60,20 @@ impl TiledEngine {
         let raw = unsafe { lr.ahead_raw.slice_mut(ti * t_steps * 2, t_steps * 2) };
         let found: &mut [[u32; 2]] = bytemuck::cast_slice_mut(raw);
         let samples = lr.plan.samples_of(r, input.len);
+        let (b0, len) = (samples.start, samples.len());
+        if l == 0 {
+            // The input batch's buffers (what `step_input` looks up for the first layer), in a
+            // closure small enough for the run to inline.
+            let step = move |t: usize, bl: usize| match t {
+                0 => SpikeView::EMPTY,
+                _ => input.step(b0 + bl, t - 1),
+            };
+            return tile.forward_external_run(0..t_steps, len, step, shared, found);
+        }
         // Safety: layer buffers of the steps before are not written in this phase.
         let step =
-            |t: usize, bl: usize| unsafe { self.step_input(input, l, samples.start + bl, t) }.input;
-        tile.forward_external_run(0..t_steps, samples.len(), step, shared, found)
+            move |t: usize, bl: usize| unsafe { self.step_input(input, l, b0 + bl, t) }.input;
+        tile.forward_external_run(0..t_steps, len, step, shared, found)
     }
 
     /// Merges replica `(l, r)`'s tile buffers into the layer buffers, [`MERGE_STEPS`] steps at a
