@@ -15,9 +15,10 @@ impl Tile<'_> {
     /// whose source layer needs no partial `dL/dS` (the first layer: nothing is read of its
     /// source buffers).
     ///
-    /// Before each step of a sample whose gradient set is not empty, `dlds(t, b, buffer, dst)`
-    /// writes `dL/dS_l[t]` at the tile's buffer of step `t`, sample `b` into `dst` (one entry per
-    /// id of `buffer`, as [`Tile::dlds_mut`]). The step's `dL/dc` goes to
+    /// Before each step of each sample, `dlds(t, b, buffer, dst)` writes `dL/dS_l[t]` at the
+    /// tile's buffer of step `t`, sample `b` into `dst` (one entry per id of `buffer`, as
+    /// [`Tile::dlds_mut`]; nothing if the gradient set is empty, where a driver may still ask
+    /// for what later steps read). The step's `dL/dc` goes to
     /// `vecs[(steps.end - 1 - t) * stride + b * n..][..n]` (`n` neurons): a driver's vectors of
     /// several tiles' samples, step after step `stride` floats apart.
     ///
@@ -85,9 +86,7 @@ impl Tile<'_> {
                     self.prefetch_own_history(t - 1, b);
                 }
                 let out = slot_view(&self.out_hist[self.out_slot(t, b)..]);
-                if !out.ids.is_empty() {
-                    dlds(t, b, out, &mut self.dlds[b * kt..][..out.ids.len()]);
-                }
+                dlds(t, b, out, &mut self.dlds[b * kt..][..out.ids.len()]);
                 let v = &mut vecs[(last - t) * stride + b * n..][..n];
                 self.backward_step(t, b, StepInput::EMPTY, false, None, None, Some(v));
             }
@@ -154,11 +153,11 @@ impl Tile<'_> {
                     }
                 }
                 let ng = out.ids.len();
+                let d = &mut self.dlds[b * kt..][..ng];
+                dlds(t, b, out, d);
                 if ng == 0 {
                     continue;
                 }
-                let d = &mut self.dlds[b * kt..][..ng];
-                dlds(t, b, out, d);
                 let uh = &self.u_hist[step * kt..][..ng];
                 let sg = &mut self.cur[..ng];
                 for ((x, &u), &d) in sg.iter_mut().zip(uh).zip(d.iter()) {

@@ -263,8 +263,11 @@ macro_rules! back_build {
               stride: usize,
               split: usize| {
                 for $steps in [split..T, 0..split] {
+                    let calls = core::cell::Cell::new(0);
+                    let expected = $steps.len() * samples;
                     let $dlds = |t: usize, b: usize, buf: SpikeView<'_>, dst: &mut [f32]| {
                         assert_eq!(dst.len(), buf.ids.len());
+                        calls.set(calls.get() + 1);
                         for (k, d) in dst.iter_mut().enumerate() {
                             *d = dlds_of(t, b, k);
                         }
@@ -275,6 +278,7 @@ macro_rules! back_build {
                     unsafe {
                         $call
                     };
+                    assert_eq!(calls.get(), expected, "dL/dS asked for every sample and step");
                 }
             }) as BackRun,
         )

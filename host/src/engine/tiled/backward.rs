@@ -394,7 +394,11 @@ impl TiledEngine {
     /// source tile (a tile's entries are a few consecutive floats). Above the first hidden
     /// layer's tiles these lie in buffers of tens of megabytes, written a whole block of steps
     /// earlier. A hint: it changes no result.
-    fn prefetch_dlds(&self, (l, r, p): (usize, usize, usize), (b, bl, t): (usize, usize, usize)) {
+    pub(super) fn prefetch_dlds(
+        &self,
+        (l, r, p): (usize, usize, usize),
+        (b, bl, t): (usize, usize, usize),
+    ) {
         let (s0, n0) = self.dlds_starts((l, p), (b, t));
         for &(part, base, stride, tiles) in self.dlds_sources((l, r), (b, bl, t)).iter().flatten() {
             for q in 0..tiles {
@@ -405,7 +409,7 @@ impl TiledEngine {
     }
 
     /// Asks for what [`Self::prefetch_dlds`] of sample `b` at step `t` reads: tile `p`'s starts.
-    fn prefetch_dlds_starts(&self, (l, p): (usize, usize), (b, t): (usize, usize)) {
+    pub(super) fn prefetch_dlds_starts(&self, (l, p): (usize, usize), (b, t): (usize, usize)) {
         self.layers[l].starts.prefetch(self.start_at(p, (b, t)));
     }
 }

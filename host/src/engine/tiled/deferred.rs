@@ -246,10 +246,10 @@ impl TiledEngine {
         // layer, would come from memory at each unit's first run).
         let vecs = &mut vecs[..d.unit_len()];
         let n = tile0.config().neurons;
-        // A first layer without recurrent weights whose dL/dS lie within L2 (W's hidden layer)
-        // runs each replica's tile through the run in one call (its steps touch nothing of the
-        // other replicas'); elsewhere step after step, replica after replica.
-        let runs_whole = l == 0 && !lr.plan.recurrent && !self.far_partials(l);
+        // A first layer without recurrent weights runs each replica's tile through the run in
+        // one call (its steps touch nothing of the other replicas'); elsewhere step after step,
+        // replica after replica.
+        let runs_whole = l == 0 && !lr.plan.recurrent;
         let runs = d.runs.iter().enumerate();
         for (ri, run) in runs.filter(|(_, run)| run.start >= steps.start && run.end <= steps.end) {
             if runs_whole {
@@ -335,12 +335,26 @@ impl TiledEngine {
         let lr = &self.layers[l];
         let (p_count, m) = (lr.p(), lr.plan.micro_batch);
         let n = tile0.config().neurons;
+        let far = self.far_partials(l);
         for r in reps.clone() {
             let samples = lr.plan.samples_of(r, input.len);
-            let b0 = samples.start;
+            let (b0, last) = (samples.start, samples.end.saturating_sub(1));
             let dlds = |t: usize, bl: usize, mine: SpikeView<'_>, dst: &mut [f32]| {
+                let b = b0 + bl;
+                if far {
+                    // As `backward_replica` asks (wide layers: the partials lie beyond L2):
+                    // where the entries of the step after next lie, as the tile starts a step,
+                    // and this sample's entries of the step before, a step of the tile ahead.
+                    if bl == 0 && t > 1 {
+                        self.prefetch_dlds_starts((l, p), (b0, t - 2));
+                        self.prefetch_dlds_starts((l, p), (last, t - 2));
+                    }
+                    if t > 0 {
+                        self.prefetch_dlds((l, r, p), (b, bl, t - 1));
+                    }
+                }
                 let counts = (mine.n_spikes, mine.near().len());
-                self.gather_dlds((l, r, p), (b0 + bl, bl, t), counts, dst);
+                self.gather_dlds((l, r, p), (b, bl, t), counts, dst);
             };
             let at = (r - reps.start) * m * n;
             let (vecs, stride) = (&mut vecs[at..], d.slots * n);
