@@ -4,7 +4,8 @@
 //! two row kernels alone at the scale of W, where the rows come from L2 (the bound on W's
 //! throughput that docs/performance.md derives), at every level of vector instructions the CPU
 //! runs (`spiketile --simd`); the deferred gradient against the scatters;
-//! and the backward step's dot products (`dots`) against dots taken element after element.
+//! the backward step's dot products (`dots`) against dots taken element after element; and a
+//! hidden tile of W through whole passes, step after step against the runs.
 //!
 //! `cargo bench -p spiketile --bench kernels` (add `-- --quick` for a short run).
 
@@ -285,5 +286,75 @@ fn serial_dots(out: &mut [f32], w: &[f32], ids: &[u16], x: &[f32]) {
     }
 }
 
-criterion_group!(benches, kernels, rows_at_w_scale, deferred_gradients, partial_dots);
+/// One hidden tile of W (32 neurons, 8 samples, 100 steps, 35 input spikes per sample and step)
+/// through a whole forward pass and a whole backward pass with deferred input-weight gradients:
+/// step after step (`forward_external`, `backward_external_deferred`, one call per sample and
+/// step, as the engine ran them until session 19) against the runs (`forward_external_run`,
+/// `backward_deferred_run`, one call per pass), at every level of vector instructions the CPU
+/// runs. Throughput is in tile-sample-steps.
+fn tile_runs(c: &mut Criterion) {
+    const T: usize = 100;
+    const M: usize = 8;
+    let cfg = TileConfig { neurons: 32, batch: M, time_steps: T, ..config() };
+    let mut arena = vec![0u32; cfg.footprint().unwrap().arena() / 4];
+    let mut tile =
+        Tile::new(cfg, NeuronParams::default(), bytemuck::cast_slice_mut(&mut arena)).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    for w in tile.weights_mut() {
+        *w = rng.gen_range(-1.0..1.6);
+    }
+    let inputs: Vec<Vec<Vec<u16>>> =
+        (0..T).map(|_| (0..M).map(|_| input_spikes(&mut rng)).collect()).collect();
+    let view = |t: usize, b: usize| SpikeView::new(&inputs[t][b], inputs[t][b].len()).unwrap();
+    let mut vecs = vec![0.0f32; T * M * 32];
+    let mut found = vec![[0u32; 2]; T];
+    let mut g = c.benchmark_group("tile runs at W (32 neurons, 8 samples, 100 steps)");
+    g.throughput(Throughput::Elements((T * M) as u64));
+    g.bench_function("forward, step after step", |b| {
+        b.iter(|| {
+            for t in 0..T {
+                for s in 0..M {
+                    let step = StepInput::feed_forward(view(t, s));
+                    black_box(tile.forward_external(t, s, step, None).unwrap());
+                }
+            }
+        })
+    });
+    each_level(|level| {
+        g.bench_function(format!("forward run ({level:?})"), |b| {
+            b.iter(|| tile.forward_external_run(0..T, M, view, None, &mut found).unwrap())
+        });
+    });
+    let dlds = |t: usize, s: usize, buf: SpikeView<'_>, dst: &mut [f32]| {
+        for (k, d) in dst.iter_mut().enumerate() {
+            *d = 0.01 * (1 + (t + s + k) % 3) as f32 * if buf.n_spikes > k { 1.0 } else { 0.5 };
+        }
+    };
+    g.bench_function("backward, step after step", |b| {
+        b.iter(|| {
+            for t in (0..T).rev() {
+                for s in 0..M {
+                    let buf = tile.out_buffer(t, s);
+                    let (n_spikes, ids) = (buf.n_spikes, buf.ids.len());
+                    for (k, d) in tile.dlds_mut(s)[..ids].iter_mut().enumerate() {
+                        *d = 0.01
+                            * (1 + (t + s + k) % 3) as f32
+                            * if n_spikes > k { 1.0 } else { 0.5 };
+                    }
+                    let v = &mut vecs[((T - 1 - t) * M + s) * 32..][..32];
+                    let step = StepInput::EMPTY;
+                    tile.backward_external_deferred(t, s, step, false, None, None, v).unwrap();
+                }
+            }
+        })
+    });
+    each_level(|level| {
+        g.bench_function(format!("backward run ({level:?})"), |b| {
+            b.iter(|| tile.backward_deferred_run(0..T, M, dlds, &mut vecs, M * 32).unwrap())
+        });
+    });
+    g.finish();
+}
+
+criterion_group!(benches, kernels, rows_at_w_scale, deferred_gradients, partial_dots, tile_runs);
 criterion_main!(benches);
