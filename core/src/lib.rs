@@ -15,9 +15,11 @@
 //! - [`budget`]: the 624 KiB budget and the exact footprint of a tile configuration (SPEC §3);
 //! - [`rows`]: the row kernels of the forward and backward steps;
 //! - [`simd`]: run-time detection of the vector instructions the row kernels may use (with the
-//!   AVX2 dispatch in [`rows`] and Adam's SSE loop in [`optim`], the only `unsafe` code of the
-//!   crate, each use with its safety argument);
-//! - [`tile`]: a tile's memory and its superstep programs: forward, commit, backward, update;
+//!   AVX2 and AVX-512F dispatch in [`rows`] and in the tile's runs, the runs' AVX-512F loops and
+//!   Adam's SSE loop in [`optim`], the only `unsafe` code of the crate, each use with its safety
+//!   argument);
+//! - [`tile`]: a tile's memory and its superstep programs: forward, commit, backward, update (and
+//!   runs of many steps in one call);
 //! - [`loss`]: the readout losses on output spike counts and their gradients (SPEC §1.3);
 //! - [`optim`]: SGD and Adam on tile-local slices (Adam four lanes at a time on x86-64).
 //!
