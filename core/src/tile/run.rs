@@ -151,6 +151,8 @@ impl Tile<'_> {
             Some(sh) => sh.w,
             None => own,
         };
+        // One bounds check per row (a whole row of N floats each).
+        let (rows, _) = w.as_chunks::<N>();
         let cfg = self.cfg;
         let (batch, cap, kt) = (cfg.batch, cfg.in_capacity, cfg.own_capacity());
         let (alpha, theta) = (self.params.lif.alpha, self.params.lif.theta);
@@ -171,8 +173,7 @@ impl Tile<'_> {
                 }
                 let mut acc: [__m512; R] = [_mm512_setzero_ps(); R];
                 for &j in view.spikes() {
-                    let start = j as usize * N;
-                    let row = &w[start..start + N];
+                    let row = &rows[j as usize];
                     for (r, acc) in acc.iter_mut().enumerate() {
                         // SAFETY: the row holds N = 16 R floats.
                         *acc = _mm512_add_ps(*acc, unsafe {
