@@ -25,12 +25,35 @@ const PREFETCH_STEPS: usize = 1;
 
 impl Tile<'_> {
     /// [`Tile::forward_external`] of every step `t` in `steps` (in order) and every sample
-    /// `b < samples` (in order, at each step), integrating `input(t, b)` (`S_{l-1}[t-1]`); writes the
-    /// spikes and near-threshold neurons each step found over all samples (before any capacity
-    /// cut) into `found[t - steps.start]`. A recurrent tile, `steps` or `samples` beyond the
-    /// tile's, `found` shorter than `steps` or shared weights of other shapes: `BadInput` before
-    /// anything runs. A buffer longer than the tile's input capacity: `BadInput` at its step
-    /// (the steps before it have run).
+    /// `b < samples` (in order, at each step), integrating `input(t, b)` (`S_{l-1}[t-1]`);
+    /// writes the spikes and near-threshold neurons each step found over all samples (before
+    /// any capacity cut) into `found[t - steps.start]`. A recurrent tile, `steps` or `samples`
+    /// beyond the tile's, `found` shorter than `steps` or shared weights of other shapes:
+    /// `BadInput` before anything runs. A buffer longer than the tile's input capacity:
+    /// `BadInput` at its step (the steps before it have run).
+    ///
+    /// ```
+    /// use spiketile_core::{NeuronParams, OptimizerKind, SpikeView, Tile, TileConfig};
+    /// let cfg = TileConfig {
+    ///     neurons: 2, first_neuron: 0, layer_width: 2, inputs: 3, recurrent: false,
+    ///     batch: 2, time_steps: 3, in_capacity: 3, layer_capacity: 2,
+    ///     optimizer: OptimizerKind::Sgd,
+    /// };
+    /// let mut arena = vec![0u32; cfg.footprint().unwrap().arena() / 4];
+    /// let mut tile = Tile::new(cfg, NeuronParams::default(), bytemuck::cast_slice_mut(&mut arena)).unwrap();
+    /// tile.weights_mut().fill(30.0);
+    /// // Sample 0 sees inputs 0 and 2 before steps 1 and 2, sample 1 nothing.
+    /// let ids = [0u16, 2];
+    /// let input = |t: usize, b: usize| match (t, b) {
+    ///     (1.., 0) => SpikeView::new(&ids, 2).unwrap(),
+    ///     _ => SpikeView::EMPTY,
+    /// };
+    /// let mut found = [[0u32; 2]; 3];
+    /// tile.forward_external_run(0..3, 2, input, None, &mut found).unwrap();
+    /// assert_eq!(tile.out_buffer(1, 0).spikes(), &[0, 1]); // u = 0.05 * 60 = 3 >= 1
+    /// assert_eq!(tile.out_buffer(1, 1).spikes(), &[]);
+    /// assert_eq!(found[1], [2, 0]); // two spikes at step 1, over both samples
+    /// ```
     ///
     /// # Panics
     /// If an id of an input buffer is out of the tile's range (see [`StepInput::check`]).

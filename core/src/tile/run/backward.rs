@@ -24,6 +24,27 @@ impl Tile<'_> {
     ///
     /// `BadInput` before anything runs if the tile is recurrent, `steps` or `samples` lie beyond
     /// the tile's, `stride` is less than `samples * n` or `vecs` is too short.
+    ///
+    /// ```
+    /// use spiketile_core::{NeuronParams, OptimizerKind, SpikeView, Tile, TileConfig};
+    /// let cfg = TileConfig {
+    ///     neurons: 2, first_neuron: 0, layer_width: 2, inputs: 3, recurrent: false,
+    ///     batch: 1, time_steps: 2, in_capacity: 3, layer_capacity: 2,
+    ///     optimizer: OptimizerKind::Sgd,
+    /// };
+    /// let mut arena = vec![0u32; cfg.footprint().unwrap().arena() / 4];
+    /// let mut tile = Tile::new(cfg, NeuronParams::default(), bytemuck::cast_slice_mut(&mut arena)).unwrap();
+    /// tile.weights_mut().fill(30.0);
+    /// let ids = [0u16, 2];
+    /// let input = |t: usize, _| if t == 1 { SpikeView::new(&ids, 2).unwrap() } else { SpikeView::EMPTY };
+    /// tile.forward_external_run(0..2, 1, input, None, &mut [[0; 2]; 2]).unwrap();
+    /// // dL/dS = 1 for every entry of the tile's buffers; dL/dc of step t at (1 - t) * 2.
+    /// let dlds = |_t: usize, _b: usize, _buf: SpikeView<'_>, dst: &mut [f32]| dst.fill(1.0);
+    /// let mut vecs = [0.0f32; 4];
+    /// tile.backward_deferred_run(0..2, 1, dlds, &mut vecs, 2).unwrap();
+    /// assert!(vecs[..2].iter().all(|&c| c > 0.0)); // step 1: both neurons spiked
+    /// assert!(tile.grads().0.iter().all(|&g| g == 0.0)); // the driver adds the vectors
+    /// ```
     pub fn backward_deferred_run<F>(
         &mut self,
         steps: Range<usize>,
