@@ -38,8 +38,27 @@ pub enum Level {
 /// level it was given.
 static LEVEL: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(0);
 
+/// The CPU's widest level once [`widest`] has asked: 0 until then.
+static WIDEST: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(0);
+
+/// The widest level this CPU runs, asked once ([`detected`]) and kept: a virtual machine may
+/// trap every CPUID (40-54 us per [`limit`] on session 19's VM when it asked each time).
+fn widest() -> Level {
+    use core::sync::atomic::Ordering;
+    match WIDEST.load(Ordering::Relaxed) {
+        1 => Level::Baseline,
+        2 => Level::Avx2,
+        3 => Level::Avx512,
+        _ => {
+            let found = detected();
+            WIDEST.store(found as u8, Ordering::Relaxed);
+            found
+        }
+    }
+}
+
 /// The widest level this CPU (and its operating system) runs (CPUID and XCR0 on x86-64,
-/// [`Level::Baseline`] elsewhere); asked on every call, so [`level`] keeps the answer.
+/// [`Level::Baseline`] elsewhere); asked on every call, so [`widest`] keeps the answer.
 fn detected() -> Level {
     #[cfg(target_arch = "x86_64")]
     {
@@ -66,7 +85,7 @@ pub fn level() -> Level {
         2 => Level::Avx2,
         3 => Level::Avx512,
         _ => {
-            let found = detected();
+            let found = widest();
             LEVEL.store(found as u8, Ordering::Relaxed);
             found
         }
@@ -84,7 +103,7 @@ pub fn level() -> Level {
 /// assert_eq!(limit(Level::Baseline), Level::Baseline);
 /// ```
 pub fn limit(max: Level) -> Level {
-    let used = detected().min(max);
+    let used = widest().min(max);
     LEVEL.store(used as u8, core::sync::atomic::Ordering::Relaxed);
     used
 }
@@ -451,6 +470,7 @@ mod tests {
         let found = detected();
         assert_eq!(found >= Level::Avx2, std::is_x86_feature_detected!("avx2"));
         assert_eq!(found >= Level::Avx512, std::is_x86_feature_detected!("avx512f"));
+        assert_eq!(widest(), found, "the kept answer is the CPU's");
         assert_eq!(level(), found);
         assert_eq!((avx2(), avx512()), (found >= Level::Avx2, found >= Level::Avx512));
     }
