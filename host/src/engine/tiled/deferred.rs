@@ -252,27 +252,13 @@ impl TiledEngine {
         let runs_whole = l == 0 && !lr.plan.recurrent;
         let runs = d.runs.iter().enumerate();
         for (ri, run) in runs.filter(|(_, run)| run.start >= steps.start && run.end <= steps.end) {
+            let unit = (l, p, reps.clone());
             if runs_whole {
-                self.deferred_group_run(
-                    input,
-                    d,
-                    (l, p, reps.clone()),
-                    run.clone(),
-                    &mut tile0,
-                    vecs,
-                )?;
+                self.deferred_group_run(input, d, unit, run.clone(), &mut tile0, vecs)?;
             } else {
                 for t in run.clone().rev() {
-                    let unit = (l, p, reps.clone());
-                    self.deferred_group_step(
-                        input,
-                        d,
-                        unit,
-                        (t, run.end),
-                        &mut tile0,
-                        shared,
-                        vecs,
-                    )?;
+                    let (unit, at) = (unit.clone(), (t, run.end));
+                    self.deferred_group_step(input, d, unit, at, &mut tile0, shared, vecs)?;
                 }
             }
             let (starts, uses) = d.list(g, ri);
