@@ -44,14 +44,20 @@ static WIDEST: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(
 /// The widest level this CPU runs, asked once ([`detected`]) and kept: a virtual machine may
 /// trap every CPUID (40-54 us per [`limit`] on session 19's VM when it asked each time).
 fn widest() -> Level {
+    kept(&WIDEST, detected)
+}
+
+/// The level `cell` keeps, or `ask()`'s answer, kept there from now on if `cell` held none.
+#[inline]
+fn kept(cell: &core::sync::atomic::AtomicU8, ask: fn() -> Level) -> Level {
     use core::sync::atomic::Ordering;
-    match WIDEST.load(Ordering::Relaxed) {
+    match cell.load(Ordering::Relaxed) {
         1 => Level::Baseline,
         2 => Level::Avx2,
         3 => Level::Avx512,
         _ => {
-            let found = detected();
-            WIDEST.store(found as u8, Ordering::Relaxed);
+            let found = ask();
+            cell.store(found as u8, Ordering::Relaxed);
             found
         }
     }
@@ -79,17 +85,7 @@ fn detected() -> Level {
 /// The level the kernels use now: the CPU's widest, unless [`limit`] lowered it.
 #[inline]
 pub fn level() -> Level {
-    use core::sync::atomic::Ordering;
-    match LEVEL.load(Ordering::Relaxed) {
-        1 => Level::Baseline,
-        2 => Level::Avx2,
-        3 => Level::Avx512,
-        _ => {
-            let found = widest();
-            LEVEL.store(found as u8, Ordering::Relaxed);
-            found
-        }
-    }
+    kept(&LEVEL, widest)
 }
 
 /// Keeps the kernels at `max` or narrower from now on (the CPU's widest level if that is
