@@ -154,18 +154,7 @@ impl<'a> Tile<'a> {
             }
             build_into(u, theta, self.params.window, &mut slot[2..])
         };
-        slot[0] = r.n_spikes as u16;
-        slot[1] = r.n_grad as u16;
-        let uh = &mut self.u_hist[step * kt..][..kt];
-        if r.n_spikes == 0 && r.n_grad == n {
-            // The gradient set is the whole tile in order (ids ascending, none spiking): a
-            // readout's usual step.
-            uh[..n].copy_from_slice(u);
-        } else {
-            for (dst, &i) in uh.iter_mut().zip(&slot[2..2 + r.n_grad]) {
-                *dst = u[i as usize];
-            }
-        }
+        keep_gradient_set(slot, &mut self.u_hist[step * kt..][..kt], u, &r);
         self.stats.spikes_raw += r.raw_spikes as u64;
         self.stats.near_raw += r.raw_near as u64;
         r
@@ -227,5 +216,24 @@ impl<'a> Tile<'a> {
         let v = self.out_buffer(t, b);
         let (ns, nn) = (v.n_spikes, v.near().len());
         self.commit(t, b, ns, nn)
+    }
+}
+
+/// Writes the counts of a candidate buffer `r` into its `slot`'s header (the ids are in place)
+/// and the membranes `u` of its gradient set into `uh`, in the set's order: what the backward
+/// step reads of a forward step.
+#[inline(always)]
+pub(super) fn keep_gradient_set(slot: &mut [u16], uh: &mut [f32], u: &[f32], r: &BuildResult) {
+    slot[0] = r.n_spikes as u16;
+    slot[1] = r.n_grad as u16;
+    let n = u.len();
+    if r.n_spikes == 0 && r.n_grad == n {
+        // The gradient set is the whole tile in order (ids ascending, none spiking): a
+        // readout's usual step.
+        uh[..n].copy_from_slice(u);
+    } else {
+        for (dst, &i) in uh.iter_mut().zip(&slot[2..2 + r.n_grad]) {
+            *dst = u[i as usize];
+        }
     }
 }

@@ -162,6 +162,7 @@ impl Tile<'_> {
     where
         F: FnMut(usize, usize) -> SpikeView<'s>,
     {
+        use super::forward::keep_gradient_set;
         use super::slot_view;
         use crate::spikes::build_from_masks;
         use core::arch::x86_64::{
@@ -231,16 +232,7 @@ impl Tile<'_> {
                 }
                 let slot = &mut self.out_hist[step * (kt + 2)..][..kt + 2];
                 let r = build_from_masks(spikes, at_least_lower, &mut slot[2..]);
-                slot[0] = r.n_spikes as u16;
-                slot[1] = r.n_grad as u16;
-                let uh = &mut self.u_hist[step * kt..][..kt];
-                if r.n_spikes == 0 && r.n_grad == N {
-                    uh[..N].copy_from_slice(u);
-                } else {
-                    for (dst, &i) in uh.iter_mut().zip(&slot[2..2 + r.n_grad]) {
-                        *dst = u[i as usize];
-                    }
-                }
+                keep_gradient_set(slot, &mut self.u_hist[step * kt..][..kt], u, &r);
                 step_spikes += r.raw_spikes as u32;
                 step_near += r.raw_near as u32;
             }
