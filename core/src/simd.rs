@@ -30,7 +30,7 @@ pub enum Level {
     Baseline = 1,
     /// AVX2 (x86-64).
     Avx2 = 2,
-    /// AVX-512F (x86-64).
+    /// AVX-512F (x86-64), with POPCNT.
     Avx512 = 3,
 }
 
@@ -365,11 +365,14 @@ mod x86 {
         unsafe { __cpuid_count(7, 0) }.ebx & (1 << 5) != 0
     }
 
-    /// CPUID says AVX-512F (and AVX2), and XCR0 says the OS saves the XMM, YMM, opmask and ZMM
+    /// CPUID says AVX-512F (and AVX2, and POPCNT, which every AVX-512 CPU has and the lean
+    /// loops count masks with), and XCR0 says the OS saves the XMM, YMM, opmask and ZMM
     /// registers.
     #[allow(unused_unsafe)]
     pub(super) fn detect_avx512() -> bool {
-        if !detect_avx2() {
+        // SAFETY: CPUID exists on every x86-64 CPU.
+        let popcnt = unsafe { __cpuid(1) }.ecx & (1 << 23) != 0;
+        if !popcnt || !detect_avx2() {
             return false;
         }
         // SAFETY: detect_avx2 found OSXSAVE set, so XGETBV is enabled.

@@ -23,6 +23,12 @@ mod backward;
 /// steps ahead: no better.
 const PREFETCH_STEPS: usize = 1;
 
+/// Samples whose spikes of the step before a lean forward run ([`Tile::run_lanes`]) keeps as
+/// masks (the others read them from the history, a loop over the ids). Two in tests, so that
+/// their micro-batches of three take both ways.
+#[cfg(target_arch = "x86_64")]
+const MASKED_SAMPLES: usize = if cfg!(test) { 2 } else { 64 };
+
 impl Tile<'_> {
     /// [`Tile::forward_external`] of every step `t` in `steps` (in order) and every sample
     /// `b < samples` (in order, at each step), integrating `input(t, b)` (`S_{l-1}[t-1]`);
@@ -81,7 +87,7 @@ impl Tile<'_> {
         #[allow(unsafe_code)]
         {
             if crate::simd::avx512() {
-                // SAFETY: the CPU runs AVX-512F code (checked at run time).
+                // SAFETY: the CPU runs AVX-512F and POPCNT code (checked at run time).
                 return unsafe {
                     match self.cfg.neurons {
                         16 => self.run_lanes::<16, 1, F>(steps, samples, input, shared, found),
@@ -144,12 +150,16 @@ impl Tile<'_> {
     /// [`Self::run_body`] for a tile of `N = 16 R` neurons in AVX-512F, its sums and membranes
     /// in `R` registers of 16 lanes: the same multiplications, additions and compares lane by
     /// lane as [`crate::simd::integrate_chunks_avx512`] and the row sums, so the same results;
-    /// a neuron that spiked at the step before is reset by a masked load of the membranes.
+    /// a neuron that spiked at the step before is reset by a masked load of the membranes (the
+    /// run keeps each sample's spikes as a mask from step to step), and the candidate buffer and
+    /// its membranes are written from the masks without a branch on their counts
+    /// ([`set_from_masks`]).
     ///
     /// # Safety
-    /// The CPU must run AVX-512F code; `N` is the tile's neuron count and `16 R`.
+    /// The CPU must run AVX-512F and POPCNT code ([`crate::simd::avx512`] checks both); `N` is
+    /// the tile's neuron count and `16 R`.
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
+    #[target_feature(enable = "avx512f,popcnt")]
     #[allow(unsafe_code)]
     unsafe fn run_lanes<'s, const N: usize, const R: usize, F>(
         &mut self,
@@ -186,6 +196,9 @@ impl Tile<'_> {
         let lo = _mm512_set1_ps(theta - self.params.window);
         let (mut spikes_raw, mut near_raw) = (0u64, 0u64);
         let mut result = Ok(());
+        // The spikes each sample kept at the step before, as a mask (samples beyond its length
+        // read them from the history).
+        let (first, mut last) = (steps.start, [0u64; MASKED_SAMPLES]);
         'steps: for (t, found) in steps.zip(found) {
             self.prefetch_forward(t + PREFETCH_STEPS);
             let (mut step_spikes, mut step_near) = (0u32, 0u32);
@@ -208,16 +221,20 @@ impl Tile<'_> {
                 let cur: &mut [f32; N] = (&mut self.cur[..N]).try_into().expect("N neurons");
                 let step = t * batch + b;
                 // Bit i set: neuron i keeps its membrane (not reset by a spike of the step
-                // before; everything resets at step 0).
+                // before; everything resets at step 0). The spikes of the step before are this
+                // run's own (in `last`) from its second step on.
                 let keep = if t == 0 {
                     0
+                } else if t > first && b < last.len() {
+                    !last[b]
                 } else {
                     let prev = slot_view(&self.out_hist[(step - batch) * (kt + 2)..]);
-                    prev.spikes().iter().fold(!0u64, |m, &i| m & !(1u64 << (i & 63)))
+                    !spike_mask(prev)
                 };
                 let u: &mut [f32; N] = (&mut self.u[b * N..(b + 1) * N]).try_into().expect("N");
                 let (mut spikes, mut at_least_lower) = (0u64, 0u64);
-                for (r, &x) in acc.iter().enumerate() {
+                let mut vs: [__m512; R] = [_mm512_setzero_ps(); R];
+                for (r, (&x, vr)) in acc.iter().zip(&mut vs).enumerate() {
                     // SAFETY: lanes 16 r .. 16 r + 16 of `cur` and `u` exist (N = 16 R).
                     unsafe {
                         _mm512_storeu_ps(cur.as_mut_ptr().add(16 * r), x);
@@ -225,14 +242,28 @@ impl Tile<'_> {
                         let ur = _mm512_maskz_loadu_ps(kept, u.as_ptr().add(16 * r));
                         let v = _mm512_add_ps(_mm512_mul_ps(a, ur), _mm512_mul_ps(om, x));
                         _mm512_storeu_ps(u.as_mut_ptr().add(16 * r), v);
+                        *vr = v;
                         spikes |= u64::from(_mm512_cmp_ps_mask::<_CMP_GE_OQ>(v, th)) << (16 * r);
                         at_least_lower |=
                             u64::from(_mm512_cmp_ps_mask::<_CMP_GE_OQ>(v, lo)) << (16 * r);
                     }
                 }
                 let slot = &mut self.out_hist[step * (kt + 2)..][..kt + 2];
-                let r = build_from_masks(spikes, at_least_lower, &mut slot[2..]);
-                keep_gradient_set(slot, &mut self.u_hist[step * kt..][..kt], u, &r);
+                let uh = &mut self.u_hist[step * kt..][..kt];
+                // SAFETY: the CPU runs AVX-512F and POPCNT code (this function's contract).
+                let (r, kept) =
+                    match unsafe { set_from_masks(spikes, at_least_lower, &vs, slot, uh) } {
+                        Some(r) => (r, spikes),
+                        None => {
+                            // Over the tile's capacity: the general build cuts the set.
+                            let r = build_from_masks(spikes, at_least_lower, &mut slot[2..]);
+                            keep_gradient_set(slot, uh, u, &r);
+                            (r, spike_mask(slot_view(slot)))
+                        }
+                    };
+                if let Some(m) = last.get_mut(b) {
+                    *m = kept;
+                }
                 step_spikes += r.raw_spikes as u32;
                 step_near += r.raw_near as u32;
             }
@@ -277,6 +308,73 @@ impl Tile<'_> {
         }
         Ok(())
     }
+}
+
+/// The spikes of `view` (local ids below 64) as a mask.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn spike_mask(view: SpikeView<'_>) -> u64 {
+    view.spikes().iter().fold(0u64, |m, &i| m | (1u64 << (i & 63)))
+}
+
+/// The candidate buffer of a lean step ([`Tile::run_lanes`]) from its masks: the ids of the
+/// spikes, then of the near-threshold neurons (each lowest first), into `slot[2..]` with their
+/// counts in its header, and the membranes `vs` (16 lanes per register) of that gradient set, in
+/// its order, into `uh`: what [`build_from_masks`](crate::spikes::build_from_masks) and
+/// [`keep_gradient_set`](super::forward::keep_gradient_set) write, without a branch on how many
+/// there are (each 16-lane block's ids and membranes compressed, stored under a mask of their
+/// count). `None`, having written nothing, if the set does not fit the slot (the general build
+/// then cuts it).
+///
+/// # Safety
+/// The CPU must run AVX-512F and POPCNT code.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,popcnt")]
+#[allow(unsafe_code)]
+#[inline]
+unsafe fn set_from_masks<const R: usize>(
+    spikes: u64,
+    at_least_lower: u64,
+    vs: &[core::arch::x86_64::__m512; R],
+    slot: &mut [u16],
+    uh: &mut [f32],
+) -> Option<crate::spikes::BuildResult> {
+    use core::arch::x86_64::{
+        _mm512_add_epi32, _mm512_mask_cvtepi32_storeu_epi16, _mm512_mask_storeu_ps,
+        _mm512_maskz_compress_epi32, _mm512_maskz_compress_ps, _mm512_set1_epi32,
+        _mm512_setr_epi32,
+    };
+    let near = at_least_lower & !spikes;
+    let (ns, nn) = (spikes.count_ones() as usize, near.count_ones() as usize);
+    let kt = slot.len().checked_sub(2)?;
+    if ns + nn > kt || uh.len() < kt || R > 4 {
+        return None;
+    }
+    let (ids, uh) = (slot[2..].as_mut_ptr(), uh.as_mut_ptr());
+    let iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    let mut at = 0;
+    for mask in [spikes, near] {
+        for (r, &v) in vs.iter().enumerate() {
+            let k = (mask >> (16 * r)) as u16;
+            let n = k.count_ones() as usize;
+            let stored = ((1u32 << n) - 1) as u16;
+            let lanes = _mm512_add_epi32(iota, _mm512_set1_epi32(16 * r as i32));
+            // SAFETY: `at + n <= ns + nn <= kt`: the `n` lanes stored lie within the slot's ids
+            // and within `uh`; the lanes masked off are not accessed.
+            unsafe {
+                _mm512_mask_cvtepi32_storeu_epi16(
+                    ids.add(at).cast(),
+                    stored,
+                    _mm512_maskz_compress_epi32(k, lanes),
+                );
+                _mm512_mask_storeu_ps(uh.add(at), stored, _mm512_maskz_compress_ps(k, v));
+            }
+            at += n;
+        }
+    }
+    slot[0] = ns as u16;
+    slot[1] = (ns + nn) as u16;
+    Some(crate::spikes::BuildResult { n_spikes: ns, n_grad: ns + nn, raw_spikes: ns, raw_near: nn })
 }
 
 #[cfg(test)]
