@@ -473,6 +473,53 @@ fn bench_warns_when_the_hidden_layer_is_silent() {
 }
 
 #[test]
+fn bench_finds_the_gain_for_a_hidden_activity() {
+    let small =
+        ["bench", "--hidden", "32", "--time-steps", "20", "--batch-size", "8", "--steps", "1"];
+    // The hidden layer's activity at the gain found, on the search's batch: within 2 % of 5 %.
+    let reached = |out: &str| -> f64 {
+        let at = out.find("--hidden-activity 0.05: hidden1 ").expect(out) + 32;
+        out[at..].split_whitespace().next().unwrap().parse().unwrap()
+    };
+    spiketile()
+        .args(small)
+        .args(["--activity", "0.02", "--hidden-activity", "0.05"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("init gain for hidden1 at 0.05"))
+        .stdout(predicate::function(|out: &str| (reached(out) - 5.0).abs() <= 0.1));
+    // A sweep searches at every point: sparser input needs a larger gain.
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("a.csv");
+    spiketile()
+        .args(small)
+        .args(["--hidden-activity", "0.05", "--sweep", "activity", "--out"])
+        .arg(&csv)
+        .assert()
+        .success();
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let header: Vec<&str> = text.lines().next().unwrap().split(',').collect();
+    let col = header.iter().position(|h| *h == "init_gain").expect("an init_gain column");
+    let gains: Vec<f64> =
+        text.lines().skip(1).map(|l| l.split(',').nth(col).unwrap().parse().unwrap()).collect();
+    assert_eq!(gains.len(), 5, "{text}");
+    assert!(gains.windows(2).all(|w| w[0] > w[1]), "gains should fall with input activity: {text}");
+    // Targets it cannot reach, and a gain given twice, are refused with the flag named.
+    let refused = |extra: &[&str], says: &str| {
+        spiketile()
+            .args(small)
+            .args(extra)
+            .assert()
+            .failure()
+            .stderr(predicate::str::contains(says.to_string()));
+    };
+    refused(&["--activity", "0", "--hidden-activity", "0.05"], "even at initial-weight gain");
+    refused(&["--hidden-activity", "0.5"], "--hidden-activity 0.5 is above --max-activity 0.1");
+    refused(&["--hidden-activity", "0"], "--hidden-activity must be a fraction above 0");
+    refused(&["--hidden-activity", "0.05", "--init-gain", "40"], "cannot be used with");
+}
+
+#[test]
 fn bad_flags_are_refused_with_the_flag_named() {
     spiketile()
         .args(["train", "--max-activity", "0"])

@@ -1,6 +1,7 @@
 //! `spiketile bench`: training throughput on random input of a given activity.
 
 use super::args::{ModelArgs, ShapeArgs};
+use super::gain::{calibrate, Calibration};
 use super::train::make_engine;
 use crate::atomic::{check_writable, write_atomic};
 use crate::config::ModelConfig;
@@ -38,6 +39,12 @@ pub struct BenchArgs {
     /// Fraction of input channels spiking per step.
     #[arg(long, default_value_t = 0.05, value_parser = parse_fraction, allow_negative_numbers = true)]
     pub activity: f64,
+    /// Choose the initial-weight gain (instead of --init-gain) at which the first hidden layer
+    /// fires this fraction of its neuron-steps on the random input, searched for before each
+    /// measurement by running a batch forward at the initial weights of the gains it tries:
+    /// each point of a sweep is then a network that fires alike.
+    #[arg(long, value_parser = parse_fraction, allow_negative_numbers = true, conflicts_with = "init_gain")]
+    pub hidden_activity: Option<f64>,
     /// Timed training steps (batches), at least 1.
     #[arg(long, default_value_t = 5, value_parser = super::args::at_least_one)]
     pub steps: usize,
@@ -109,6 +116,10 @@ pub struct BenchResult {
     pub peak_rss: Option<u64>,
     /// Timed steps (batches) and the seconds they took.
     pub timed: (usize, f64),
+    /// The initial-weight gain the steps started from.
+    pub init_gain: f32,
+    /// How `--hidden-activity` found it, if it did.
+    pub calibration: Option<Calibration>,
 }
 
 /// Peak resident set size of this process (Linux `VmHWM`).
@@ -170,6 +181,23 @@ pub fn measure(
     // The engine holds the weights now: the peak RSS is the engine's, not a second copy.
     let weights = params.count();
     drop(params);
+    // The gain is searched for on a batch of its own, so the timed steps see the same input
+    // with and without the search.
+    let calibration = match args.hidden_activity {
+        Some(target) => {
+            let mut rng = ChaCha8Rng::seed_from_u64(args.seed ^ 0xCA1B);
+            let samples = random_batch(cfg, activity, &mut rng);
+            let refs: Vec<&BinnedSample> = samples.iter().collect();
+            let batch = InputBatch::new(&refs, cfg.time_steps, cfg.capacity(cfg.inputs));
+            Some(calibrate(engine.as_mut(), cfg, args.seed, &batch, target)?)
+        }
+        None => None,
+    };
+    let cfg =
+        &ModelConfig { init_gain: calibration.map_or(cfg.init_gain, |c| c.gain), ..cfg.clone() };
+    if calibration.is_some() {
+        engine.set_state(&Params::init(cfg, args.seed), Some(&OptimState::fresh()))?;
+    }
     let mut rng = ChaCha8Rng::seed_from_u64(args.seed ^ 0xBE4C);
     // Each batch is drawn just before its step (outside the timed part), so the peak RSS is the
     // engine's and not that of every batch at once.
@@ -224,6 +252,8 @@ pub fn measure(
         weights,
         peak_rss: peak_rss(),
         timed: (steps, seconds),
+        init_gain: cfg.init_gain,
+        calibration,
     })
 }
 
@@ -281,8 +311,18 @@ fn describe(r: &BenchResult) -> String {
     } else {
         String::new()
     };
+    let gain = match r.calibration {
+        Some(c) => format!(
+            "{:.4} (--hidden-activity {}: hidden1 {:.2} % at the initial weights, {} passes)",
+            c.gain,
+            c.target,
+            100.0 * c.activity,
+            c.passes
+        ),
+        None => format!("{}", r.init_gain),
+    };
     format!(
-        "{} samples/s{spread}  activity: {}  tiles {}  tile memory {}{}  peak RSS {}  {} steps in {:.2} s",
+        "{} samples/s{spread}  activity: {}  init gain {gain}  tiles {}  tile memory {}{}  peak RSS {}  {} steps in {:.2} s",
         rate(r.samples_per_s),
         act.join(", "),
         r.tiles,
@@ -317,10 +357,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
         check_writable(path)?;
     }
     let base = args.model.config(args.shape.inputs, args.shape.classes)?;
+    if let Some(target) = args.hidden_activity {
+        super::gain::check_target(&base, target)?;
+    }
     let threads = args.model.threads();
     let Some(sweep) = args.sweep else {
         eprintln!(
-            "bench: {}-{}-{}, T {}, batch {}, {}, input activity {}, {} threads, kernels {:?}, {} timed steps{}",
+            "bench: {}-{}-{}, T {}, batch {}, {}, input activity {}, {}, {} threads, kernels {:?}, {} timed steps{}",
             base.inputs,
             base.hidden.iter().map(|h| h.to_string()).collect::<Vec<_>>().join("-"),
             base.classes,
@@ -328,6 +371,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
             base.batch_size,
             base.optimizer,
             args.activity,
+            match args.hidden_activity {
+                Some(t) => format!("init gain for hidden1 at {t}"),
+                None => format!("init gain {}", base.init_gain),
+            },
             threads,
             spiketile_core::simd::level(),
             args.steps,
@@ -368,7 +415,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
     };
     let mut csv = String::from(
-        "sweep,value,hidden,input_activity,threads,samples_per_s,weights,weight_updates_per_s,hidden_activity,output_activity,overflow,tiles,tile_bytes,peak_rss_bytes,repeats,samples_per_s_min,samples_per_s_max,tile_bytes_written,engine_buffer_bytes\n",
+        "sweep,value,hidden,input_activity,threads,samples_per_s,weights,weight_updates_per_s,hidden_activity,output_activity,overflow,tiles,tile_bytes,peak_rss_bytes,repeats,samples_per_s_min,samples_per_s_max,tile_bytes_written,engine_buffer_bytes,init_gain\n",
     );
     // Round after round over all points, so that drift of the machine's speed hits each alike.
     let mut runs: Vec<Vec<BenchResult>> = vec![Vec::new(); points.len()];
@@ -394,7 +441,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let overflow: u64 = r.layers.iter().map(|s| s.overflow).sum();
         writeln!(
             csv,
-            "{:?},{value},{},{a},{t},{:.1},{},{:.4e},{:.5},{:.5},{overflow},{},{},{},{},{:.1},{:.1},{},{}",
+            "{:?},{value},{},{a},{t},{:.1},{},{:.4e},{:.5},{:.5},{overflow},{},{},{},{},{:.1},{:.1},{},{},{}",
             sweep,
             cfg.hidden.iter().map(|h| h.to_string()).collect::<Vec<_>>().join("-"),
             r.samples_per_s,
@@ -410,6 +457,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             r.spread.1,
             r.memory.map_or(String::new(), |m| m.tile_written.to_string()),
             r.memory.map_or(String::new(), |m| m.buffers.to_string()),
+            r.init_gain,
         )?;
     }
     match &args.out {
@@ -459,6 +507,8 @@ mod tests {
             weights: 5,
             peak_rss: Some(rss),
             timed: (2, 0.5),
+            init_gain: 32.0,
+            calibration: None,
         }
     }
 

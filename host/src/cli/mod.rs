@@ -10,6 +10,7 @@ pub mod bench;
 pub mod data;
 pub mod dataset;
 pub mod eval;
+pub mod gain;
 pub mod plan;
 pub mod plot;
 pub mod trace;
