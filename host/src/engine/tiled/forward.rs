@@ -262,9 +262,10 @@ impl TiledEngine {
                 for (bl, start) in starts.chunks_exact_mut(2).enumerate() {
                     let k = dt * m + bl;
                     let (view, rest) = out.get_with_rest(t, bl);
-                    if view.ids.is_empty() {
+                    if !padded && view.ids.is_empty() {
                         // Nothing offered (most tile-samples of a quiet layer): what the
-                        // appends below would leave.
+                        // appends below would leave. The padded appends take an empty buffer
+                        // as they take any other, without a branch on whether it is empty.
                         start[0] = n_spikes[k] as u16;
                         start[1] = near_raw[k] as u16;
                         continue;
