@@ -59,6 +59,22 @@ impl TiledEngine {
         // Safety: this tile's row of `ahead_raw` belongs to this unit alone in this phase.
         let raw = unsafe { lr.ahead_raw.slice_mut(ti * t_steps * 2, t_steps * 2) };
         let found: &mut [[u32; 2]] = bytemuck::cast_slice_mut(raw);
+        self.run_steps(input, (l, r), tile, shared, 0..t_steps, found)
+    }
+
+    /// Tile `tile` of replica `(l, r)` (feed-forward) through `steps`, every sample of the
+    /// replica at each, in one call ([`Tile::forward_external_run`]): what it found at each
+    /// step goes to `found`.
+    fn run_steps(
+        &self,
+        input: &InputBatch,
+        (l, r): (usize, usize),
+        tile: &mut Tile<'_>,
+        shared: Option<SharedWeights<'_>>,
+        steps: Range<usize>,
+        found: &mut [[u32; 2]],
+    ) -> Result<(), TileError> {
+        let lr = &self.layers[l];
         let samples = lr.plan.samples_of(r, input.len);
         let (b0, len) = (samples.start, samples.len());
         if l == 0 {
@@ -68,12 +84,12 @@ impl TiledEngine {
                 0 => SpikeView::EMPTY,
                 _ => input.step(b0 + bl, t - 1),
             };
-            return tile.forward_external_run(0..t_steps, len, step, shared, found);
+            return tile.forward_external_run(steps, len, step, shared, found);
         }
         // Safety: layer buffers of the steps before are not written in this phase.
         let step =
             move |t: usize, bl: usize| unsafe { self.step_input(input, l, b0 + bl, t) }.input;
-        tile.forward_external_run(0..t_steps, len, step, shared, found)
+        tile.forward_external_run(steps, len, step, shared, found)
     }
 
     /// Merges replica `(l, r)`'s tile buffers into the layer buffers, [`MERGE_STEPS`] steps at a
@@ -133,7 +149,14 @@ impl TiledEngine {
                     let mut tile = home.tile()?;
                     // Safety: not the update phase.
                     let shared = unsafe { self.col_weights(l, p) };
-                    self.forward_replica(input, l, r, t, &mut tile, Some(shared))?;
+                    if lr.plan.recurrent {
+                        self.forward_replica(input, l, r, t, &mut tile, Some(shared))?;
+                    } else {
+                        // A run of one step: the same step as `forward_replica`'s, every
+                        // sample in the run's loop (on AVX-512F the lean one).
+                        let found = &mut [[0u32; 2]];
+                        self.run_steps(input, (l, r), &mut tile, Some(shared), t..t + 1, found)?;
+                    }
                     let stats = tile.stats();
                     home.stats.add(&stats);
                 }
