@@ -98,10 +98,12 @@ impl TiledEngine {
     /// If the layer's tiles ran ahead ([`Self::forward_ahead`]), taking their own spikes as kept,
     /// the guess holds unless the layer drops a spike: then the replica's statistics are rolled
     /// back and its tiles run again from step 0, in lockstep with the merge (the membranes of
-    /// the step before the drop are gone). Otherwise (a recurrent layer, or a layer that dropped
-    /// spikes in the last batch) they run in lockstep from the start. Either way the result is
-    /// the same, bit for bit; a dropped spike is recorded in `ctx.dropped` for the next batch's
-    /// choice.
+    /// the step before the drop are gone). Otherwise (a recurrent layer, or a layer of which at
+    /// least [`LOCKSTEP_SHARE`] of the replicas dropped spikes in the last batch) they run in
+    /// lockstep from the start. Either way the result is the same, bit for bit; a replica that
+    /// dropped a spike is counted in `ctx.dropped` for the next batch's choice.
+    ///
+    /// [`LOCKSTEP_SHARE`]: super::run::LOCKSTEP_SHARE
     pub(super) fn merge_ahead(
         &self,
         ctx: &BatchCtx<'_>,
@@ -163,7 +165,7 @@ impl TiledEngine {
                 dropped |= self.forward_exchange(input.len, (l, r, t..t + 1), ctx.padded[l], sc)?;
             }
             if dropped {
-                ctx.dropped[l].store(true, Ordering::Relaxed);
+                ctx.dropped[l].fetch_add(1, Ordering::Relaxed);
             }
         }
         Ok(())

@@ -97,7 +97,8 @@ pub struct TiledEngine {
     /// schedule's cost estimate for the next one (zeros: no measurement yet).
     unit_ns: [Vec<AtomicU64>; 3],
     /// Per layer: whether its tiles run all steps ahead of the merge in the next batch
-    /// (feed-forward layers that dropped no spike in the last batch).
+    /// (feed-forward layers of which fewer than [`run::LOCKSTEP_SHARE`] of the replicas
+    /// dropped a spike in the last batch).
     ahead: Vec<bool>,
     /// Per layer: whether the merge of the next batch appends each tile-sample's ids without a
     /// loop ([`forward::append_block`]): where the last batch's tiles offered it at least
