@@ -556,6 +556,16 @@ mod tests {
     use crate::model::Params;
     use spiketile_core::spikes::append;
 
+    #[test]
+    fn a_layer_goes_lockstep_once_half_its_replicas_drop() {
+        use super::super::run::runs_ahead;
+        assert!(runs_ahead(false, 0, 8));
+        assert!(runs_ahead(false, 3, 8), "a few replicas' drops keep the layer ahead");
+        assert!(!runs_ahead(false, 4, 8));
+        assert!(!runs_ahead(false, 1, 1), "a one-replica layer that dropped");
+        assert!(!runs_ahead(true, 0, 8), "a recurrent layer is always in lockstep");
+    }
+
     /// Trains `cfg`'s model from its initial weights (seed 3) on three random batches of 30 %
     /// activity, with `setup` run on the engine before each batch: the losses, the overflow per
     /// batch and layer, the weights and the optimizer state.

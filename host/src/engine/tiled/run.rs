@@ -46,6 +46,13 @@ impl Scratch {
 /// ahead pays while fewer than half the replicas drop.
 pub(super) const LOCKSTEP_SHARE: f64 = 0.5;
 
+/// Whether a layer's tiles run ahead of the merge in the next batch: a feed-forward layer of
+/// which fewer than [`LOCKSTEP_SHARE`] of the `replicas` dropped a spike (`dropped`) in the
+/// last batch.
+pub(super) fn runs_ahead(recurrent: bool, dropped: usize, replicas: usize) -> bool {
+    !recurrent && (dropped as f64) < LOCKSTEP_SHARE * replicas as f64
+}
+
 /// What every thread runs in one batch.
 pub(super) struct BatchCtx<'a> {
     pub(super) input: &'a InputBatch,
@@ -110,8 +117,8 @@ impl TiledEngine {
         });
         drop(recorders);
         for ((ahead, dropped), lr) in self.ahead.iter_mut().zip(&ctx.dropped).zip(&self.layers) {
-            let dropped = dropped.load(Ordering::Relaxed) as f64;
-            *ahead = !lr.plan.recurrent && dropped < LOCKSTEP_SHARE * lr.plan.replicas as f64;
+            let dropped = dropped.load(Ordering::Relaxed);
+            *ahead = runs_ahead(lr.plan.recurrent, dropped, lr.plan.replicas);
         }
         if trace.is_some() {
             self.trace = trace;
