@@ -321,39 +321,61 @@ impl TiledEngine {
         let lr = &self.layers[l];
         let (p_count, m) = (lr.p(), lr.plan.micro_batch);
         let n = tile0.config().neurons;
+        let one = self.one_source((l, p));
         for r in reps.clone() {
             let samples = lr.plan.samples_of(r, input.len);
             let (b0, last) = (samples.start, samples.end.saturating_sub(1));
-            let dlds = |t: usize, bl: usize, mine: SpikeView<'_>, dst: &mut [f32]| {
-                let b = b0 + bl;
+            let at = (r - reps.start) * m * n;
+            let (vecs, stride) = (&mut vecs[at..], d.slots * n);
+            let mut run_tile = |tile: &mut Tile<'_>| -> Result<(), TileError> {
                 // Where the entries of the step after next lie, as the tile starts a step, and
                 // this sample's entries of the step before, a step of the tile ahead (as
                 // `backward_replica` asks in wide layers). In every layer: the gather waits on
-                // these loads, written by the layer above in another phase, and the run's
-                // short loops leave the CPU little to do meanwhile. The Zen 4 of session 21, W
-                // on one thread, perf, 3 alternating rounds: the gather, the run and this
-                // closure 0.75 / 0.68 / 0.77 -> 0.65 / 0.65 / 0.65 of the forward run's samples
-                // (1.32 / 1.32 / 1.24 -> 0.94 / 0.94 / 0.92 at 1 % input, `--init-gain 110
-                // --max-activity 0.3`), W 10,881 -> 11,476 samples/s (6 rounds); session 19's
-                // Xeon: no change.
-                if bl == 0 && t > 1 {
-                    self.prefetch_dlds_starts((l, p), (b0, t - 2));
-                    self.prefetch_dlds_starts((l, p), (last, t - 2));
+                // these loads, written by the layer above in another phase, and the run's short
+                // loops leave the CPU little to do meanwhile. The Zen 4 of session 21, W on one
+                // thread, perf, 3 alternating rounds: the gather, the run and this closure 0.75 /
+                // 0.68 / 0.77 -> 0.65 / 0.65 / 0.65 of the forward run's samples (1.32 / 1.32 /
+                // 1.24 -> 0.94 / 0.94 / 0.92 at 1 % input, `--init-gain 110 --max-activity 0.3`),
+                // W 10,881 -> 11,476 samples/s (6 rounds); session 19's Xeon: no change.
+                if let Some(one) = one {
+                    let dlds = |t: usize, bl: usize, mine: SpikeView<'_>, dst: &mut [f32]| {
+                        let b = b0 + bl;
+                        if bl == 0 && t > 1 {
+                            one.prefetch_starts(b0, t - 2);
+                            one.prefetch_starts(last, t - 2);
+                        }
+                        if t > 0 {
+                            one.prefetch(b, t - 1);
+                        }
+                        one.gather((b, t), (mine.n_spikes, mine.near().len()), dst);
+                    };
+                    return tile.backward_deferred_run(
+                        run.clone(),
+                        samples.len(),
+                        dlds,
+                        vecs,
+                        stride,
+                    );
                 }
-                if t > 0 {
-                    self.prefetch_dlds((l, r, p), (b, bl, t - 1));
-                }
-                let counts = (mine.n_spikes, mine.near().len());
-                self.gather_dlds((l, r, p), (b, bl, t), counts, dst);
+                let dlds = |t: usize, bl: usize, mine: SpikeView<'_>, dst: &mut [f32]| {
+                    let b = b0 + bl;
+                    if bl == 0 && t > 1 {
+                        self.prefetch_dlds_starts((l, p), (b0, t - 2));
+                        self.prefetch_dlds_starts((l, p), (last, t - 2));
+                    }
+                    if t > 0 {
+                        self.prefetch_dlds((l, r, p), (b, bl, t - 1));
+                    }
+                    let counts = (mine.n_spikes, mine.near().len());
+                    self.gather_dlds((l, r, p), (b, bl, t), counts, dst);
+                };
+                tile.backward_deferred_run(run.clone(), samples.len(), dlds, vecs, stride)
             };
-            let at = (r - reps.start) * m * n;
-            let (vecs, stride) = (&mut vecs[at..], d.slots * n);
             if r == reps.start {
-                tile0.backward_deferred_run(run.clone(), samples.len(), dlds, vecs, stride)?;
+                run_tile(tile0)?;
             } else {
                 // Safety: the tiles of the group belong to the caller's unit.
-                let mut tile = unsafe { self.home(l, r * p_count + p) }.tile()?;
-                tile.backward_deferred_run(run.clone(), samples.len(), dlds, vecs, stride)?;
+                run_tile(&mut unsafe { self.home(l, r * p_count + p) }.tile()?)?;
             }
         }
         Ok(())

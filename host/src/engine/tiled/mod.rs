@@ -55,6 +55,7 @@
 mod arenas;
 mod backward;
 mod deferred;
+mod dlds;
 mod forward;
 mod layer;
 mod run;
