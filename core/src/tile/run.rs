@@ -87,12 +87,24 @@ impl Tile<'_> {
         #[allow(unsafe_code)]
         {
             if crate::simd::avx512() {
+                // A tile of up to 64 neurons in registers of 16 lanes, its last register masked
+                // if they do not fill it (a readout of 20 classes).
+                macro_rules! lanes {
+                    ($n:literal, $r:literal, $full:literal) => {
+                        self.run_lanes::<$n, $r, $full, F>(steps, samples, input, shared, found)
+                    };
+                }
                 // SAFETY: the CPU runs AVX-512F and POPCNT code (checked at run time).
                 return unsafe {
                     match self.cfg.neurons {
-                        16 => self.run_lanes::<16, 1, F>(steps, samples, input, shared, found),
-                        32 => self.run_lanes::<32, 2, F>(steps, samples, input, shared, found),
-                        64 => self.run_lanes::<64, 4, F>(steps, samples, input, shared, found),
+                        16 => lanes!(16, 1, true),
+                        32 => lanes!(32, 2, true),
+                        48 => lanes!(48, 3, true),
+                        64 => lanes!(64, 4, true),
+                        1..16 => lanes!(16, 1, false),
+                        17..32 => lanes!(32, 2, false),
+                        33..48 => lanes!(48, 3, false),
+                        49..64 => lanes!(64, 4, false),
                         _ => self.run_avx512(steps, samples, input, shared, found),
                     }
                 };
@@ -147,21 +159,24 @@ impl Tile<'_> {
         self.run_body::<true, F>(steps, samples, input, shared, found)
     }
 
-    /// [`Self::run_body`] for a tile of `N = 16 R` neurons in AVX-512F, its sums and membranes
-    /// in `R` registers of 16 lanes: the same multiplications, additions and compares lane by
-    /// lane as [`crate::simd::integrate_chunks_avx512`] and the row sums, so the same results;
-    /// a neuron that spiked at the step before is reset by a masked load of the membranes (the
-    /// run keeps each sample's spikes as a mask from step to step), and the candidate buffer and
-    /// its membranes are written from the masks without a branch on their counts
-    /// ([`set_from_masks`]).
+    /// [`Self::run_body`] for a tile of up to `N = 16 R` neurons in AVX-512F, its sums and
+    /// membranes in `R` registers of 16 lanes: the same multiplications, additions and compares
+    /// lane by lane as [`crate::simd::integrate_chunks_avx512`] and the row sums, so the same
+    /// results; a neuron that spiked at the step before is reset by a masked load of the
+    /// membranes (the run keeps each sample's spikes as a mask from step to step), and the
+    /// candidate buffer and its membranes are written from the masks without a branch on their
+    /// counts ([`set_from_masks`]). With fewer than `N` neurons (`FULL` false: a readout of 20
+    /// classes in two registers) the last register's loads and stores are masked to the
+    /// neurons it holds and its other lanes never spike nor come near the threshold. W's
+    /// readout (20 neurons) ran [`Self::run_body`] before session 22.
     ///
     /// # Safety
     /// The CPU must run AVX-512F and POPCNT code ([`crate::simd::avx512`] checks both); `N` is
-    /// the tile's neuron count and `16 R`.
+    /// `16 R`, the tile's neuron count `n` lies in `N - 15..=N`, and `FULL` is `n == N`.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,popcnt")]
     #[allow(unsafe_code)]
-    unsafe fn run_lanes<'s, const N: usize, const R: usize, F>(
+    unsafe fn run_lanes<'s, const N: usize, const R: usize, const FULL: bool, F>(
         &mut self,
         steps: Range<usize>,
         samples: usize,
@@ -176,10 +191,12 @@ impl Tile<'_> {
         use super::slot_view;
         use crate::spikes::build_from_masks;
         use core::arch::x86_64::{
-            __m512, _mm512_add_ps, _mm512_cmp_ps_mask, _mm512_loadu_ps, _mm512_maskz_loadu_ps,
-            _mm512_mul_ps, _mm512_set1_ps, _mm512_setzero_ps, _mm512_storeu_ps, _CMP_GE_OQ,
+            __m512, _mm512_add_ps, _mm512_cmp_ps_mask, _mm512_loadu_ps, _mm512_mask_storeu_ps,
+            _mm512_maskz_loadu_ps, _mm512_mul_ps, _mm512_set1_ps, _mm512_setzero_ps,
+            _mm512_storeu_ps, _CMP_GE_OQ,
         };
-        assert!(N == 16 * R && self.cfg.neurons == N);
+        let n = self.cfg.neurons;
+        assert!(N == 16 * R && n <= N && n + 16 > N && (n == N) == FULL);
         let own = core::mem::take(&mut self.w);
         let w: &[f32] = match &shared {
             Some(sh) => sh.w,
@@ -187,6 +204,10 @@ impl Tile<'_> {
         };
         // One bounds check per row (a whole row of N floats each).
         let (rows, _) = w.as_chunks::<N>();
+        // Fewer neurons than lanes (FULL false): the rows are `n` floats apart, and every load
+        // and store of the last register is masked to its `n - 16 (R - 1)` lanes.
+        let lanes = |r: usize| (((1u32 << (n - 16 * r).min(16)) - 1) & 0xffff) as u16;
+        let valid = if n == 64 { !0u64 } else { (1u64 << n) - 1 };
         let cfg = self.cfg;
         let (batch, cap, kt) = (cfg.batch, cfg.in_capacity, cfg.own_capacity());
         let (alpha, theta) = (self.params.lif.alpha, self.params.lif.theta);
@@ -209,16 +230,28 @@ impl Tile<'_> {
                     break 'steps;
                 }
                 let mut acc: [__m512; R] = [_mm512_setzero_ps(); R];
-                for &j in view.spikes() {
-                    let row = &rows[j as usize];
-                    for (r, acc) in acc.iter_mut().enumerate() {
-                        // SAFETY: the row holds N = 16 R floats.
-                        *acc = _mm512_add_ps(*acc, unsafe {
-                            _mm512_loadu_ps(row.as_ptr().add(16 * r))
-                        });
+                if FULL {
+                    for &j in view.spikes() {
+                        let row = &rows[j as usize];
+                        for (r, acc) in acc.iter_mut().enumerate() {
+                            // SAFETY: the row holds N = 16 R floats.
+                            *acc = _mm512_add_ps(*acc, unsafe {
+                                _mm512_loadu_ps(row.as_ptr().add(16 * r))
+                            });
+                        }
+                    }
+                } else {
+                    for &j in view.spikes() {
+                        let row = &w[j as usize * n..][..n];
+                        for (r, acc) in acc.iter_mut().enumerate() {
+                            // SAFETY: the lanes loaded lie within the row's n floats.
+                            *acc = _mm512_add_ps(*acc, unsafe {
+                                _mm512_maskz_loadu_ps(lanes(r), row.as_ptr().add(16 * r))
+                            });
+                        }
                     }
                 }
-                let cur: &mut [f32; N] = (&mut self.cur[..N]).try_into().expect("N neurons");
+                let cur = &mut self.cur[..n];
                 let step = t * batch + b;
                 // Bit i set: neuron i keeps its membrane (not reset by a spike of the step
                 // before; everything resets at step 0). The spikes of the step before are this
@@ -231,22 +264,37 @@ impl Tile<'_> {
                     let prev = slot_view(&self.out_hist[(step - batch) * (kt + 2)..]);
                     !spike_mask(prev)
                 };
-                let u: &mut [f32; N] = (&mut self.u[b * N..(b + 1) * N]).try_into().expect("N");
+                let u = &mut self.u[b * n..(b + 1) * n];
                 let (mut spikes, mut at_least_lower) = (0u64, 0u64);
                 let mut vs: [__m512; R] = [_mm512_setzero_ps(); R];
                 for (r, (&x, vr)) in acc.iter().zip(&mut vs).enumerate() {
-                    // SAFETY: lanes 16 r .. 16 r + 16 of `cur` and `u` exist (N = 16 R).
+                    // SAFETY: lanes 16 r .. 16 r + 16 of `cur` and `u` exist (N = 16 R = n),
+                    // or only those of `lanes(r)` are accessed (n < N).
                     unsafe {
-                        _mm512_storeu_ps(cur.as_mut_ptr().add(16 * r), x);
                         let kept = (keep >> (16 * r)) as u16;
-                        let ur = _mm512_maskz_loadu_ps(kept, u.as_ptr().add(16 * r));
-                        let v = _mm512_add_ps(_mm512_mul_ps(a, ur), _mm512_mul_ps(om, x));
-                        _mm512_storeu_ps(u.as_mut_ptr().add(16 * r), v);
+                        let (cp, up) = (cur.as_mut_ptr().add(16 * r), u.as_mut_ptr().add(16 * r));
+                        let v = if FULL {
+                            _mm512_storeu_ps(cp, x);
+                            let ur = _mm512_maskz_loadu_ps(kept, up);
+                            let v = _mm512_add_ps(_mm512_mul_ps(a, ur), _mm512_mul_ps(om, x));
+                            _mm512_storeu_ps(up, v);
+                            v
+                        } else {
+                            _mm512_mask_storeu_ps(cp, lanes(r), x);
+                            let ur = _mm512_maskz_loadu_ps(kept & lanes(r), up);
+                            let v = _mm512_add_ps(_mm512_mul_ps(a, ur), _mm512_mul_ps(om, x));
+                            _mm512_mask_storeu_ps(up, lanes(r), v);
+                            v
+                        };
                         *vr = v;
                         spikes |= u64::from(_mm512_cmp_ps_mask::<_CMP_GE_OQ>(v, th)) << (16 * r);
                         at_least_lower |=
                             u64::from(_mm512_cmp_ps_mask::<_CMP_GE_OQ>(v, lo)) << (16 * r);
                     }
+                }
+                if !FULL {
+                    // The lanes past the tile's neurons (a window of `inf` takes them all).
+                    (spikes, at_least_lower) = (spikes & valid, at_least_lower & valid);
                 }
                 let slot = &mut self.out_hist[step * (kt + 2)..][..kt + 2];
                 let uh = &mut self.u_hist[step * kt..][..kt];

@@ -128,13 +128,21 @@ fn builds(neurons: usize) -> Vec<(&'static str, Run)> {
         if crate::simd::avx512() {
             v.push(build!("avx512", |tile, steps, samples, input, found| tile
                 .run_avx512(steps, samples, input, None, found)));
+            macro_rules! lanes {
+                ($name:literal, $n:literal, $r:literal, $full:literal) => {
+                    v.push(build!($name, |tile, steps, samples, input, found| tile
+                        .run_lanes::<$n, $r, $full, _>(steps, samples, input, None, found)))
+                };
+            }
             match neurons {
-                16 => v.push(build!("lanes 16", |tile, steps, samples, input, found| tile
-                    .run_lanes::<16, 1, _>(steps, samples, input, None, found))),
-                32 => v.push(build!("lanes 32", |tile, steps, samples, input, found| tile
-                    .run_lanes::<32, 2, _>(steps, samples, input, None, found))),
-                64 => v.push(build!("lanes 64", |tile, steps, samples, input, found| tile
-                    .run_lanes::<64, 4, _>(steps, samples, input, None, found))),
+                16 => lanes!("lanes 16", 16, 1, true),
+                32 => lanes!("lanes 32", 32, 2, true),
+                48 => lanes!("lanes 48", 48, 3, true),
+                64 => lanes!("lanes 64", 64, 4, true),
+                1..16 => lanes!("lanes 16, masked", 16, 1, false),
+                17..32 => lanes!("lanes 32, masked", 32, 2, false),
+                33..48 => lanes!("lanes 48, masked", 48, 3, false),
+                49..64 => lanes!("lanes 64, masked", 64, 4, false),
                 _ => {}
             }
         }
@@ -142,15 +150,17 @@ fn builds(neurons: usize) -> Vec<(&'static str, Run)> {
     v
 }
 
-/// Every build, widths 16, 32 and 64 (the lean loop) and 7, 20 and 40 (the generic one), with
-/// buffers cut by the capacity or not, a window or exact mode, all or some samples, in one run
-/// or two: the same arena bit for bit, and the same counts, as the steps one by one.
+/// Every build, widths 16, 32, 48 and 64 (the lean loop), 7, 20, 40 and 63 (the lean loop with
+/// its last register masked) and 70 (the generic one), with buffers cut by the capacity or not,
+/// a window or exact mode (which takes the masked lanes past the neurons too, unless they are
+/// masked off), all or some samples, in one run or two: the same arena bit for bit, and the
+/// same counts, as the steps one by one.
 #[test]
 fn runs_equal_the_steps_one_by_one() {
-    let mut lean_runs = 0;
+    let (mut lean_runs, mut masked_runs) = (0, 0);
     for (neurons, capacity) in [(16, 16), (16, 3), (32, 32), (32, 5), (64, 64), (64, 9)]
         .into_iter()
-        .chain([(7, 7), (20, 4), (40, 40)])
+        .chain([(48, 6), (7, 7), (20, 4), (20, 20), (40, 40), (63, 8), (70, 9)])
     {
         let cfg = cfg(neurons, capacity);
         for (seed, window) in [(1, 0.3), (2, f32::INFINITY)] {
@@ -165,6 +175,7 @@ fn runs_equal_the_steps_one_by_one() {
                 assert!(stats.spikes_raw > 0 && stats.near_raw > 0, "neurons must spike");
                 for (name, run) in builds(neurons) {
                     lean_runs += usize::from(name.starts_with("lanes"));
+                    masked_runs += usize::from(name.ends_with("masked"));
                     for split in [T, 5] {
                         let what = format!(
                             "{name}, {neurons} neurons, cap {capacity}, window {window}, \
@@ -184,7 +195,7 @@ fn runs_equal_the_steps_one_by_one() {
         }
     }
     #[cfg(target_arch = "x86_64")]
-    assert!(!crate::simd::avx512() || lean_runs > 0);
+    assert!(!crate::simd::avx512() || (lean_runs > 0 && masked_runs > 0));
 }
 
 /// Runs a tile cannot take are refused before anything runs; a buffer over the input capacity
@@ -329,7 +340,7 @@ fn back_builds(neurons: usize) -> Vec<(&'static str, BackRun)> {
 /// some samples, in one run or two, twice over (the adjoints start from zero at the last step).
 #[test]
 fn backward_runs_equal_the_steps_one_by_one() {
-    let mut lean_runs = 0;
+    let (mut lean_runs, mut masked_runs) = (0, 0);
     for (neurons, capacity) in [(16, 3), (32, 32), (32, 5), (64, 9), (7, 7), (20, 4)] {
         let cfg = cfg(neurons, capacity);
         for (seed, window) in [(4, 0.3), (5, f32::INFINITY)] {
@@ -356,6 +367,7 @@ fn backward_runs_equal_the_steps_one_by_one() {
                 assert!(want_vecs.iter().any(|&x| x != 0.0 && x != 7.0), "gradients must flow");
                 for (name, run) in back_builds(neurons) {
                     lean_runs += usize::from(name.starts_with("lanes"));
+                    masked_runs += usize::from(name.ends_with("masked"));
                     for split in [0, 6] {
                         let what = format!(
                             "{name}, {neurons} neurons, cap {capacity}, window {window}, \
