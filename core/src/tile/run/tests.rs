@@ -340,7 +340,7 @@ fn back_builds(neurons: usize) -> Vec<(&'static str, BackRun)> {
 /// some samples, in one run or two, twice over (the adjoints start from zero at the last step).
 #[test]
 fn backward_runs_equal_the_steps_one_by_one() {
-    let (mut lean_runs, mut masked_runs) = (0, 0);
+    let mut lean_runs = 0;
     for (neurons, capacity) in [(16, 3), (32, 32), (32, 5), (64, 9), (7, 7), (20, 4)] {
         let cfg = cfg(neurons, capacity);
         for (seed, window) in [(4, 0.3), (5, f32::INFINITY)] {
@@ -367,7 +367,6 @@ fn backward_runs_equal_the_steps_one_by_one() {
                 assert!(want_vecs.iter().any(|&x| x != 0.0 && x != 7.0), "gradients must flow");
                 for (name, run) in back_builds(neurons) {
                     lean_runs += usize::from(name.starts_with("lanes"));
-                    masked_runs += usize::from(name.ends_with("masked"));
                     for split in [0, 6] {
                         let what = format!(
                             "{name}, {neurons} neurons, cap {capacity}, window {window}, \
