@@ -273,6 +273,39 @@ impl<'a> Tile<'a> {
         self.dv.fill(0.0);
     }
 
+    /// The membranes `u` the next forward step starts from, `[sample][neuron]` over the tile's
+    /// batch. A driver that runs steps ahead may save them and put them back
+    /// ([`Tile::membranes_mut`]) to run the steps after again from there.
+    ///
+    /// ```
+    /// use spiketile_core::{NeuronParams, OptimizerKind, SpikeView, Tile, TileConfig};
+    /// let cfg = TileConfig {
+    ///     neurons: 2, first_neuron: 0, layer_width: 2, inputs: 1, recurrent: false,
+    ///     batch: 1, time_steps: 3, in_capacity: 1, layer_capacity: 2,
+    ///     optimizer: OptimizerKind::Sgd,
+    /// };
+    /// let mut arena = vec![0u32; cfg.footprint().unwrap().arena() / 4];
+    /// let mut tile = Tile::new(cfg, NeuronParams::default(), bytemuck::cast_slice_mut(&mut arena)).unwrap();
+    /// tile.weights_mut().copy_from_slice(&[4.0, 8.0]);
+    /// let ids = [0u16];
+    /// let input = |t: usize, _| if t > 0 { SpikeView::new(&ids, 1).unwrap() } else { SpikeView::EMPTY };
+    /// tile.forward_external_run(0..2, 1, input, None, &mut [[0; 2]; 2]).unwrap();
+    /// let saved = tile.membranes().to_vec(); // after step 1: u = 0.05 * [4, 8]
+    /// tile.forward_external_run(2..3, 1, input, None, &mut [[0; 2]; 1]).unwrap();
+    /// let third = tile.out_buffer(2, 0).ids.to_vec();
+    /// tile.membranes_mut().copy_from_slice(&saved);
+    /// tile.forward_external_run(2..3, 1, input, None, &mut [[0; 2]; 1]).unwrap();
+    /// assert_eq!(tile.out_buffer(2, 0).ids, &third[..]); // step 2 again, the same
+    /// ```
+    pub fn membranes(&self) -> &[f32] {
+        self.u
+    }
+
+    /// The membranes of [`Tile::membranes`], to put saved ones back.
+    pub fn membranes_mut(&mut self) -> &mut [f32] {
+        self.u
+    }
+
     /// Spike counts since the last reset.
     pub fn stats(&self) -> TileStats {
         self.stats

@@ -22,8 +22,14 @@ pub(super) struct Scratch {
     /// Per step and sample: spikes kept, near-threshold ids stored, near-threshold ids offered,
     /// and the scratch of a merge that dropped some.
     pub(super) lens: Vec<usize>,
-    /// A replica's tile statistics, saved before a merge that may have to start over.
+    /// A replica's tile statistics, saved before each merge of a few steps that may have to
+    /// start over, and before its first (`stats0`).
     pub(super) stats: Vec<TileStats>,
+    pub(super) stats0: Vec<TileStats>,
+    /// The membranes of a replica's tiles at the start of a merge's steps, saved as they run
+    /// ahead again after a drop (`[p][the widest tile's batch x neurons]`, see
+    /// `merge_after_drop`); empty until a replica drops a spike.
+    pub(super) snaps: Vec<f32>,
     /// The `dL/dc` vectors of a unit of a layer with deferred gradients (see
     /// [`super::deferred`]), from the first cache line boundary on ([`Scratch::vecs`]).
     vecs: Vec<f32>,
@@ -220,6 +226,7 @@ impl TiledEngine {
             .max()
             .unwrap_or(1);
         let max_m = self.layers.iter().map(|l| l.plan.micro_batch).max().unwrap_or(1);
+        let max_p = self.layers.iter().map(|l| l.p()).max().unwrap_or(1);
         let deferred = self.layers.iter();
         let vecs =
             deferred.flat_map(|l| Some(l.back_cols(0).len() * l.deferred.as_ref()?.unit_len()));
@@ -227,7 +234,9 @@ impl TiledEngine {
         let mut sc = Scratch {
             merged: vec![0; 2 * MERGE_STEPS * max_cm],
             lens: vec![0; 4 * MERGE_STEPS * max_m],
-            stats: vec![TileStats::default(); self.layers.iter().map(|l| l.p()).max().unwrap_or(1)],
+            stats: vec![TileStats::default(); max_p],
+            stats0: vec![TileStats::default(); max_p],
+            snaps: Vec::new(),
             // With room for the alignment (`Scratch::vecs`).
             vecs: vec![0.0; 16 + max_vecs],
         };
