@@ -26,7 +26,7 @@
 //! | phase | unit | writes | reads |
 //! |---|---|---|---|
 //! | forward ahead, layer `l` (feed-forward) | replica group `(l, p, g)`: its replicas in turn, all steps | their arenas, their rows of `ahead_raw` | layer buffers of `l-1`, the column's weights |
-//! | forward merge, layer `l` | replica `(l, r)` | its tiles (commit; lockstep: everything), layer buffers and `starts` of its samples | its tiles, layer buffers of `l-1` |
+//! | forward merge, layer `l` | replica `(l, r)` | its tiles (commit; lockstep, or running ahead again after a drop: everything), their rows of `ahead_raw`, layer buffers and `starts` of its samples | its tiles, layer buffers of `l-1`, the columns' weights |
 //! | loss | thread 0 | counts, `dL/dc` | output layer buffers |
 //! | lists, layer `l` with deferred input-weight gradients (the first alongside the loss) | replica group and run `(l, g, run)` | its lists of uses | layer buffers of `l-1` (or the input batch) |
 //! | backward, layer `l` and a block of steps (or all layers and one step) | replica group `(l, p, g)`, or `(l, all columns, g)` with `unit_sums` | their arenas, the leader's gradients, their partials of those steps (with `unit_sums` their sums, in `part_sum`; deferred: their `dL/dc` vectors in the thread's scratch, or step by step in the unit's own buffer) | layer buffers, `starts`, partials of later steps, `dL/dc`, the column's weights |
@@ -49,8 +49,9 @@
 //! The engine's parts, one module each: `layer` (a layer's tiles and buffers), `units` (work
 //! units and their threads), `run` (one batch: the phases every thread runs), `forward`
 //! (running ahead, the merge, the loss), `backward` (the `dL/dS` gather, the backward steps, the
-//! sums of partials), `deferred` (the deferred input-weight gradients) and `weights` (the
-//! update; reading and writing parameters).
+//! sums of partials), `dlds` (the `dL/dS` lookups of a layer under one buffer of partials),
+//! `deferred` (the deferred input-weight gradients) and `weights` (the update; reading and
+//! writing parameters).
 
 mod arenas;
 mod backward;
