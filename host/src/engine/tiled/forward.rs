@@ -131,10 +131,7 @@ impl TiledEngine {
             self.count_ahead((l, r), steps.clone());
             t0 = steps.end;
             if self.forward_exchange(input.len, (l, r, steps.clone()), ctx.padded[l], sc)? {
-                for (p, saved) in sc.stats0[..p_count].iter().enumerate() {
-                    home(p).stats = *saved;
-                }
-                let mut dropped = self.lockstep(ctx, (l, r), 0..steps.end, sc)?;
+                let mut dropped = self.lockstep_from_start(ctx, (l, r), steps.end, sc)?;
                 dropped |= self.merge_after_drop(ctx, (l, r), steps.end, sc)?;
                 if dropped {
                     ctx.dropped[l].fetch_add(1, Ordering::Relaxed);
@@ -164,20 +161,45 @@ impl TiledEngine {
         }
     }
 
+    /// Replica `(l, r)`'s tiles again in lockstep from step 0 to `end`, their statistics
+    /// rolled back to the merge's start (`sc.stats0`); whether a spike was dropped. Marks the
+    /// tiles that lost a spike on the way (`sc.rerun`): the others are where their run ahead
+    /// left them, and their histories from `end` on still hold.
+    fn lockstep_from_start(
+        &self,
+        ctx: &BatchCtx<'_>,
+        (l, r): (usize, usize),
+        end: usize,
+        sc: &mut Scratch,
+    ) -> Result<bool, TileError> {
+        let p_count = self.layers[l].p();
+        for (p, saved) in sc.stats0[..p_count].iter().enumerate() {
+            // Safety: replica (l, r)'s tiles belong to the caller's unit.
+            unsafe { self.home(l, r * p_count + p) }.stats = *saved;
+        }
+        sc.lost[..p_count].fill(false);
+        let dropped = self.lockstep(ctx, (l, r), 0..end, sc)?;
+        sc.rerun[..p_count].copy_from_slice(&sc.lost[..p_count]);
+        Ok(dropped)
+    }
+
     /// Replica `(l, r)` from step `from` on, after a dropped spike (see [`Self::merge_ahead`]):
-    /// merge by merge, its tiles run ahead through the merge's steps from their membranes at
-    /// the start, saved, and the merge checks them; if it drops a spike, the tiles take the
-    /// saved membranes back and run the steps again in lockstep. After two merges in a row that
-    /// drop, the rest in lockstep. Whether a spike was dropped.
+    /// merge by merge, the tiles that lost a spike (`sc.rerun`) run ahead through the merge's
+    /// steps from their membranes at the start, saved (the others' run ahead of the batch still
+    /// holds: neurons of a feed-forward layer do not see each other), and the merge checks them.
+    /// If it drops a spike, the tiles take the saved membranes back and run the steps again in
+    /// lockstep, or, if some tile has none saved (it ran ahead from step 0), all run again in
+    /// lockstep from step 0. After two merges in a row that drop, the rest in lockstep. Whether
+    /// a spike was dropped.
     ///
-    /// A replica that drops now and then runs most of its steps ahead again. At 1 % input and
-    /// `--init-gain 140.34` (hidden 2.9 %) the drops are bursts in the first steps: over 40
-    /// batches, 35 replicas dropped (first in steps 0-7 mostly), and after them 379 merges ran
-    /// ahead and 4 dropped. Against every step after the drop in lockstep, one thread, traced,
-    /// 40 batches, 3 alternating rounds: the merge phase 1.26 / 1.14 / 0.93 -> 1.00 / 0.98 /
-    /// 0.84 ms per batch (median), the batch 7.50 / 7.20 / 6.32 -> 6.98 / 6.45 / 6.05 ms. At
-    /// `--init-gain 110` and 10 % input, where most batches run the layer in lockstep from the
-    /// start, the same time.
+    /// A replica that drops now and then runs most of its steps ahead again, and only its tiles
+    /// that lost spikes. At 1 % input and `--init-gain 140.34` (hidden 2.9 %) the drops are
+    /// bursts in the first steps: over 40 batches, 35 replicas dropped (first in steps 0-7
+    /// mostly), and after them 379 merges ran ahead and 4 dropped. Against every step after the
+    /// drop in lockstep, one thread, traced, 40 batches, 3 alternating rounds: the merge phase
+    /// 1.26 / 1.14 / 0.93 -> 1.00 / 0.98 / 0.84 ms per batch (median), the batch 7.50 / 7.20 /
+    /// 6.32 -> 6.98 / 6.45 / 6.05 ms (every tile running ahead again). At `--init-gain 110` and
+    /// 10 % input, where most batches run the layer in lockstep from the start, the same time.
     fn merge_after_drop(
         &self,
         ctx: &BatchCtx<'_>,
@@ -195,26 +217,36 @@ impl TiledEngine {
         }
         let (mut t0, mut in_a_row, mut dropped) = (from, 1, false);
         while t0 < t_steps {
+            let all = sc.rerun[..p_count].iter().all(|&x| x);
             if in_a_row >= 2 {
-                return Ok(self.lockstep(ctx, (l, r), t0..t_steps, sc)? | dropped);
+                return Ok(match all {
+                    true => self.lockstep(ctx, (l, r), t0..t_steps, sc)?,
+                    false => self.lockstep_from_start(ctx, (l, r), t_steps, sc)?,
+                } | dropped);
             }
             let steps = t0..(t0 + MERGE_STEPS).min(t_steps);
             t0 = steps.end;
-            for (p, (saved, snap)) in
-                sc.stats.iter_mut().zip(sc.snaps.chunks_exact_mut(per)).take(p_count).enumerate()
-            {
+            let tiles = sc.stats.iter_mut().zip(sc.snaps.chunks_exact_mut(per)).zip(&sc.rerun);
+            for (p, ((saved, snap), &rerun)) in tiles.take(p_count).enumerate() {
                 let home = home(p);
                 *saved = home.stats;
-                let mut tile = home.tile()?;
-                let u = tile.membranes();
-                snap[..u.len()].copy_from_slice(u);
-                // Safety: not the update phase.
-                let shared = unsafe { self.col_weights(l, p) };
-                self.run_ahead(input, (l, r, p), &mut tile, Some(shared), steps.clone())?;
+                if rerun {
+                    let mut tile = home.tile()?;
+                    let u = tile.membranes();
+                    snap[..u.len()].copy_from_slice(u);
+                    // Safety: not the update phase.
+                    let shared = unsafe { self.col_weights(l, p) };
+                    self.run_ahead(input, (l, r, p), &mut tile, Some(shared), steps.clone())?;
+                }
             }
             self.count_ahead((l, r), steps.clone());
             if !self.forward_exchange(input.len, (l, r, steps.clone()), ctx.padded[l], sc)? {
                 in_a_row = 0;
+                continue;
+            }
+            in_a_row += 1;
+            if !all {
+                dropped |= self.lockstep_from_start(ctx, (l, r), steps.end, sc)?;
                 continue;
             }
             for (p, (saved, snap)) in
@@ -227,7 +259,6 @@ impl TiledEngine {
                 u.copy_from_slice(&snap[..u.len()]);
             }
             dropped |= self.lockstep(ctx, (l, r), steps, sc)?;
-            in_a_row += 1;
         }
         Ok(dropped)
     }
@@ -374,7 +405,7 @@ impl TiledEngine {
             }
             let home = home(p);
             let first = home.layout.config().first_neuron;
-            let (mut kept, mut raw) = (0, 0);
+            let (mut kept, mut raw, mut lost) = (0, 0, false);
             for (dt, t) in steps.clone().enumerate() {
                 // Safety: the samples' entries of step t belong to this unit.
                 let at = self.start_at(p, (samples.start, t));
@@ -412,7 +443,9 @@ impl TiledEngine {
                     raw += nr.len();
                 }
                 spike_dropped[dt] |= step_dropped;
+                lost |= step_dropped;
             }
+            sc.lost[p] |= lost;
             // Every near-threshold id counts as kept unless the slow path below says otherwise.
             home.stats.spikes_kept += kept as u64;
             home.stats.near_kept += raw as u64;

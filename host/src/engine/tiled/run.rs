@@ -30,6 +30,10 @@ pub(super) struct Scratch {
     /// ahead again after a drop (`[p][the widest tile's batch x neurons]`, see
     /// `merge_after_drop`); empty until a replica drops a spike.
     pub(super) snaps: Vec<f32>,
+    /// Per tile of the replica being merged: whether it lost a spike in the merges since this
+    /// was last cleared, and whether it runs ahead again after a drop (`merge_after_drop`).
+    pub(super) lost: Vec<bool>,
+    pub(super) rerun: Vec<bool>,
     /// The `dL/dc` vectors of a unit of a layer with deferred gradients (see
     /// [`super::deferred`]), from the first cache line boundary on ([`Scratch::vecs`]).
     vecs: Vec<f32>,
@@ -237,6 +241,8 @@ impl TiledEngine {
             stats: vec![TileStats::default(); max_p],
             stats0: vec![TileStats::default(); max_p],
             snaps: Vec::new(),
+            lost: vec![false; max_p],
+            rerun: vec![false; max_p],
             // With room for the alignment (`Scratch::vecs`).
             vecs: vec![0.0; 16 + max_vecs],
         };
