@@ -53,6 +53,7 @@ mod external;
 mod forward;
 mod out_view;
 mod run;
+mod samples;
 #[cfg(test)]
 mod tests;
 pub use config::{SharedGrads, SharedWeights, TileConfig, TileLayout, TileStats};

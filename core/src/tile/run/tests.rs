@@ -413,3 +413,162 @@ fn backward_runs_are_checked() {
         assert!(vecs.iter().all(|&x| x == 7.0), "nothing ran");
     }
 }
+
+/// One backward pass (from the last step down) of `samples` samples with `dL/dS` from
+/// [`dlds_of`] and each step's input from `input`: step by step and sample by sample through
+/// [`Tile::backward_external`] (`per_sample`), or a step at a time through
+/// [`Tile::backward_external_samples`]. The partials of every step and sample, in order.
+fn back_samples(
+    tile: &mut Tile<'_>,
+    input: &[Vec<Vec<u16>>],
+    samples: usize,
+    grads: &mut [f32],
+    per_sample: bool,
+) -> Vec<Vec<f32>> {
+    let mut partials = Vec::new();
+    for t in (0..T).rev() {
+        let shared = SharedGrads { dw: &mut *grads, dv: &mut [] };
+        if per_sample {
+            let mut shared = shared;
+            for (b, ids) in input[t].iter().enumerate().take(samples) {
+                let ng = tile.out_buffer(t, b).ids.len();
+                for (k, d) in tile.dlds_mut(b)[..ng].iter_mut().enumerate() {
+                    *d = dlds_of(t, b, k);
+                }
+                let step = StepInput::feed_forward(view(ids));
+                let g = Some(shared.reborrow());
+                tile.backward_external(t, b, step, true, None, g).unwrap();
+                partials.push(tile.src_partials(b)[..ids.len()].to_vec());
+            }
+            continue;
+        }
+        let dlds = |b: usize, buf: SpikeView<'_>, dst: &mut [f32]| {
+            assert_eq!(dst.len(), buf.ids.len());
+            for (k, d) in dst.iter_mut().enumerate() {
+                *d = dlds_of(t, b, k);
+            }
+        };
+        let mut next = 0;
+        let got = |b: usize, p: &[f32]| {
+            assert_eq!((b, p.len()), (next, input[t][b].len()), "every sample, in order");
+            next += 1;
+            partials.push(p.to_vec());
+        };
+        let step = |b: usize| view(&input[t][b]);
+        tile.backward_external_samples(t, samples, dlds, step, got, true, None, Some(shared))
+            .unwrap();
+    }
+    partials
+}
+
+/// [`Tile::backward_external_samples`] equals [`Tile::backward_external`] sample after sample:
+/// the whole arena, the shared gradients and every partial, bit for bit, twice over (the
+/// adjoints carry from the first pass into the second), at widths of one register (7, 16) and
+/// two (20, 32; AVX-512F's lean loop, whose whole-tile gradient sets in exact mode take the
+/// permuted surrogate terms), and 40 (the step one by one), buffers cut or not, with a window
+/// or in exact mode, all or some samples.
+#[test]
+fn backward_samples_equal_the_steps_one_by_one() {
+    let mut whole_sets = 0;
+    for (neurons, capacity) in [(7, 7), (16, 16), (16, 3), (20, 20), (20, 4), (32, 32), (32, 5)]
+        .into_iter()
+        .chain([(40, 40)])
+    {
+        let cfg = cfg(neurons, capacity);
+        for (seed, window) in [(6, 0.3), (7, f32::INFINITY)] {
+            let params = NeuronParams { window, ..NeuronParams::default() };
+            let mut start = arena(&cfg, params, seed);
+            let input = inputs(seed + 10, 0.25);
+            {
+                let mut tile = Tile::attach(cfg, params, bytemuck::cast_slice_mut(&mut start));
+                let tile = tile.as_mut().unwrap();
+                step_by_step(tile, &input, BATCH);
+                let sets = (0..T).flat_map(|t| (0..BATCH).map(move |b| (t, b)));
+                whole_sets +=
+                    sets.filter(|&(t, b)| tile.out_buffer(t, b).ids.len() == neurons).count();
+                assert!(tile.stats().spikes_raw > 0, "neurons must spike");
+            }
+            for samples in [BATCH, 2] {
+                let what = format!(
+                    "{neurons} neurons, cap {capacity}, window {window}, {samples} samples"
+                );
+                let mut results = Vec::new();
+                for per_sample in [true, false] {
+                    let mut arena = start.clone();
+                    let mut grads = vec![0.5f32; cfg.inputs * neurons];
+                    let mut tile =
+                        Tile::attach(cfg, params, bytemuck::cast_slice_mut(&mut arena)).unwrap();
+                    let mut p = back_samples(&mut tile, &input, samples, &mut grads, per_sample);
+                    p.extend(back_samples(&mut tile, &input, samples, &mut grads, per_sample));
+                    assert!(grads.iter().any(|&g| g != 0.5), "gradients must flow: {what}");
+                    results.push((arena, grads, p));
+                }
+                let bits = |p: &[Vec<f32>]| -> Vec<Vec<u32>> {
+                    p.iter().map(|v| v.iter().map(|x| x.to_bits()).collect()).collect()
+                };
+                let (want, got) = (&results[0], &results[1]);
+                assert!(got.0 == want.0, "arena differs: {what}");
+                assert!(
+                    got.1.iter().zip(&want.1).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "gradients differ: {what}"
+                );
+                assert_eq!(bits(&got.2), bits(&want.2), "partials differ: {what}");
+            }
+        }
+    }
+    assert!(whole_sets > 0, "some gradient sets must be the whole tile");
+}
+
+/// Backward steps of every sample a tile cannot take are refused before anything runs; a
+/// source buffer over its capacity is refused at its sample, after the samples before it.
+#[test]
+fn backward_samples_are_checked() {
+    let mut cfg = cfg(20, 20);
+    let params = NeuronParams::default();
+    let ids: Vec<u16> = (0..INPUTS as u16).collect();
+    let nothing = |_: usize, _: SpikeView<'_>, _: &mut [f32]| {};
+    for (recurrent, t, samples, shared_len, want) in [
+        (true, 0, BATCH, None, TileError::BadInput),
+        (false, T, BATCH, None, TileError::OutOfRange),
+        (false, 0, BATCH + 1, None, TileError::BadInput),
+        (false, 0, BATCH, Some(3), TileError::BadInput),
+    ] {
+        cfg.recurrent = recurrent;
+        let mut a = arena(&cfg, params, 3);
+        let start = a.clone();
+        let mut tile = Tile::attach(cfg, params, bytemuck::cast_slice_mut(&mut a)).unwrap();
+        let w = vec![0.0f32; shared_len.unwrap_or(0)];
+        let shared = shared_len.map(|_| SharedWeights { w: &w, v: &[] });
+        let mut calls = 0;
+        let r = tile.backward_external_samples(
+            t,
+            samples,
+            nothing,
+            |_| view(&ids[..1]),
+            |_, _| calls += 1,
+            true,
+            shared,
+            None,
+        );
+        assert_eq!(r, Err(want));
+        assert!(calls == 0 && a == start, "nothing ran");
+    }
+    cfg.recurrent = false;
+    cfg.in_capacity = 4;
+    let mut a = arena(&cfg, params, 3);
+    let mut tile = Tile::attach(cfg, params, bytemuck::cast_slice_mut(&mut a)).unwrap();
+    let mut calls = vec![];
+    let step = |b: usize| view(if b == 0 { &ids[..4] } else { &ids[..5] });
+    let r = tile.backward_external_samples(
+        0,
+        BATCH,
+        nothing,
+        step,
+        |b, _| calls.push(b),
+        true,
+        None,
+        None,
+    );
+    assert_eq!(r, Err(TileError::BadInput));
+    assert_eq!(calls, [0], "sample 0 ran, sample 1 did not");
+}

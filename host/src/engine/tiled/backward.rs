@@ -5,7 +5,7 @@
 use super::TiledEngine;
 use crate::engine::shared::Shared;
 use crate::engine::InputBatch;
-use spiketile_core::{SharedGrads, SharedWeights, StepInput, Tile, TileError};
+use spiketile_core::{SharedGrads, SharedWeights, SpikeView, StepInput, Tile, TileError};
 
 impl TiledEngine {
     /// Backward compute of `steps` (from the last down) for replica group `g` of layer `l`'s
@@ -138,6 +138,51 @@ impl TiledEngine {
         let (slot, rec_slot) = (self.slot(t), t % 2);
         let samples = lr.plan.samples_of(r, input.len);
         let far = self.far_partials(l);
+        if deferred.is_none() && !lr.plan.recurrent && !far {
+            // Every sample in one call (a readout: W's backward of the readout, one thread,
+            // see `Tile::backward_external_samples`).
+            let b0 = samples.start;
+            let (last, classes) = (l + 1 == self.layers.len(), self.cfg.classes);
+            let first = tile.config().first_neuron;
+            let dlds = |bl: usize, buf: SpikeView<'_>, dst: &mut [f32]| {
+                if last {
+                    // The output layer: dL/dS of each id is its class's dL/dc (the sums of
+                    // `gather_dlds` with its one term; the tile's buffer holds what the layer
+                    // kept, its ids less the tile's first neuron).
+                    // Safety: dL/dc is read-only in backward phases.
+                    let dldc = unsafe { self.dldc.slice((b0 + bl) * classes, classes) };
+                    for (d, &i) in dst.iter_mut().zip(buf.ids) {
+                        *d = 0.0 + dldc[first + i as usize];
+                    }
+                } else {
+                    let counts = (buf.n_spikes, buf.near().len());
+                    self.gather_dlds((l, r, p), (b0 + bl, bl, t), counts, dst);
+                }
+            };
+            // Safety: layer buffers are read-only in backward phases.
+            let step = |bl: usize| unsafe { self.step_input(input, l, b0 + bl, t) }.input;
+            let k = lr.plan.in_capacity;
+            let partials = |bl: usize, src: &[f32]| {
+                if lr.unit_sums {
+                    self.add_to_sums(l, p, (slot, b0 + bl), src);
+                } else {
+                    let at = ((slot * tiles + ti) * m + bl) * k;
+                    // Safety: tile ti's partial out-buffer of this slot belongs to this unit.
+                    unsafe { lr.part_src.slice_mut(at, src.len()) }.copy_from_slice(src);
+                }
+            };
+            let len = samples.len();
+            return tile.backward_external_samples(
+                t,
+                len,
+                dlds,
+                step,
+                partials,
+                l > 0,
+                shared,
+                grads,
+            );
+        }
         if far && t > 1 && !samples.is_empty() {
             // Where the dL/dS entries of the step after next lie (read a step ahead, below).
             self.prefetch_dlds_starts((l, p), (samples.start, t - 2));
