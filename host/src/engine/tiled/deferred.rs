@@ -16,6 +16,11 @@
 //! Measured on W (docs/performance.md, session 10): 1 to 3 % more samples/s than the scatters,
 //! with 2 threads 10,191–10,219 against 9,966–10,108 in three alternating pairs.
 //!
+//! A run's length follows the first layer's input ([`run_bytes`]): at 1 % input activity a row
+//! takes a quarter of W's uses per run, so the runs grow (up to four times W's) until each row
+//! takes about as many again. The engine plans them again when a batch's input wants another
+//! size by a margin (`TiledEngine::fit_runs`); the gradients do not depend on them.
+//!
 //! In a backward pass step by step (a network with a recurrent layer: every step is a phase of
 //! its own), each unit keeps its run's vectors in a buffer of its own from phase to phase, since
 //! the next step's phase may run it on the other thread; a recurrent layer's recurrent-weight
@@ -31,7 +36,44 @@ use std::ops::Range;
 /// Bytes of `dL/dc` vectors a unit keeps for one run. Measured on W, one thread, two rounds
 /// (samples/s): 16 KiB 5,039 / 4,943; 24 KiB 5,285 / 5,221; 32 KiB 5,416 / 5,405; 48 KiB
 /// 5,478 / 5,443; 64 KiB 5,400 / 5,425; 96 KiB 5,390 / 5,332; the scatters 5,343 / 5,349.
+/// Sparser input lengthens the runs ([`run_bytes`]).
 const RUN_BYTES: usize = 48 << 10;
+
+/// The most bytes of vectors a run keeps, however sparse its source layer.
+const MAX_RUN_BYTES: usize = 4 * RUN_BYTES;
+
+/// Uses per gradient row and run that [`run_bytes`] aims for: each row is loaded and stored once
+/// per run, so a run whose rows take few uses pays that for little. A run of [`RUN_BYTES`] gives
+/// W's rows of 32 floats (384 vectors per slot) about 19 uses at 5 % input activity, 38 at 10 %,
+/// but 3.8 at 1 %, where runs twice and four times as long ran faster. Matched networks
+/// (hidden layer 3 %), one thread, traced first-layer backward per batch, 4 alternating rounds
+/// (median): 1 % input 2.44 / 2.26 / 2.15 ms at 48 / 96 / 192 KiB; W (5 %) 3.44 / 3.45 / 3.92
+/// ms; 10 % 4.79 / 4.94 / 5.48 ms (its lists, too, 0.74 / 1.00 / 1.04 ms).
+const USES_PER_ROW: f64 = 16.0;
+
+/// Bytes of vectors per run for a layer whose tile columns are `lanes` wide and whose source
+/// buffers hold a fraction `activity` of their neurons (per sample and step; `None` unknown):
+/// [`RUN_BYTES`], or where that leaves each row fewer than [`USES_PER_ROW`] uses, twice or four
+/// times as many (the nearest of the three in ratio to what would give the uses, up to
+/// [`MAX_RUN_BYTES`]).
+pub(super) fn run_bytes(lanes: usize, activity: Option<f64>) -> usize {
+    let Some(want) = activity.map(|a| wanted_bytes(lanes, a)) else { return RUN_BYTES };
+    [RUN_BYTES, 2 * RUN_BYTES, MAX_RUN_BYTES]
+        .into_iter()
+        .min_by(|&x, &y| ratio(x as f64, want).total_cmp(&ratio(y as f64, want)))
+        .unwrap_or(RUN_BYTES)
+}
+
+/// The bytes of vectors that give each row [`USES_PER_ROW`] uses per run at `activity`
+/// (unbounded).
+fn wanted_bytes(lanes: usize, activity: f64) -> f64 {
+    USES_PER_ROW * (4 * lanes.max(1)) as f64 / activity.max(1e-6)
+}
+
+/// How far apart `a` and `b` are, as a ratio of at least 1.
+fn ratio(a: f64, b: f64) -> f64 {
+    (a / b).max(b / a)
+}
 
 /// Fewest steps per run for deferring to pay: a prototype at W's shape took 2.57 ns per use
 /// with runs of 2 steps, 1.72 with 4 and 1.26 with 8, against 2.13 for the scatter.
@@ -50,6 +92,8 @@ pub(super) struct Deferred {
     runs: Vec<Range<usize>>,
     /// Steps of the longest run.
     run: usize,
+    /// Bytes of vectors per run the runs were planned for ([`run_bytes`]).
+    bytes: usize,
     /// Vector slots per step of a run: the samples of the largest replica group. Vector `k` of
     /// a run ending at `hi` is step `t`, replica `r` of a group starting at `r0`, its sample
     /// `bl`: `k = (hi - 1 - t) * slots + (r - r0) * m + bl`.
@@ -76,16 +120,36 @@ impl Deferred {
     /// by step, where the runs span the steps of the whole pass), if it pays: not where a unit's
     /// vectors would leave room for fewer than [`MIN_RUN`] steps in [`RUN_BYTES`] or its runs
     /// would be shorter, nor where a tile column's gradient rows fit in [`L1_ROWS_BYTES`].
-    pub(super) fn new(lr: &LayerRt, t_steps: usize, block: usize) -> Option<Deferred> {
+    pub(super) fn new(
+        lr: &LayerRt,
+        t_steps: usize,
+        block: usize,
+        activity: Option<f64>,
+    ) -> Option<Deferred> {
         let lp = &lr.plan;
         let slots = lp.replicas.div_ceil(lr.groups()) * lp.micro_batch;
         let lanes = lp.splits.iter().map(|&(_, n)| n).max()?;
+        let bytes = run_bytes(lanes, activity);
+        // Whether deferring pays is judged at the base size, so that the choice of deferring
+        // does not depend on the input.
         let run = RUN_BYTES / (4 * slots * lanes);
         let rows_bytes = 4 * lp.inputs * lanes;
         if run.min(span(t_steps, block)) < MIN_RUN || rows_bytes <= L1_ROWS_BYTES {
             return None;
         }
-        Some(Self::with_run(lr, t_steps, block, run))
+        let mut d = Self::with_run(lr, t_steps, block, bytes / (4 * slots * lanes));
+        d.bytes = bytes;
+        Some(d)
+    }
+
+    /// Whether a layer whose source buffers hold a fraction `activity` of their neurons would
+    /// take runs of a different size than these by [`run_bytes`], by a margin: the runs are
+    /// planned again (which allocates the lists) only where the wanted size lies beyond the
+    /// geometric middle between two sizes by a quarter of an octave, so that batches whose
+    /// activity wavers about a middle do not plan them again and again.
+    pub(super) fn replan(&self, activity: f64) -> bool {
+        let want = wanted_bytes(self.lanes, activity).clamp(RUN_BYTES as f64, MAX_RUN_BYTES as f64);
+        ratio(want, self.bytes as f64) >= 2f64.powf(0.75)
     }
 
     /// The deferral of layer `lr` in runs of at most `run` steps (at least 1), each within one
@@ -112,6 +176,7 @@ impl Deferred {
         let lists = groups * runs.len();
         let step_vecs = (block == 1).then(|| Shared::new(lr.p() * groups * slots * run * lanes));
         Deferred {
+            bytes: run * slots * lanes * 4,
             slots,
             lanes,
             inputs: lp.inputs,
@@ -531,6 +596,51 @@ mod tests {
             let what = format!("recurrent {recurrent}: blocks of {block}, runs of {run}");
             assert!(deferred == scattered, "{what} differ");
         }
+    }
+
+    /// The first layer's runs follow the input: planned at the base size, four times as long
+    /// after a batch of 1 % input (each row then takes few uses per run), back after one of
+    /// 10 %, unchanged by batches whose wanted size lies near the middle between two sizes
+    /// (2.7 % after 10 %, 1.65 % after 1 %, each nearer the other size), twice as long at 2 %; and the gradients are those of
+    /// an engine whose runs stay at the base size, bit for bit.
+    #[test]
+    fn runs_follow_the_input_activity() {
+        let mut cfg = crate::config::test_config();
+        (cfg.inputs, cfg.hidden, cfg.time_steps, cfg.batch_size) = (700, vec![32], 60, 64);
+        (cfg.max_activity, cfg.init_gain) = (0.3, 40.0);
+        let params = Params::init(&cfg, 2);
+        let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(9);
+        // Input activity per batch, and its runs' size in multiples of the base size.
+        let steps = [(0.01, 4), (0.1, 1), (0.027, 1), (0.01, 4), (0.0165, 4), (0.02, 2)];
+        let batches: Vec<Vec<BinnedSample>> = steps
+            .iter()
+            .map(|&(a, _)| crate::cli::bench::random_batch(&cfg, a, &mut rng))
+            .collect();
+        let run = |e: &TiledEngine| e.layers[0].deferred.as_ref().map(|d| d.run);
+        let mut adapting = TiledEngine::new(&cfg, &params, 1).unwrap();
+        let d = adapting.layers[0].deferred.as_ref().expect("the first layer defers");
+        let slot_bytes = 4 * d.slots * d.lanes;
+        let steps_of = |k: usize| (k * RUN_BYTES / slot_bytes).min(cfg.time_steps);
+        let (base, double, quadruple) = (steps_of(1), steps_of(2), steps_of(4));
+        assert!(
+            base >= MIN_RUN && double > base && quadruple > double,
+            "{base} {double} {quadruple}"
+        );
+        assert_eq!(run(&adapting), Some(base), "the base size");
+        // The reference scatters its gradients (the deferred ones equal them bit for bit).
+        let mut scattering = TiledEngine::new(&cfg, &params, 1).unwrap();
+        scattering.layers.iter_mut().for_each(|lr| lr.deferred = None);
+        for ((samples, &(activity, want)), s) in batches.iter().zip(&steps).zip(0..) {
+            let refs: Vec<&BinnedSample> = samples.iter().collect();
+            let batch = InputBatch::new(&refs, cfg.time_steps, cfg.capacity(cfg.inputs));
+            let got = adapting.run_batch(&batch, true).unwrap();
+            assert_eq!(run(&adapting), Some(steps_of(want)), "batch {s} at {activity}");
+            let base = scattering.run_batch(&batch, true).unwrap();
+            assert_eq!(got.loss_sum.to_bits(), base.loss_sum.to_bits(), "batch {s}");
+        }
+        assert_eq!(run(&scattering), None);
+        assert!(adapting.params() == scattering.params(), "the same gradients");
+        assert!(adapting.params() != params, "training must change the weights");
     }
 
     /// The planned deferral: W's first layer defers in runs of 12 steps, step by step too (a

@@ -115,6 +115,9 @@ pub struct TiledEngine {
     /// Per step `t`, the slot of the partial-`dL/dS` buffers that holds it, `t % (block + 1)`
     /// (looked up at every sample and step rather than divided).
     slots: Vec<usize>,
+    /// The input activity the first layer's deferred runs were last planned for (`None`: none
+    /// yet, the base size; see [`deferred::run_bytes`]).
+    input_activity: Option<f64>,
 }
 
 impl TiledEngine {
@@ -183,7 +186,7 @@ impl TiledEngine {
                 unit_sums,
             });
             let lr = layers.last_mut().expect("just pushed");
-            lr.deferred = Deferred::new(lr, t_steps, block);
+            lr.deferred = Deferred::new(lr, t_steps, block, None);
         }
         let ahead: Vec<bool> = plan.layers.iter().map(|lp| !lp.recurrent).collect();
         let mut engine = TiledEngine {
@@ -202,6 +205,7 @@ impl TiledEngine {
             block,
             arenas,
             slots: slots(t_steps, block),
+            input_activity: None,
         };
         let groups: usize = engine.layers.iter().map(|lr| lr.p() * lr.groups()).sum();
         let replicas: usize = engine.layers.iter().map(|lr| lr.plan.replicas).sum();
@@ -242,13 +246,27 @@ impl TiledEngine {
         let (t_steps, block, batch) = (self.cfg.time_steps, self.block, self.cfg.batch_size);
         self.slots = slots(t_steps, block);
         for (li, lr) in self.layers.iter_mut().enumerate() {
-            lr.deferred = Deferred::new(lr, t_steps, block);
+            let activity = if li == 0 { self.input_activity } else { None };
+            lr.deferred = Deferred::new(lr, t_steps, block, activity);
             let (unit_sums, src_len, sum_len) =
                 backward_lens(li, &lr.plan, block, batch, self.threads);
             (lr.unit_sums, lr.part_src, lr.part_sum) =
                 (unit_sums, Shared::new(src_len), Shared::new(sum_len));
         }
         self.unit_ns[2] = counters(self.back_units());
+    }
+
+    /// Plans the first layer's deferred runs again for a batch whose input holds a fraction
+    /// `activity` of the inputs per sample and step, if it would take runs of another size
+    /// ([`Deferred::replan`]): sparse input gets longer runs. The gradients do not depend on
+    /// the runs.
+    fn fit_runs(&mut self, activity: f64) {
+        let (t_steps, block) = (self.cfg.time_steps, self.block);
+        let Some(lr) = self.layers.first_mut() else { return };
+        if lr.deferred.as_ref().is_some_and(|d| d.replan(activity)) {
+            self.input_activity = Some(activity);
+            lr.deferred = Deferred::new(lr, t_steps, block, Some(activity));
+        }
     }
 
     /// How many backward units there are (see [`Units::back`](units::Units)).

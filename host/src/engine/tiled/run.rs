@@ -93,6 +93,11 @@ impl TiledEngine {
         );
         ensure!(input.capacity == self.plan.input_capacity, "input capacity differs from the plan");
         input.check_ids(self.cfg.inputs)?;
+        if train {
+            // Input spikes kept per input, sample and step.
+            let slots = input.len * input.time_steps * self.cfg.inputs;
+            self.fit_runs(input.stats.spikes as f64 / slots.max(1) as f64);
+        }
         let ctx = BatchCtx {
             input,
             units: self.units(self.threads),
