@@ -113,6 +113,14 @@ struct AdamConsts {
 #[allow(unsafe_code)]
 fn adam_lanes(k: &AdamConsts, w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) -> usize {
     use core::arch::x86_64::*;
+    // Sixteen lanes at a time first where the CPU has AVX-512F, then four.
+    let wide = if crate::simd::avx512() {
+        // SAFETY: the CPU runs AVX-512F code (checked at run time).
+        unsafe { adam_lanes_avx512(k, w, g, m, v) }
+    } else {
+        0
+    };
+    let (w, g, m, v) = (&mut w[wide..], &g[wide..], &mut m[wide..], &mut v[wide..]);
     let n = w.len().min(g.len()).min(m.len()).min(v.len()) / 4 * 4;
     // SAFETY: SSE is part of the x86-64 baseline; every load and store is of lanes
     // `i .. i + 4 <= n`, within all four slices.
@@ -135,6 +143,50 @@ fn adam_lanes(k: &AdamConsts, w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [
             _mm_storeu_ps(pw, wi);
         }
     }
+    wide + n
+}
+
+/// [`adam_lanes`] sixteen lanes at a time (the same operations lane by lane; AVX-512's square
+/// root and division round correctly too) on the first `16 * (len / 16)` weights; returns how
+/// many it did. The update of a W-sized network: 0.13 ms of SSE's arithmetic per batch.
+///
+/// # Safety
+/// The CPU must run AVX-512F code.
+#[cfg(all(target_arch = "x86_64", not(feature = "fast-math")))]
+#[target_feature(enable = "avx512f")]
+#[allow(unsafe_code)]
+unsafe fn adam_lanes_avx512(
+    k: &AdamConsts,
+    w: &mut [f32],
+    g: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+) -> usize {
+    use core::arch::x86_64::*;
+    let n = w.len().min(g.len()).min(m.len()).min(v.len()) / 16 * 16;
+    let (b1, b2) = (_mm512_set1_ps(k.b1), _mm512_set1_ps(k.b2));
+    let (ob1, ob2) = (_mm512_set1_ps(1.0 - k.b1), _mm512_set1_ps(1.0 - k.b2));
+    let (bc2, step, eps) =
+        (_mm512_set1_ps(k.bc2_sqrt), _mm512_set1_ps(k.step_size), _mm512_set1_ps(k.eps));
+    for i in (0..n).step_by(16) {
+        // SAFETY: every load and store is of lanes `i .. i + 16 <= n`, within all four slices.
+        unsafe {
+            let (pw, pm, pv) =
+                (w.as_mut_ptr().add(i), m.as_mut_ptr().add(i), v.as_mut_ptr().add(i));
+            let gi = _mm512_loadu_ps(g.as_ptr().add(i));
+            let mi = _mm512_add_ps(_mm512_mul_ps(b1, _mm512_loadu_ps(pm)), _mm512_mul_ps(ob1, gi));
+            let vi = _mm512_add_ps(
+                _mm512_mul_ps(b2, _mm512_loadu_ps(pv)),
+                _mm512_mul_ps(_mm512_mul_ps(ob2, gi), gi),
+            );
+            let denom = _mm512_add_ps(_mm512_div_ps(_mm512_sqrt_ps(vi), bc2), eps);
+            let wi =
+                _mm512_sub_ps(_mm512_loadu_ps(pw), _mm512_mul_ps(step, _mm512_div_ps(mi, denom)));
+            _mm512_storeu_ps(pm, mi);
+            _mm512_storeu_ps(pv, vi);
+            _mm512_storeu_ps(pw, wi);
+        }
+    }
     n
 }
 
@@ -153,8 +205,14 @@ mod tests {
     fn adam_lanes_equal_the_scalar_loop() {
         let opt = Optimizer::adam(0.01);
         let vals = [0.3f32, -2.0, 0.0, 1e-30, -7.5e-39, 1e-3, 123.0, -0.0, 4.2e-5, 0.77, -1e4];
-        for len in [1usize, 4, 7, 11, 33] {
-            let at = |i: usize, s: usize| vals[(i * 7 + s) % vals.len()];
+        // 40 and 71: sixteen lanes (AVX-512F), then four, then one at a time.
+        for len in [1usize, 4, 7, 11, 33, 40, 71] {
+            // The values above, each scaled by a factor of its own in [1, 2) (so that every
+            // lane rounds differently).
+            let at = |i: usize, s: usize| {
+                let f = 1.0 + ((i * 2654435761 + s * 40503) % 1000) as f32 / 1000.0;
+                vals[(i * 7 + s) % vals.len()] * f
+            };
             let g: Vec<f32> = (0..len).map(|i| at(i, 0)).collect();
             let (mut w1, mut m1, mut v1): (Vec<f32>, Vec<f32>, Vec<f32>) = (
                 (0..len).map(|i| at(i, 3)).collect(),
