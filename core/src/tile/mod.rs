@@ -19,7 +19,10 @@
 //!
 //! A driver that keeps every step's source buffers itself (as the host engine does) passes them
 //! to [`Tile::forward_external`] and [`Tile::backward_external`] instead, and the tile does not
-//! copy them into its histories (module `external`).
+//! copy them into its histories (module `external`). Such a driver may also run a tile through
+//! many steps in one call (module `run`: [`Tile::forward_external_run`], a first layer's
+//! [`Tile::backward_deferred_run`]) or step back every sample of one step in one call (module
+//! `samples`: [`Tile::backward_external_samples`]), with the same results bit for bit.
 //!
 //! Weights are stored input-major (`w[j * neurons + i]` is the weight from source neuron `j` to
 //! local neuron `i`) so that one input spike touches one contiguous row.
