@@ -8,6 +8,7 @@
 pub mod barrier;
 pub mod claims;
 pub mod dense;
+pub mod pool;
 pub mod schedule;
 mod shared;
 pub mod tiled;

@@ -72,6 +72,7 @@ use super::shared::Shared;
 use super::trace::{ExecTrace, TraceBuffers, TraceMeta};
 use super::{BatchResult, Engine, EngineMemory, InputBatch};
 use crate::config::ModelConfig;
+use crate::engine::pool::Pool;
 use crate::model::{OptimState, Params};
 use crate::plan::Plan;
 use anyhow::{anyhow, ensure, Result};
@@ -92,6 +93,8 @@ pub struct TiledEngine {
     counts: Shared<f32>,
     dldc: Shared<f32>,
     threads: usize,
+    /// The worker threads a batch runs on (`threads` of them, the caller's included).
+    pool: Pool,
     step: u32,
     /// Execution trace being recorded, if any.
     trace: Option<Box<TraceBuffers>>,
@@ -197,6 +200,7 @@ impl TiledEngine {
             counts: Shared::new(b * cfg.classes),
             dldc: Shared::new(b * cfg.classes),
             threads: threads.max(1),
+            pool: Pool::new(threads),
             step: 0,
             trace: None,
             unit_ns: Default::default(),
@@ -277,6 +281,9 @@ impl TiledEngine {
     /// Sets the number of worker threads (results do not depend on it).
     pub fn set_threads(&mut self, threads: usize) {
         self.threads = threads.max(1);
+        if self.pool.threads() != self.threads {
+            self.pool = Pool::new(self.threads);
+        }
         self.configure_backward();
     }
 }
