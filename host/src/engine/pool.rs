@@ -5,7 +5,7 @@
 //! Why: the tiled engine's batch runs its threads in lockstep (a barrier after every phase), and
 //! spawning the second thread for each batch cost the first about 70 µs and started the second
 //! about 140 µs late on session 23's Zen 4 VM: some 2–3 % of a 1 %-input batch of W's shape.
-//! Between jobs a worker spins for [`SPIN`] (a training loop's next batch is usually ready by
+//! Between jobs a worker spins for 2 ms (a training loop's next batch is usually ready by
 //! then) and then sleeps until the next job.
 //!
 //! ```
