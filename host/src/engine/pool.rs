@@ -114,10 +114,13 @@ impl Pool {
         }
         let mine = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(0)));
         let workers = self.threads - 1;
+        // The workers leave the job's last barrier about when this thread does: a short spin,
+        // then yielding (with more threads than cores, a waiting thread's spin would hold back
+        // the workers it waits for).
         let mut spins = 0u32;
         while s.done.load(Ordering::Acquire) < workers {
             spins += 1;
-            if spins < 1 << 16 {
+            if spins < 1 << 10 {
                 std::hint::spin_loop();
             } else {
                 std::thread::yield_now();
@@ -162,6 +165,9 @@ fn worker(s: &State, tid: usize) {
                 continue;
             }
             if started.elapsed() < SPIN {
+                // Lets another thread of this core run meanwhile, if any (more threads than
+                // cores): the caller's work between jobs, say.
+                std::thread::yield_now();
                 continue;
             }
             let guard = s.sleep.lock().expect("pool state");
