@@ -139,8 +139,8 @@ impl TiledEngine {
         let samples = lr.plan.samples_of(r, input.len);
         let far = self.far_partials(l);
         if deferred.is_none() && !lr.plan.recurrent && !far {
-            // Every sample in one call (a readout: W's backward of the readout, one thread,
-            // see `Tile::backward_external_samples`).
+            // Every sample of the step in one call (`Tile::backward_external_samples`): W's
+            // readout, and any feed-forward layer above the first whose partials are near.
             let b0 = samples.start;
             let (last, classes) = (l + 1 == self.layers.len(), self.cfg.classes);
             let first = tile.config().first_neuron;
