@@ -40,8 +40,8 @@ pub struct Pool {
 
 /// What the caller and the workers share.
 struct State {
-    /// The job (a pointer to the caller's closure, valid while [`Pool::run`] runs), as two
-    /// words of a fat pointer; null when none.
+    /// The job: a pointer to the caller's closure, valid while [`Pool::run`] runs; `None`
+    /// between jobs.
     job: Mutex<Option<JobPtr>>,
     /// Jobs posted so far: a worker runs each once.
     posted: AtomicU64,
