@@ -52,5 +52,6 @@ pub use optim::{Optimizer, OptimizerKind};
 pub use spikes::{LayerMerge, SpikeBuffer, SpikeView};
 pub use surrogate::Surrogate;
 pub use tile::{
-    OutBuffers, SharedGrads, SharedWeights, StepInput, Tile, TileConfig, TileLayout, TileStats,
+    DldsAt, OutBuffers, SharedGrads, SharedWeights, StepInput, Tile, TileConfig, TileLayout,
+    TileStats,
 };

@@ -19,7 +19,7 @@ use spiketile_core::rows::{accumulate_rows, dots, gather_add, scatter_add};
 use spiketile_core::simd::{self, Level};
 use spiketile_core::spikes::build_into;
 use spiketile_core::{
-    NeuronParams, Optimizer, OptimizerKind, SpikeView, StepInput, Tile, TileConfig,
+    DldsAt, NeuronParams, Optimizer, OptimizerKind, SpikeView, StepInput, Tile, TileConfig,
 };
 
 /// A tile of the W workload's hidden layer (700 inputs, 256-wide layer, 5 % input activity).
@@ -351,6 +351,58 @@ fn tile_runs(c: &mut Criterion) {
     each_level(|level| {
         g.bench_function(format!("backward run ({level:?})"), |b| {
             b.iter(|| tile.backward_deferred_run(0..T, M, dlds, &mut vecs, M * 32).unwrap())
+        });
+    });
+    // The same entries, pointed at (a layer buffer's two runs, as the engine's partials).
+    let entries: Vec<f32> = (0..T * M * 64).map(|i| 0.01 * (1 + i % 3) as f32).collect();
+    let at = |t: usize, s: usize, _buf: SpikeView<'_>| {
+        let at = (t * M + s) * 64;
+        Some(DldsAt { spikes: &entries[at..at + 32], near: &entries[at + 32..at + 64] })
+    };
+    let copied = |t: usize, s: usize, buf: SpikeView<'_>, dst: &mut [f32]| {
+        let at = (t * M + s) * 64;
+        let (d0, d1) = dst.split_at_mut(buf.n_spikes);
+        d0.iter_mut().zip(&entries[at..]).for_each(|(d, &x)| *d = 0.0 + x);
+        d1.iter_mut().zip(&entries[at + 32..]).for_each(|(d, &x)| *d = 0.0 + x);
+    };
+    // Fresh buffers for every backward run (a forward run on the next of 16 inputs, untimed):
+    // the branches of a run on buffers it saw before are learnt, the engine's never are.
+    let fresh: Vec<Vec<Vec<Vec<u16>>>> = (0..16)
+        .map(|_| (0..T).map(|_| (0..M).map(|_| input_spikes(&mut rng)).collect()).collect())
+        .collect();
+    let mut next = 0;
+    let mut forward_fresh = |tile: &mut Tile<'_>| {
+        let inp = &fresh[next % fresh.len()];
+        next += 1;
+        let view = |t: usize, b: usize| SpikeView::new(&inp[t][b], inp[t][b].len()).unwrap();
+        tile.forward_external_run(0..T, M, view, None, &mut [[0u32; 2]; T]).unwrap();
+    };
+    each_level(|level| {
+        g.bench_function(format!("backward run, entries copied ({level:?})"), |b| {
+            b.iter_custom(|iters| {
+                let mut took = std::time::Duration::ZERO;
+                for _ in 0..iters {
+                    forward_fresh(&mut tile);
+                    let started = std::time::Instant::now();
+                    tile.backward_deferred_run(0..T, M, copied, &mut vecs, M * 32).unwrap();
+                    took += started.elapsed();
+                }
+                took
+            })
+        });
+    });
+    each_level(|level| {
+        g.bench_function(format!("backward run, entries pointed at ({level:?})"), |b| {
+            b.iter_custom(|iters| {
+                let mut took = std::time::Duration::ZERO;
+                for _ in 0..iters {
+                    forward_fresh(&mut tile);
+                    let started = std::time::Instant::now();
+                    tile.backward_deferred_run_at(0..T, M, at, &mut vecs, M * 32).unwrap();
+                    took += started.elapsed();
+                }
+                took
+            })
         });
     });
     g.finish();

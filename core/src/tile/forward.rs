@@ -155,6 +155,7 @@ impl<'a> Tile<'a> {
             build_into(u, theta, self.params.window, &mut slot[2..])
         };
         keep_gradient_set(slot, &mut self.u_hist[step * kt..][..kt], u, &r);
+        self.store_masks(step);
         self.stats.spikes_raw += r.raw_spikes as u64;
         self.stats.near_raw += r.raw_near as u64;
         r
@@ -206,6 +207,7 @@ impl<'a> Tile<'a> {
         }
         slot[0] = keep_spikes as u16;
         slot[1] = (keep_spikes + keep_near) as u16;
+        self.store_masks(step);
         self.stats.spikes_kept += keep_spikes as u64;
         self.stats.near_kept += keep_near as u64;
         Ok(())

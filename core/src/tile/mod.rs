@@ -21,8 +21,13 @@
 //! to [`Tile::forward_external`] and [`Tile::backward_external`] instead, and the tile does not
 //! copy them into its histories (module `external`). Such a driver may also run a tile through
 //! many steps in one call (module `run`: [`Tile::forward_external_run`], a first layer's
-//! [`Tile::backward_deferred_run`]) or step back every sample of one step in one call (module
+//! [`Tile::backward_deferred_run`], or [`Tile::backward_deferred_run_at`] reading its `dL/dS`
+//! where the driver's partials lie) or step back every sample of one step in one call (module
 //! `samples`: [`Tile::backward_external_samples`]), with the same results bit for bit.
+//!
+//! A tile of up to 32 neurons also keeps each buffer of its own history as two masks (spikes,
+//! near-threshold ids) in the spare end of the buffer's slot, where its ids leave room (see
+//! `MASKED_NEURONS`): its backward runs read those instead of the ids.
 //!
 //! Weights are stored input-major (`w[j * neurons + i]` is the weight from source neuron `j` to
 //! local neuron `i`) so that one input spike touches one contiguous row.
@@ -62,6 +67,7 @@ mod tests;
 pub use config::{SharedGrads, SharedWeights, TileConfig, TileLayout, TileStats};
 pub use external::StepInput;
 pub use out_view::OutBuffers;
+pub use run::DldsAt;
 
 /// One tile: configuration, parameters and the slices of its arena.
 #[derive(Debug)]
@@ -96,6 +102,54 @@ fn carve<'a, T: Pod>(rest: &mut &'a mut [u32], count: usize) -> &'a mut [T] {
     let (head, tail) = core::mem::take(rest).split_at_mut(words);
     *rest = tail;
     &mut bytemuck::cast_slice_mut(head)[..count]
+}
+
+/// Tiles of up to this many neurons keep each buffer of their own history also as two masks
+/// (spikes, near-threshold ids; bit `i` for neuron `i`), in the last [`MASK_ENTRIES`] entries
+/// of its slot wherever its ids leave them free (at most `capacity - MASK_ENTRIES` ids): what
+/// their backward runs read instead of the ids ([`Tile::backward_deferred_run_at`]). The
+/// footprint does not change.
+const MASKED_NEURONS: usize = 32;
+
+/// Entries (`u16`) of a slot that hold its masks: `[spikes low, spikes high, near low, near
+/// high]`.
+const MASK_ENTRIES: usize = 4;
+
+/// The masks of a buffer slot's ids (see [`MASKED_NEURONS`]): its spikes' bits and its
+/// near-threshold ids' bits (ids below 32).
+fn slot_masks(slot: &[u16]) -> [u32; 2] {
+    let view = slot_view(slot);
+    let bits = |ids: &[u16]| ids.iter().fold(0u32, |m, &i| m | (1u32 << (i & 31)));
+    [bits(view.spikes()), bits(view.near())]
+}
+
+/// Writes `masks` into the tail of `slot` (`kt + 2` entries) if its ids leave room and the
+/// tile has at most [`MASKED_NEURONS`] neurons (`n`).
+#[inline(always)]
+fn put_masks(slot: &mut [u16], n: usize, [spikes, near]: [u32; 2]) {
+    let (ng, len) = (slot[1] as usize, slot.len());
+    if n <= MASKED_NEURONS && ng + MASK_ENTRIES + 2 <= len {
+        let tail = &mut slot[len - MASK_ENTRIES..];
+        tail.copy_from_slice(&[
+            spikes as u16,
+            (spikes >> 16) as u16,
+            near as u16,
+            (near >> 16) as u16,
+        ]);
+    }
+}
+
+/// The masks [`put_masks`] wrote into `slot`, or (no room for them) the masks of its ids.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+#[inline(always)]
+fn get_masks(slot: &[u16]) -> [u32; 2] {
+    let (ng, len) = (slot[1] as usize, slot.len());
+    if ng + MASK_ENTRIES + 2 <= len {
+        let t = &slot[len - MASK_ENTRIES..];
+        [u32::from(t[0]) | u32::from(t[1]) << 16, u32::from(t[2]) | u32::from(t[3]) << 16]
+    } else {
+        slot_masks(slot)
+    }
 }
 
 /// A buffer slot in a history: `[n_spikes, n_grad, ids...]`.
@@ -346,6 +400,17 @@ impl<'a> Tile<'a> {
 
     fn out_slot(&self, t: usize, b: usize) -> usize {
         self.step_index(t, b) * (self.cfg.own_capacity() + 2)
+    }
+
+    /// Writes the masks of sample-step `step`'s own buffer into its slot (see
+    /// [`MASKED_NEURONS`]): after every change of a buffer.
+    #[inline]
+    fn store_masks(&mut self, step: usize) {
+        let (n, kt) = (self.cfg.neurons, self.cfg.own_capacity());
+        if n <= MASKED_NEURONS {
+            let slot = &mut self.out_hist[step * (kt + 2)..][..kt + 2];
+            put_masks(slot, n, slot_masks(slot));
+        }
     }
 
     fn in_slot(&self, t: usize, b: usize) -> usize {

@@ -1,7 +1,8 @@
 //! Runs: a tile through a range of steps, every sample at each step, in one call. Forward
 //! ([`Tile::forward_external_run`]): a feed-forward tile, for a driver that runs its tiles ahead
 //! of the layer merge; backward ([`Tile::backward_deferred_run`], module `backward`): a first
-//! layer with deferred input-weight gradients. The same arithmetic as [`Tile::forward_external`]
+//! layer with deferred input-weight gradients, or ([`Tile::backward_deferred_run_at`], module
+//! `backward_at`) the same reading its `dL/dS` where the driver points. The same arithmetic as [`Tile::forward_external`]
 //! (or [`Tile::backward_external_deferred`]) step after step, bit for bit; what a run saves is the
 //! per-step call: the checks of the tile's shapes once per run rather than per sample and step,
 //! and (on x86-64) the row sums and the membrane update inlined into one loop compiled for the
@@ -14,6 +15,9 @@ use crate::TileError;
 use core::ops::Range;
 
 mod backward;
+mod backward_at;
+
+pub use backward_at::DldsAt;
 
 /// How many steps ahead a run asks for the history it will write ([`Tile::prefetch_forward`]).
 /// Where a layer's histories exceed the caches its stores otherwise wait for every line they
@@ -188,7 +192,7 @@ impl Tile<'_> {
         F: FnMut(usize, usize) -> SpikeView<'s>,
     {
         use super::forward::keep_gradient_set;
-        use super::slot_view;
+        use super::{put_masks, slot_masks, slot_view};
         use crate::spikes::build_from_masks;
         use core::arch::x86_64::{
             __m512, _mm512_add_ps, _mm512_cmp_ps_mask, _mm512_loadu_ps, _mm512_mask_storeu_ps,
@@ -220,6 +224,7 @@ impl Tile<'_> {
         // The spikes each sample kept at the step before, as a mask (samples beyond its length
         // read them from the history).
         let (first, mut last) = (steps.start, [0u64; MASKED_SAMPLES]);
+        crate::simd::prefetch_lines_l2(w);
         'steps: for (t, found) in steps.zip(found) {
             self.prefetch_forward(t + PREFETCH_STEPS);
             let (mut step_spikes, mut step_near) = (0u32, 0u32);
@@ -299,16 +304,17 @@ impl Tile<'_> {
                 let slot = &mut self.out_hist[step * (kt + 2)..][..kt + 2];
                 let uh = &mut self.u_hist[step * kt..][..kt];
                 // SAFETY: the CPU runs AVX-512F and POPCNT code (this function's contract).
-                let (r, kept) =
+                let (r, kept, masks) =
                     match unsafe { set_from_masks(spikes, at_least_lower, &vs, slot, uh) } {
-                        Some(r) => (r, spikes),
+                        Some(r) => (r, spikes, [spikes as u32, (at_least_lower & !spikes) as u32]),
                         None => {
                             // Over the tile's capacity: the general build cuts the set.
                             let r = build_from_masks(spikes, at_least_lower, &mut slot[2..]);
                             keep_gradient_set(slot, uh, u, &r);
-                            (r, spike_mask(slot_view(slot)))
+                            (r, spike_mask(slot_view(slot)), slot_masks(slot))
                         }
                     };
+                put_masks(slot, n, masks);
                 if let Some(m) = last.get_mut(b) {
                     *m = kept;
                 }

@@ -56,6 +56,34 @@ impl Tile<'_> {
     where
         F: FnMut(usize, usize, SpikeView<'_>, &mut [f32]),
     {
+        self.check_back_run(&steps, samples, vecs, stride)?;
+        #[cfg(target_arch = "x86_64")]
+        #[allow(unsafe_code)]
+        if crate::simd::avx512() && matches!(self.cfg.neurons, 16 | 32 | 64) {
+            // SAFETY: the CPU runs AVX-512F code (checked at run time); N = 16 R neurons.
+            unsafe {
+                match self.cfg.neurons {
+                    16 => self.back_lanes::<16, 1, F>(steps, samples, dlds, vecs, stride),
+                    32 => self.back_lanes::<32, 2, F>(steps, samples, dlds, vecs, stride),
+                    _ => self.back_lanes::<64, 4, F>(steps, samples, dlds, vecs, stride),
+                }
+            }
+            return Ok(());
+        }
+        self.back_body(steps, samples, dlds, vecs, stride);
+        Ok(())
+    }
+
+    /// The checks of [`Tile::backward_deferred_run`]: `BadInput` if the tile is recurrent,
+    /// `steps` or `samples` lie beyond the tile's, `stride` is less than `samples * n` or `vecs`
+    /// is too short.
+    pub(super) fn check_back_run(
+        &self,
+        steps: &Range<usize>,
+        samples: usize,
+        vecs: &[f32],
+        stride: usize,
+    ) -> Result<(), TileError> {
         let cfg = &self.cfg;
         let n = cfg.neurons;
         let need = match steps.len() {
@@ -70,20 +98,6 @@ impl Tile<'_> {
         {
             return Err(TileError::BadInput);
         }
-        #[cfg(target_arch = "x86_64")]
-        #[allow(unsafe_code)]
-        if crate::simd::avx512() && matches!(n, 16 | 32 | 64) {
-            // SAFETY: the CPU runs AVX-512F code (checked at run time); N = 16 R neurons.
-            unsafe {
-                match n {
-                    16 => self.back_lanes::<16, 1, F>(steps, samples, dlds, vecs, stride),
-                    32 => self.back_lanes::<32, 2, F>(steps, samples, dlds, vecs, stride),
-                    _ => self.back_lanes::<64, 4, F>(steps, samples, dlds, vecs, stride),
-                }
-            }
-            return Ok(());
-        }
-        self.back_body(steps, samples, dlds, vecs, stride);
         Ok(())
     }
 

@@ -572,3 +572,174 @@ fn backward_samples_are_checked() {
     assert_eq!(r, Err(TileError::BadInput));
     assert_eq!(calls, [0], "sample 0 ran, sample 1 did not");
 }
+
+/// The `dL/dS` entries of every buffer of a tile's history where a driver's partials would hold
+/// them for [`Tile::backward_deferred_run_at`]: per step and sample a row of 64 spikes' entries,
+/// then 64 near-threshold ids', each [`dlds_of`] its place in the buffer; `NaN` where no entry
+/// is (a run that read one would differ).
+fn pointed_entries(tile: &Tile<'_>) -> Vec<f32> {
+    let mut entries = vec![f32::NAN; T * BATCH * 128];
+    for t in 0..T {
+        for b in 0..BATCH {
+            let buf = tile.out_buffer(t, b);
+            let row = &mut entries[(t * BATCH + b) * 128..][..128];
+            for k in 0..buf.ids.len() {
+                let at = if k < buf.n_spikes { k } else { 64 + k - buf.n_spikes };
+                row[at] = dlds_of(t, b, k);
+            }
+        }
+    }
+    entries
+}
+
+/// Zeroes the tile's `dL/dS` in-buffers and scratch: what the backward runs that read their
+/// entries where they are pointed leave alone.
+fn clear_scratch(arena: &mut [u32], cfg: &TileConfig, params: NeuronParams) {
+    let tile = Tile::attach(*cfg, params, bytemuck::cast_slice_mut(arena)).unwrap();
+    tile.dlds.fill(0.0);
+    tile.cur.fill(0.0);
+}
+
+/// Backward runs that read `dL/dS` where the driver points ([`Tile::backward_deferred_run_at`])
+/// equal the steps one by one: every vector and the whole arena but the `dL/dS` in-buffers and
+/// the scratch, at widths 16 and 32 (the lean loop: masks from the slots, or from the ids where
+/// these leave no room) and 7, 20 and 64 (the run given copies), buffers cut or not, a window
+/// or exact mode, all or some samples, in one run or two, twice over.
+#[test]
+fn backward_runs_pointed_at_equal_the_steps_one_by_one() {
+    let mut lean_runs = 0;
+    for (neurons, capacity) in [(16, 3), (16, 16), (32, 32), (32, 5), (32, 24), (64, 9), (7, 7)]
+        .into_iter()
+        .chain([(20, 4)])
+    {
+        let cfg = cfg(neurons, capacity);
+        for (seed, window) in [(4, 0.3), (5, f32::INFINITY)] {
+            let params = NeuronParams { window, ..NeuronParams::default() };
+            let mut start = marked_arena(&cfg, params, seed);
+            let input = inputs(seed + 10, 0.25);
+            let entries = {
+                let mut tile = Tile::attach(cfg, params, bytemuck::cast_slice_mut(&mut start));
+                let tile = tile.as_mut().unwrap();
+                step_by_step(tile, &input, BATCH);
+                pointed_entries(tile)
+            };
+            let at = |t: usize, b: usize, _: SpikeView<'_>| {
+                let row = &entries[(t * BATCH + b) * 128..][..128];
+                Some(DldsAt { spikes: &row[..64], near: &row[64..] })
+            };
+            for samples in [BATCH, 2] {
+                let stride = (samples + 1) * neurons;
+                let mut want = start.clone();
+                let mut want_vecs = vec![7.0f32; T * stride];
+                {
+                    let mut tile =
+                        Tile::attach(cfg, params, bytemuck::cast_slice_mut(&mut want)).unwrap();
+                    back_step_by_step(&mut tile, samples, &mut want_vecs, stride);
+                    back_step_by_step(&mut tile, samples, &mut want_vecs, stride);
+                }
+                clear_scratch(&mut want, &cfg, params);
+                lean_runs +=
+                    usize::from(crate::simd::avx512() && neurons <= 32 && neurons % 16 == 0);
+                for split in [0, 6] {
+                    let what = format!(
+                        "{neurons} neurons, cap {capacity}, window {window}, {samples} samples, \
+                         split {split}"
+                    );
+                    let mut got = start.clone();
+                    let mut vecs = vec![7.0f32; T * stride];
+                    {
+                        let arena = bytemuck::cast_slice_mut(&mut got);
+                        let mut tile = Tile::attach(cfg, params, arena).unwrap();
+                        for _ in 0..2 {
+                            for steps in [split..T, 0..split] {
+                                let v = &mut vecs[(T - steps.end) * stride..];
+                                tile.backward_deferred_run_at(steps, samples, at, v, stride)
+                                    .unwrap();
+                            }
+                        }
+                    }
+                    clear_scratch(&mut got, &cfg, params);
+                    assert!(vecs == want_vecs, "vectors differ: {what}");
+                    assert!(got == want, "arena differs: {what}");
+                }
+            }
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    assert!(!crate::simd::avx512() || lean_runs > 0);
+}
+
+/// Entries named `None` are zeros (a driver's last step); entries fewer than a buffer's are
+/// refused.
+#[test]
+fn backward_runs_pointed_at_take_none_and_refuse_short_entries() {
+    for neurons in [32, 7] {
+        let cfg = cfg(neurons, neurons);
+        let params = NeuronParams::default();
+        let mut start = arena(&cfg, params, 8);
+        let input = inputs(18, 0.25);
+        let mut tile = Tile::attach(cfg, params, bytemuck::cast_slice_mut(&mut start)).unwrap();
+        step_by_step(&mut tile, &input, BATCH);
+        let stride = BATCH * neurons;
+        let mut want = vec![7.0f32; T * stride];
+        let zeros = |_: usize, _: usize, _: SpikeView<'_>, d: &mut [f32]| d.fill(0.0);
+        tile.backward_deferred_run(0..T, BATCH, zeros, &mut want, stride).unwrap();
+        let mut got = vec![7.0f32; T * stride];
+        let none = |_: usize, _: usize, _: SpikeView<'_>| None;
+        tile.backward_deferred_run_at(0..T, BATCH, none, &mut got, stride).unwrap();
+        assert!(got == want, "{neurons} neurons: None is zeros");
+        // The step with the most entries gets one fewer than it has.
+        let (mut most, mut at) = (0, (0, 0));
+        for t in 0..T {
+            for b in 0..BATCH {
+                let buf = tile.out_buffer(t, b);
+                if buf.n_spikes > most {
+                    (most, at) = (buf.n_spikes, (t, b));
+                }
+            }
+        }
+        assert!(most > 0, "neurons must spike");
+        let ones = [1.0f32; 64];
+        let short = |t: usize, b: usize, buf: SpikeView<'_>| {
+            let n = if (t, b) == at { buf.n_spikes - 1 } else { 64 };
+            Some(DldsAt { spikes: &ones[..n], near: &ones })
+        };
+        let mut vecs = vec![7.0f32; T * stride];
+        let r = tile.backward_deferred_run_at(0..T, BATCH, short, &mut vecs, stride);
+        assert_eq!(r, Err(TileError::BadInput), "{neurons} neurons");
+    }
+}
+
+/// Every slot with room for them holds its buffer's masks, after the steps, the runs and a
+/// merge's cuts ([`Tile::commit`]); the masks read back are the ids' either way.
+#[test]
+fn slots_keep_their_masks_through_runs_and_cuts() {
+    use crate::tile::{get_masks, slot_masks};
+    for (neurons, capacity) in [(16, 16), (32, 26), (32, 5), (20, 20), (7, 7)] {
+        let cfg = cfg(neurons, capacity);
+        let params = NeuronParams { window: 0.3, ..NeuronParams::default() };
+        let input = inputs(21, 0.25);
+        for (name, run) in builds(neurons) {
+            let mut a = marked_arena(&cfg, params, 9);
+            let mut tile = Tile::attach(cfg, params, bytemuck::cast_slice_mut(&mut a)).unwrap();
+            run(&mut tile, &input, BATCH, 5);
+            let (mut with_room, mut cut) = (0, 0);
+            for t in 0..T {
+                for b in 0..BATCH {
+                    let buf = tile.out_buffer(t, b);
+                    let (ns, nn) = (buf.n_spikes, buf.near().len());
+                    if (t + b) % 2 == 1 && ns + nn > 0 {
+                        tile.commit(t, b, ns / 2, nn / 2).unwrap();
+                        cut += 1;
+                    }
+                    let kt = cfg.own_capacity();
+                    let slot = &tile.out_hist[tile.out_slot(t, b)..][..kt + 2];
+                    let what = format!("{name}, {neurons} neurons, cap {capacity}, t {t}, b {b}");
+                    assert_eq!(get_masks(slot), slot_masks(slot), "{what}");
+                    with_room += usize::from(slot[1] as usize + 4 <= kt);
+                }
+            }
+            assert!(cut > 0 && (neurons > 32 || capacity < 8 || with_room > 0), "{name}");
+        }
+    }
+}

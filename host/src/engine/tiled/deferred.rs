@@ -403,7 +403,7 @@ impl TiledEngine {
                 // 1.24 -> 0.94 / 0.94 / 0.92 at 1 % input, `--init-gain 110 --max-activity 0.3`),
                 // W 10,881 -> 11,476 samples/s (6 rounds); session 19's Xeon: no change.
                 if let Some(one) = one {
-                    let dlds = |t: usize, bl: usize, mine: SpikeView<'_>, dst: &mut [f32]| {
+                    let at = |t: usize, bl: usize, mine: SpikeView<'_>| {
                         let b = b0 + bl;
                         if bl == 0 && t > 1 {
                             one.prefetch_starts(b0, t - 2);
@@ -412,12 +412,12 @@ impl TiledEngine {
                         if t > 0 {
                             one.prefetch(b, t - 1);
                         }
-                        one.gather((b, t), (mine.n_spikes, mine.near().len()), dst);
+                        one.at((b, t), (mine.n_spikes, mine.near().len()))
                     };
-                    return tile.backward_deferred_run(
+                    return tile.backward_deferred_run_at(
                         run.clone(),
                         samples.len(),
-                        dlds,
+                        at,
                         vecs,
                         stride,
                     );

@@ -3,10 +3,12 @@
 //! ([`TiledEngine::summed`]). [`TiledEngine::gather_dlds`] works out where a tile-sample-step's
 //! partials lie at every call (which layers, buffers and strides; some twenty loads and
 //! branches); a [`OneSource`] works them out once per tile run, so that each step looks up its
-//! starts and partials and nothing else. The same values, copied the same way (`0.0 + x`).
+//! starts and nothing else, and the tile reads its entries where they lie (the same values,
+//! each read as `0.0 + x`, as the gather copies them).
 
 use super::TiledEngine;
 use crate::engine::shared::Shared;
+use spiketile_core::DldsAt;
 
 /// Where the `dL/dS` of one tile column `(l, p)` lie, if one buffer holds all its partials:
 /// entry `k` of sample `b`'s buffer at step `t` at `(slots[t + 1] * slot_len + b) * cap + k`.
@@ -40,28 +42,26 @@ impl<'a> OneSource<'a> {
         Some((slot * self.slot_len + b) * self.cap)
     }
 
-    /// [`TiledEngine::gather_dlds`]: `dL/dS` of the `ns` spikes and `nn` near-threshold ids of
-    /// sample `b` at step `t` into `dst`.
+    /// Where the `ns` spikes' and `nn` near-threshold ids' entries of sample `b` at step `t`
+    /// lie, for the tile to read them itself (`0.0 + x` each, as [`TiledEngine::gather_dlds`]
+    /// copies them; [`spiketile_core::Tile::backward_deferred_run_at`]); `None` at the last step
+    /// (nothing above it: all zeros).
     #[inline(always)]
-    pub(super) fn gather(&self, (b, t): (usize, usize), (ns, nn): (usize, usize), dst: &mut [f32]) {
-        if ns + nn == 0 {
-            return;
-        }
-        let (d0, d1) = dst[..ns + nn].split_at_mut(ns);
-        let Some(base) = self.base(b, t) else {
-            d0.fill(0.0);
-            d1.fill(0.0);
-            return;
-        };
+    pub(super) fn at(
+        &self,
+        (b, t): (usize, usize),
+        (ns, nn): (usize, usize),
+    ) -> Option<DldsAt<'a>> {
+        let base = self.base(b, t)?;
         let (s0, n0) = self.starts(b, t);
         // Safety: the partials of step t + 1 were written in an earlier phase; backward phases
         // only read them.
-        let (p0, p1) = unsafe { (self.part.slice(base + s0, ns), self.part.slice(base + n0, nn)) };
-        d0.iter_mut().zip(p0).for_each(|(d, &x)| *d = 0.0 + x);
-        d1.iter_mut().zip(p1).for_each(|(d, &x)| *d = 0.0 + x);
+        let (spikes, near) =
+            unsafe { (self.part.slice(base + s0, ns), self.part.slice(base + n0, nn)) };
+        Some(DldsAt { spikes, near })
     }
 
-    /// Asks for the partials [`Self::gather`] of sample `b` at step `t` reads (a hint).
+    /// Asks for the partials [`Self::at`] of sample `b` at step `t` names (a hint).
     #[inline(always)]
     pub(super) fn prefetch(&self, b: usize, t: usize) {
         if let Some(base) = self.base(b, t) {
