@@ -59,7 +59,86 @@ impl Tile<'_> {
         &mut self,
         t: usize,
         samples: usize,
-        mut dlds: D,
+        dlds: D,
+        input: I,
+        partials: P,
+        source_partials: bool,
+        shared: Option<SharedWeights<'_>>,
+        grads: Option<SharedGrads<'_>>,
+    ) -> Result<(), TileError>
+    where
+        D: FnMut(usize, SpikeView<'_>, &mut [f32]),
+        I: FnMut(usize) -> SpikeView<'s>,
+        P: FnMut(usize, &[f32]),
+    {
+        let dl = DldsFrom::Driver(dlds);
+        self.samples_impl(t, samples, dl, input, partials, source_partials, shared, grads)
+    }
+
+    /// [`Tile::backward_external_samples`] of an output layer's tile, whose `dL/dS` is the same
+    /// at every step: neuron `i`'s of sample `b` is `0.0 + dldc[b * stride + i]` (its class's
+    /// `dL/dc`, read in neuron order: on AVX-512F no permutation of the gradient set's entries).
+    /// The same arithmetic, bit for bit; the tile's `dL/dS` in-buffer and scratch hold nothing
+    /// of use after it. `BadInput` as there, or if `dldc` is shorter than `samples` rows.
+    ///
+    /// ```
+    /// use spiketile_core::{NeuronParams, OptimizerKind, SpikeView, StepInput, Tile, TileConfig};
+    /// let cfg = TileConfig {
+    ///     neurons: 2, first_neuron: 0, layer_width: 2, inputs: 3, recurrent: false,
+    ///     batch: 2, time_steps: 1, in_capacity: 3, layer_capacity: 2,
+    ///     optimizer: OptimizerKind::Sgd,
+    /// };
+    /// let mut arena = vec![0u32; cfg.footprint().unwrap().arena() / 4];
+    /// let mut tile = Tile::new(cfg, NeuronParams::default(), bytemuck::cast_slice_mut(&mut arena)).unwrap();
+    /// tile.weights_mut().fill(30.0);
+    /// let ids = [0u16, 2];
+    /// let step = StepInput::feed_forward(SpikeView::new(&ids, 2).unwrap());
+    /// for b in 0..2 {
+    ///     tile.forward_external(0, b, step, None).unwrap();
+    ///     tile.commit_all(0, b).unwrap();
+    /// }
+    /// // dL/dc of two samples of two classes.
+    /// let dldc = [0.5f32, -0.5, 0.25, -0.25];
+    /// let mut got = vec![];
+    /// let partials = |b, p: &[f32]| got.push((b, p.to_vec()));
+    /// tile.backward_output_samples(0, 2, &dldc, 2, |_b| step.input, partials, true, None, None)
+    ///     .unwrap();
+    /// assert_eq!(got.len(), 2);
+    /// assert!(tile.grads().0[0] != 0.0 && tile.grads().0[2] == 0.0);
+    /// ```
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_output_samples<'s, I, P>(
+        &mut self,
+        t: usize,
+        samples: usize,
+        dldc: &[f32],
+        stride: usize,
+        input: I,
+        partials: P,
+        source_partials: bool,
+        shared: Option<SharedWeights<'_>>,
+        grads: Option<SharedGrads<'_>>,
+    ) -> Result<(), TileError>
+    where
+        I: FnMut(usize) -> SpikeView<'s>,
+        P: FnMut(usize, &[f32]),
+    {
+        let rows = samples.checked_sub(1).map(|last| last * stride + self.cfg.neurons);
+        if rows.is_some_and(|len| len > dldc.len()) {
+            return Err(TileError::BadInput);
+        }
+        let dl = DldsFrom::<fn(usize, SpikeView<'_>, &mut [f32])>::Lanes(dldc, stride);
+        self.samples_impl(t, samples, dl, input, partials, source_partials, shared, grads)
+    }
+
+    /// [`Tile::backward_external_samples`] with `dL/dS` from the driver or in neuron order.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn samples_impl<'s, D, I, P>(
+        &mut self,
+        t: usize,
+        samples: usize,
+        mut dlds: DldsFrom<'_, D>,
         mut input: I,
         mut partials: P,
         source_partials: bool,
@@ -98,7 +177,7 @@ impl Tile<'_> {
             }
             let at = self.out_slot(t, b);
             let out = slot_view(&self.out_hist[at..]);
-            dlds(b, out, &mut self.dlds[b * kt..][..out.ids.len()]);
+            dlds.write(b, out, &mut self.dlds[b * kt..][..out.ids.len()]);
             let g = grads.as_mut().map(SharedGrads::reborrow);
             let step = StepInput::feed_forward(view);
             self.backward_step(t, b, step, source_partials, shared, g, None);
@@ -126,7 +205,7 @@ impl Tile<'_> {
     unsafe fn samples_lanes<'s, const N: usize, const R: usize, D, I, P>(
         &mut self,
         (t, samples, source_partials): (usize, usize, bool),
-        mut dlds: D,
+        mut dlds: DldsFrom<'_, D>,
         mut input: I,
         mut partials: P,
         shared: Option<SharedWeights<'_>>,
@@ -172,7 +251,11 @@ impl Tile<'_> {
             let step = t * batch + b;
             let out = slot_view(&self.out_hist[step * (kt + 2)..]);
             let ng = out.ids.len();
-            dlds(b, out, &mut self.dlds[b * kt..][..ng]);
+            // In neuron order (an output layer's), the whole set's entries are loaded below.
+            let lanes_dlds = dlds.lanes(b).filter(|_| ng == n);
+            if lanes_dlds.is_none() {
+                dlds.write(b, out, &mut self.dlds[b * kt..][..ng]);
+            }
             let g = &mut self.g[b * n..(b + 1) * n];
             let c = &mut self.c[..n];
             // Bit i set: neuron i spiked at this step (its adjoint is reset).
@@ -199,6 +282,7 @@ impl Tile<'_> {
                 let part = |r: usize| {
                     (((1u32 << (ng.saturating_sub(16 * r)).min(16)) - 1) & 0xffff) as u16
                 };
+                let zero = _mm512_setzero_ps();
                 // SAFETY: the lanes of `part(r)` lie within the ng entries at each pointer.
                 let (u, d) = unsafe {
                     (
@@ -206,10 +290,13 @@ impl Tile<'_> {
                             _mm512_maskz_loadu_ps(part(0), at.0),
                             _mm512_maskz_loadu_ps(part(1), at.0.add(16)),
                         ],
-                        [
-                            _mm512_maskz_loadu_ps(part(0), at.1),
-                            _mm512_maskz_loadu_ps(part(1), at.1.add(16)),
-                        ],
+                        match lanes_dlds {
+                            Some(_) => [zero; 2],
+                            None => [
+                                _mm512_maskz_loadu_ps(part(0), at.1),
+                                _mm512_maskz_loadu_ps(part(1), at.1.add(16)),
+                            ],
+                        },
                     )
                 };
                 let (mut below_spikes, mut below_others) = (0i32, out.n_spikes as i32);
@@ -230,7 +317,14 @@ impl Tile<'_> {
                     below_spikes += s.count_ones() as i32;
                     below_others += o.count_ones() as i32;
                     let ur = _mm512_permutex2var_ps(u[0], pos, u[1]);
-                    let dr = _mm512_permutex2var_ps(d[0], pos, d[1]);
+                    let dr = match lanes_dlds {
+                        // SAFETY: the lanes of `lanes(r)` lie within the sample's n entries
+                        // (checked by `backward_output_samples`).
+                        Some(row) => _mm512_add_ps(zero, unsafe {
+                            _mm512_maskz_loadu_ps(lanes(r), row.as_ptr().add(16 * r))
+                        }),
+                        None => _mm512_permutex2var_ps(d[0], pos, d[1]),
+                    };
                     // Surrogate::grad: 1 / (x x) with x = beta |u - theta| + 1, times dL/dS.
                     let x =
                         _mm512_add_ps(_mm512_mul_ps(be, _mm512_abs_ps(_mm512_sub_ps(ur, th))), one);
@@ -239,9 +333,11 @@ impl Tile<'_> {
                     cr[r] = _mm512_mul_ps(om, gr[r]);
                 }
                 // The terms also go to the scratch in the gradient set's order, as the step one
-                // by one leaves them (the same arena, bit for bit).
+                // by one leaves them (the same arena, bit for bit; an output layer's run leaves
+                // the scratch alone).
                 let (mut to, cur) = (0, self.cur[..ng].as_mut_ptr());
-                for set in [spiked, !spiked] {
+                let sets = if lanes_dlds.is_some() { &[][..] } else { &[spiked, !spiked][..] };
+                for &set in sets {
                     for (r, &x) in sg.iter().enumerate() {
                         let k = (set >> (16 * r)) as u16 & lanes(r);
                         let count = k.count_ones() as usize;
@@ -301,5 +397,39 @@ impl Tile<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// Where [`Tile::backward_external_samples`] and [`Tile::backward_output_samples`] take each
+/// sample's `dL/dS`.
+enum DldsFrom<'d, D> {
+    /// The driver writes it at the ids of the tile's buffer.
+    Driver(D),
+    /// Sample `b`'s of neuron `i` is `0.0 + values[b * stride + i]`, at every step.
+    Lanes(&'d [f32], usize),
+}
+
+impl<'d, D: FnMut(usize, SpikeView<'_>, &mut [f32])> DldsFrom<'d, D> {
+    /// Sample `b`'s entries at the ids of `buf` into `dst`.
+    #[inline(always)]
+    fn write(&mut self, b: usize, buf: SpikeView<'_>, dst: &mut [f32]) {
+        match self {
+            DldsFrom::Driver(f) => f(b, buf, dst),
+            DldsFrom::Lanes(values, stride) => {
+                let row = &values[b * *stride..];
+                for (d, &i) in dst.iter_mut().zip(buf.ids) {
+                    *d = 0.0 + row[i as usize];
+                }
+            }
+        }
+    }
+
+    /// Sample `b`'s entries in neuron order, if that is where they are.
+    #[inline(always)]
+    fn lanes(&self, b: usize) -> Option<&'d [f32]> {
+        match self {
+            DldsFrom::Driver(_) => None,
+            DldsFrom::Lanes(values, stride) => Some(&values[b * *stride..]),
+        }
     }
 }

@@ -743,3 +743,88 @@ fn slots_keep_their_masks_through_runs_and_cuts() {
         }
     }
 }
+
+/// An output layer's backward steps with `dL/dS` in neuron order
+/// ([`Tile::backward_output_samples`]) equal [`Tile::backward_external_samples`] given the same
+/// entries at the buffers' ids: every partial, the shared gradients and the whole arena but
+/// the `dL/dS` in-buffers and scratch, twice over, at the widths of one and two registers
+/// (AVX-512F's lean loop, whole-tile gradient sets in exact mode) and wider, cut buffers or
+/// not, a window or exact mode, all or some samples; a short `dL/dc` is refused.
+#[test]
+fn output_samples_equal_the_samples_given_the_entries() {
+    for (neurons, capacity) in [(7, 7), (16, 16), (20, 20), (20, 4), (32, 32), (32, 5), (40, 40)] {
+        let cfg = cfg(neurons, capacity);
+        let stride = neurons + 3;
+        let dldc: Vec<f32> =
+            (0..BATCH * stride).map(|i| dlds_of(i / stride, 1, i) - 0.05).collect();
+        for (seed, window) in [(6, 0.3), (7, f32::INFINITY)] {
+            let params = NeuronParams { window, ..NeuronParams::default() };
+            let mut start = arena(&cfg, params, seed);
+            let input = inputs(seed + 10, 0.25);
+            {
+                let mut tile = Tile::attach(cfg, params, bytemuck::cast_slice_mut(&mut start));
+                step_by_step(tile.as_mut().unwrap(), &input, BATCH);
+            }
+            for samples in [BATCH, 2] {
+                let what = format!(
+                    "{neurons} neurons, cap {capacity}, window {window}, {samples} samples"
+                );
+                let mut results = Vec::new();
+                for lanes in [false, true] {
+                    let mut arena = start.clone();
+                    let mut grads = vec![0.5f32; cfg.inputs * neurons];
+                    let mut partials = Vec::new();
+                    {
+                        let a = bytemuck::cast_slice_mut(&mut arena);
+                        let mut tile = Tile::attach(cfg, params, a).unwrap();
+                        for t in (0..T).rev().chain((0..T).rev()) {
+                            let shared = Some(SharedGrads { dw: &mut grads, dv: &mut [] });
+                            let got = |_: usize, p: &[f32]| partials.push(p.to_vec());
+                            let step = |b: usize| view(&input[t][b]);
+                            if lanes {
+                                tile.backward_output_samples(
+                                    t, samples, &dldc, stride, step, got, true, None, shared,
+                                )
+                                .unwrap();
+                            } else {
+                                let dlds = |b: usize, buf: SpikeView<'_>, dst: &mut [f32]| {
+                                    for (d, &i) in dst.iter_mut().zip(buf.ids) {
+                                        *d = 0.0 + dldc[b * stride + i as usize];
+                                    }
+                                };
+                                tile.backward_external_samples(
+                                    t, samples, dlds, step, got, true, None, shared,
+                                )
+                                .unwrap();
+                            }
+                        }
+                    }
+                    clear_scratch(&mut arena, &cfg, params);
+                    results.push((arena, grads, partials));
+                }
+                let (want, got) = (&results[0], &results[1]);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert!(want.1.iter().any(|&g| g != 0.5), "gradients must flow: {what}");
+                assert!(got.0 == want.0, "arena differs: {what}");
+                assert_eq!(bits(&got.1), bits(&want.1), "gradients differ: {what}");
+                let (gp, wp) = (got.2.concat(), want.2.concat());
+                assert_eq!(bits(&gp), bits(&wp), "partials differ: {what}");
+            }
+        }
+        let mut a = arena(&cfg, NeuronParams::default(), 1);
+        let mut tile = Tile::attach(cfg, NeuronParams::default(), bytemuck::cast_slice_mut(&mut a));
+        let short = &dldc[..(BATCH - 1) * stride + neurons - 1];
+        let r = tile.as_mut().unwrap().backward_output_samples(
+            0,
+            BATCH,
+            short,
+            stride,
+            |_| SpikeView::EMPTY,
+            |_, _| {},
+            true,
+            None,
+            None,
+        );
+        assert_eq!(r, Err(TileError::BadInput), "{neurons} neurons: short dL/dc");
+    }
+}

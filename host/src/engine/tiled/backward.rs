@@ -143,21 +143,9 @@ impl TiledEngine {
             // readout, and any feed-forward layer above the first whose partials are near.
             let b0 = samples.start;
             let (last, classes) = (l + 1 == self.layers.len(), self.cfg.classes);
-            let first = tile.config().first_neuron;
             let dlds = |bl: usize, buf: SpikeView<'_>, dst: &mut [f32]| {
-                if last {
-                    // The output layer: dL/dS of each id is its class's dL/dc (the sums of
-                    // `gather_dlds` with its one term; the tile's buffer holds what the layer
-                    // kept, its ids less the tile's first neuron).
-                    // Safety: dL/dc is read-only in backward phases.
-                    let dldc = unsafe { self.dldc.slice((b0 + bl) * classes, classes) };
-                    for (d, &i) in dst.iter_mut().zip(buf.ids) {
-                        *d = 0.0 + dldc[first + i as usize];
-                    }
-                } else {
-                    let counts = (buf.n_spikes, buf.near().len());
-                    self.gather_dlds((l, r, p), (b0 + bl, bl, t), counts, dst);
-                }
+                let counts = (buf.n_spikes, buf.near().len());
+                self.gather_dlds((l, r, p), (b0 + bl, bl, t), counts, dst);
             };
             // Safety: layer buffers are read-only in backward phases.
             let step = |bl: usize| unsafe { self.step_input(input, l, b0 + bl, t) }.input;
@@ -172,6 +160,25 @@ impl TiledEngine {
                 }
             };
             let len = samples.len();
+            if last && len > 0 {
+                // The output layer: dL/dS of each neuron is its class's dL/dc at every step (the
+                // sums of `gather_dlds` with their one term), read in neuron order.
+                let (first, n) = (tile.config().first_neuron, tile.config().neurons);
+                // Safety: dL/dc is read-only in backward phases.
+                let dldc =
+                    unsafe { self.dldc.slice(b0 * classes + first, (len - 1) * classes + n) };
+                return tile.backward_output_samples(
+                    t,
+                    len,
+                    dldc,
+                    classes,
+                    step,
+                    partials,
+                    l > 0,
+                    shared,
+                    grads,
+                );
+            }
             return tile.backward_external_samples(
                 t,
                 len,
