@@ -2,11 +2,14 @@
 //! ([`Tile::backward_deferred_run_at`]): for each tile-sample-step the driver names where the
 //! entries of the tile's spikes and of its near-threshold ids lie (a layer buffer's two runs,
 //! [`DldsAt`]), and the tile reads them itself. On AVX-512F, for tiles of 16 or 32 neurons, a
-//! step then runs without a branch that depends on the data: the spike and near-threshold masks
-//! come from the buffer's ids in vector registers, and the gradient set's membranes and `dL/dS`
-//! are moved to their neurons' lanes by expansion (each run of a tile's buffer is ascending, as
-//! the tile builds it and as a merge's cut keeps it), so that the surrogate terms are added in
-//! lanes. The same arithmetic as [`Tile::backward_deferred_run`], bit for bit.
+//! step then runs without a branch on how many entries it has: the spike and near-threshold
+//! masks are the ones the forward pass kept in the buffer's slot (computed from the ids only
+//! where the slot has no room for them: a nearly full buffer), and the gradient set's membranes
+//! and `dL/dS` are moved to their neurons' lanes by expansion (each run of a tile's buffer is
+//! ascending, as the tile builds it and as a merge's cut keeps it), so that the surrogate terms
+//! are added in lanes. The same arithmetic as [`Tile::backward_deferred_run`], bit for bit.
+//! (Computing the masks from the ids in vector registers instead cost more than the branches it
+//! saved: docs/performance.md.)
 
 use super::super::Tile;
 use crate::spikes::SpikeView;
@@ -103,9 +106,9 @@ impl Tile<'_> {
 
     /// [`Tile::backward_deferred_run_at`] for a tile of `N = 16 R` neurons (`R` 1 or 2) in
     /// AVX-512F: the adjoints of a sample in `R` registers; the step's spike mask `S` and
-    /// near-threshold mask from its buffer's ids (each id's bit, or-ed over the lanes of the ids
-    /// loaded two to a lane); the gradient set's membranes and `dL/dS` loaded contiguously and
-    /// expanded into the lanes of `S` (the spikes' entries, ascending) and of the near mask
+    /// near-threshold mask from its buffer's slot (see `MASKED_NEURONS`; from its ids where the
+    /// slot has no room for them); the gradient set's membranes and `dL/dS` loaded contiguously
+    /// and expanded into the lanes of `S` (the spikes' entries, ascending) and of the near mask
     /// (theirs); the surrogate terms added where the set is, in lanes. The same operations on
     /// each neuron's values as [`Tile::backward_step`].
     ///
@@ -163,6 +166,11 @@ impl Tile<'_> {
                 // The spikes and near-threshold ids as masks (the forward pass's, kept in the
                 // slot where its ids leave room).
                 let [s_mask, n_mask] = get_masks(slot);
+                debug_assert_eq!(
+                    (s_mask.count_ones() as usize, n_mask.count_ones() as usize),
+                    (ns, ng - ns),
+                    "the slot's masks are its ids'"
+                );
                 let uh = self.u_hist[step * kt..][..ng].as_ptr();
                 let g: &mut [f32; N] = (&mut self.g[b * N..(b + 1) * N]).try_into().expect("N");
                 let c: &mut [f32; N] =
@@ -170,11 +178,14 @@ impl Tile<'_> {
                 let (mut s_before, mut n_before) = (0usize, 0usize);
                 for r in 0..R {
                     let (s, nr) = ((s_mask >> (16 * r)) as u16, (n_mask >> (16 * r)) as u16);
-                    let (cs, cn) = (s.count_ones(), nr.count_ones());
+                    // As many entries as the masks' bits (the ids, distinct), never more than
+                    // the buffer has left.
+                    let cs = s.count_ones().min((ns - s_before) as u32);
+                    let cn = nr.count_ones().min((ng - ns - n_before) as u32);
                     // SAFETY: lanes 16 r .. 16 r + 16 of `g` and `c` exist (N = 16 R); the
-                    // entries loaded lie within the gradient set's membranes (ns spikes, then
-                    // ng - ns near-threshold ids; the masks' bits are the ids, distinct) and
-                    // within the driver's entries (checked above).
+                    // entries loaded lie within the gradient set's membranes (`s_before + cs <=
+                    // ns` spikes, then `n_before + cn <= ng - ns` near-threshold ids) and within
+                    // the driver's entries (checked above).
                     unsafe {
                         let gr = if t + 1 == cfg.time_steps {
                             _mm512_setzero_ps()
