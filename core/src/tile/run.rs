@@ -2,12 +2,12 @@
 //! ([`Tile::forward_external_run`]): a feed-forward tile, for a driver that runs its tiles ahead
 //! of the layer merge; backward ([`Tile::backward_deferred_run`], module `backward`): a first
 //! layer with deferred input-weight gradients, or ([`Tile::backward_deferred_run_at`], module
-//! `backward_at`) the same reading its `dL/dS` where the driver points. The same arithmetic as [`Tile::forward_external`]
-//! (or [`Tile::backward_external_deferred`]) step after step, bit for bit; what a run saves is the
-//! per-step call: the checks of the tile's shapes once per run rather than per sample and step,
-//! and (on x86-64) the row sums and the membrane update inlined into one loop compiled for the
-//! widest vector instructions the CPU runs; on AVX-512F, tiles of 16, 32 or 64 neurons keep
-//! their sums, membranes and adjoints in registers.
+//! `backward_at`) the same reading its `dL/dS` where the driver points. The same arithmetic as
+//! [`Tile::forward_external`] (or [`Tile::backward_external_deferred`]) step after step, bit for
+//! bit; what a run saves is the per-step call: the checks of the tile's shapes once per run
+//! rather than per sample and step, and (on x86-64) the row sums and the membrane update inlined
+//! into one loop compiled for the widest vector instructions the CPU runs; on AVX-512F, tiles of
+//! 16, 32 or 64 neurons keep their sums, membranes and adjoints in registers.
 
 use super::{SharedWeights, StepInput, Tile};
 use crate::spikes::SpikeView;
