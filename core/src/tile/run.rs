@@ -27,6 +27,11 @@ pub use backward_at::DldsAt;
 /// steps ahead: no better.
 const PREFETCH_STEPS: usize = 1;
 
+/// A lean forward run ([`Tile::run_lanes`]) of more steps than this asks for all of its weight
+/// rows in L2 as it starts: a run through a batch touches most of them. A shorter one (a layer
+/// in lockstep with its merge runs one step per call) reads the few rows its spikes select.
+const PREFETCH_ROWS_AFTER: usize = 8;
+
 /// Samples whose spikes of the step before a lean forward run ([`Tile::run_lanes`]) keeps as
 /// masks (the others read them from the history, a loop over the ids). Two in tests, so that
 /// their micro-batches of three take both ways.
@@ -224,7 +229,9 @@ impl Tile<'_> {
         // The spikes each sample kept at the step before, as a mask (samples beyond its length
         // read them from the history).
         let (first, mut last) = (steps.start, [0u64; MASKED_SAMPLES]);
-        crate::simd::prefetch_lines_l2(w);
+        if steps.len() > PREFETCH_ROWS_AFTER {
+            crate::simd::prefetch_lines_l2(w);
+        }
         'steps: for (t, found) in steps.zip(found) {
             self.prefetch_forward(t + PREFETCH_STEPS);
             let (mut step_spikes, mut step_near) = (0u32, 0u32);
