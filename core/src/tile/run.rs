@@ -30,6 +30,7 @@ const PREFETCH_STEPS: usize = 1;
 /// A lean forward run ([`Tile::run_lanes`]) of more steps than this asks for all of its weight
 /// rows in L2 as it starts: a run through a batch touches most of them. A shorter one (a layer
 /// in lockstep with its merge runs one step per call) reads the few rows its spikes select.
+#[cfg(target_arch = "x86_64")]
 const PREFETCH_ROWS_AFTER: usize = 8;
 
 /// Samples whose spikes of the step before a lean forward run ([`Tile::run_lanes`]) keeps as

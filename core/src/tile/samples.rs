@@ -425,6 +425,7 @@ impl<'d, D: FnMut(usize, SpikeView<'_>, &mut [f32])> DldsFrom<'d, D> {
     }
 
     /// Sample `b`'s entries in neuron order, if that is where they are.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     #[inline(always)]
     fn lanes(&self, b: usize) -> Option<&'d [f32]> {
         match self {
