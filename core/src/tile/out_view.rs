@@ -22,6 +22,8 @@
 //! assert_eq!(out.get(1, 0).spikes(), &[0, 1]);
 //! let (view, rest) = out.get_with_rest(1, 0);
 //! assert_eq!(rest[..view.ids.len()], *view.ids);
+//! assert_eq!(out.step(1)[..4], [2, 2, 0, 1]); // two spikes, no near-threshold id
+//! assert_eq!(out.slot_words(), 4);
 //! ```
 
 use super::{slot_view, Tile, TileLayout};
@@ -61,6 +63,25 @@ impl<'a> OutBuffers<'a> {
         assert!(b < self.batch, "sample {b} of a tile of {}", self.batch);
         let slot = &self.slots[(t * self.batch + b) * self.slot..];
         (slot_view(slot), &slot[2..])
+    }
+
+    /// The slots of step `t`, every sample's in turn, each [`OutBuffers::slot_words`] long:
+    /// `[n_spikes, n_grad, ids..., spare]`, the ids the gradient set ([`OutBuffers::get`]'s),
+    /// spikes first. For a driver that copies the ids in blocks of a fixed size under a mask of
+    /// their count (the words past them are the slot's spare ones).
+    ///
+    /// # Panics
+    /// If `t` is out of the tile's range.
+    #[inline]
+    pub fn step(&self, t: usize) -> &'a [u16] {
+        let len = self.batch * self.slot;
+        &self.slots[t * len..][..len]
+    }
+
+    /// Words per slot of [`OutBuffers::step`]: the tile's own capacity + 2.
+    #[inline]
+    pub fn slot_words(&self) -> usize {
+        self.slot
     }
 
     /// Asks the CPU to start loading the buffers of `steps`, every sample (see

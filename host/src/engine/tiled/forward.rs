@@ -370,6 +370,12 @@ impl TiledEngine {
         if p_count == 1 && self.merge_single(batch, (l, r, steps.clone()))? {
             return Ok(false);
         }
+        #[cfg(target_arch = "x86_64")]
+        // Safety: `lean_merge_fits` holds; this unit owns the replica's tiles, its samples'
+        // layer buffers and its tiles' starts of `steps`.
+        if self.lean_merge_fits(l) && unsafe { self.merge_lean(batch, (l, r, steps.clone())) }? {
+            return Ok(false);
+        }
         let m = samples.len();
         // Per (step, sample) cell `k = (t - steps.start) * m + bl`: spikes kept, and the first
         // `cap` near-threshold ids (no more can be kept), each cell's `cap + MERGE_PAD` entries
@@ -769,6 +775,45 @@ mod tests {
             assert!(out == 1.0 || lockstep.1.iter().any(|o| last(o) > 0), "{:?}", lockstep.1);
             let what = format!("max activity {max_activity}, window {window}, output {out}");
             assert!(train(true) == lockstep, "{what}");
+        }
+    }
+
+    /// The lean merge (`lean_merge`: replicas of at most 16 tiles of at most 32 neurons, on a
+    /// CPU with AVX-512BW) trains as the general merge, bit for bit: in busy and in overflowing
+    /// layers (where it gives up on the steps whose buffers need a cut, and on every step of a
+    /// layer in lockstep that drops spikes), on tiles of 4 neurons, of 32 (W's hidden tiles, in a
+    /// replica of three) and of uneven widths (ids offset by first neurons that are no multiple
+    /// of a register).
+    #[test]
+    fn lean_merges_equal_general_ones() {
+        let mut base = busy_config();
+        base.time_steps = 2 * super::MERGE_STEPS + 3;
+        let mut cfgs = Vec::new();
+        for (max_activity, window, gain) in [(0.3, 1.0, 12.0), (0.1, 0.5, 40.0), (1.0, 1.0, 40.0)] {
+            let mut cfg = base.clone();
+            (cfg.max_activity, cfg.window, cfg.init_gain) = (max_activity, window, gain);
+            cfgs.push(cfg);
+        }
+        let mut wide = base.clone();
+        (wide.inputs, wide.hidden, wide.max_neurons_per_tile) = (40, vec![96], Some(32));
+        (wide.max_activity, wide.window, wide.init_gain) = (0.15, 1.0, 30.0);
+        cfgs.push(wide);
+        let mut uneven = base.clone();
+        (uneven.hidden, uneven.max_neurons_per_tile) = (vec![23, 10], Some(7));
+        cfgs.push(uneven);
+        let lean_cpu =
+            spiketile_core::simd::avx512() && std::arch::is_x86_feature_detected!("avx512bw");
+        for cfg in &cfgs {
+            let what = format!("hidden {:?}, max activity {}", cfg.hidden, cfg.max_activity);
+            let e = TiledEngine::new(cfg, &Params::init(cfg, 3), 2).unwrap();
+            if lean_cpu {
+                assert!(e.lean_merge_fits(0), "{what}: the lean merge takes the first layer");
+            }
+            let train =
+                |lean: bool| train_three(cfg, |e| e.lean_merge.iter_mut().for_each(|x| *x = lean));
+            let general = train(false);
+            assert!(general.1.iter().flatten().any(|&o| o > 0) || cfg.max_activity == 1.0);
+            assert!(train(true) == general, "{what}");
         }
     }
 

@@ -59,6 +59,8 @@ mod deferred;
 mod dlds;
 mod forward;
 mod layer;
+#[cfg(target_arch = "x86_64")]
+mod lean_merge;
 mod run;
 mod units;
 mod weights;
@@ -109,6 +111,9 @@ pub struct TiledEngine {
     /// loop ([`forward::append_block`]): where the last batch's tiles offered it at least
     /// [`PADDED_MERGE_IDS`] ids per sample and step.
     merge_padded: Vec<bool>,
+    /// Per layer: whether its merge may take the lean way where it fits
+    /// (`lean_merge::merge_lean`; always, but in tests that compare it with the general one).
+    lean_merge: Vec<bool>,
     /// Backward steps per block (`layer::backward_block`): the backward pass runs the steps in
     /// blocks of this many from the end, one layer after the other (top down) within a block,
     /// each tile running the block's steps in turn; 1 = every layer in each step's phase.
@@ -205,6 +210,7 @@ impl TiledEngine {
             trace: None,
             unit_ns: Default::default(),
             merge_padded: vec![false; ahead.len()],
+            lean_merge: vec![true; ahead.len()],
             ahead,
             block,
             arenas,
