@@ -132,10 +132,10 @@ impl Tile<'_> {
         use crate::tile::{get_masks, slot_view};
         use crate::Surrogate;
         use core::arch::x86_64::{
-            __m512, _mm512_abs_ps, _mm512_add_ps, _mm512_div_ps, _mm512_loadu_ps,
-            _mm512_mask_add_ps, _mm512_mask_expand_ps, _mm512_maskz_expand_ps,
-            _mm512_maskz_loadu_ps, _mm512_maskz_mov_ps, _mm512_mul_ps, _mm512_set1_ps,
-            _mm512_setzero_ps, _mm512_storeu_ps, _mm512_sub_ps,
+            __m512, _mm512_add_epi32, _mm512_add_ps, _mm512_loadu_ps, _mm512_mask_add_ps,
+            _mm512_mask_expand_ps, _mm512_maskz_expand_ps, _mm512_maskz_loadu_ps,
+            _mm512_maskz_mov_ps, _mm512_mul_ps, _mm512_permutexvar_ps, _mm512_set1_epi32,
+            _mm512_set1_ps, _mm512_setr_epi32, _mm512_setzero_ps, _mm512_storeu_ps,
         };
         assert!((R == 1 || R == 2) && N == 16 * R && self.cfg.neurons == N);
         let cfg = self.cfg;
@@ -145,6 +145,7 @@ impl Tile<'_> {
         let Surrogate::SuperSpike { beta } = self.params.surrogate;
         let (be, th, one) = (_mm512_set1_ps(beta), _mm512_set1_ps(theta), _mm512_set1_ps(1.0));
         let zero = _mm512_setzero_ps();
+        let iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
         // The first `k` lanes (k <= 16).
         let first = |k: u32| ((1u32 << k) - 1) as u16;
         let last = steps.end.saturating_sub(1);
@@ -175,6 +176,32 @@ impl Tile<'_> {
                 let g: &mut [f32; N] = (&mut self.g[b * N..(b + 1) * N]).try_into().expect("N");
                 let c: &mut [f32; N] =
                     (&mut vecs[(last - t) * stride + b * N..][..N]).try_into().expect("N");
+                // The surrogate terms of a set of at most 16 entries are taken once, in the set's
+                // order (spikes, then near-threshold ids), and moved to their lanes; a larger set
+                // takes them register by register, in lanes.
+                let packed = ng <= 16;
+                // SAFETY: the entries loaded lie within the set's ng membranes and within the
+                // driver's entries (ns spikes, ng - ns near-threshold ids; checked above).
+                let sg_set = match (packed, src) {
+                    (false, _) => zero,
+                    (true, src) => unsafe {
+                        let u = _mm512_maskz_loadu_ps(first(ng as u32), uh);
+                        let d = match src {
+                            Some(src) => {
+                                let ds =
+                                    _mm512_maskz_loadu_ps(first(ns as u32), src.spikes.as_ptr());
+                                let dn = _mm512_maskz_loadu_ps(
+                                    first((ng - ns) as u32),
+                                    src.near.as_ptr(),
+                                );
+                                let near_lanes = first(ng as u32) & !first(ns as u32);
+                                _mm512_add_ps(zero, _mm512_mask_expand_ps(ds, near_lanes, dn))
+                            }
+                            None => zero,
+                        };
+                        surrogate_terms(u, d, (be, th, one))
+                    },
+                };
                 let (mut s_before, mut n_before) = (0usize, 0usize);
                 for r in 0..R {
                     let (s, nr) = ((s_mask >> (16 * r)) as u16, (n_mask >> (16 * r)) as u16);
@@ -194,31 +221,42 @@ impl Tile<'_> {
                         };
                         let gr: __m512 = _mm512_mul_ps(gr, a);
                         let kept = _mm512_maskz_mov_ps(!s, gr);
-                        let us = _mm512_maskz_loadu_ps(first(cs), uh.add(s_before));
-                        let un = _mm512_maskz_loadu_ps(first(cn), uh.add(ns + n_before));
-                        let u = _mm512_mask_expand_ps(_mm512_maskz_expand_ps(s, us), nr, un);
-                        let d = match src {
-                            Some(src) => {
-                                let ds = _mm512_maskz_loadu_ps(
-                                    first(cs),
-                                    src.spikes.as_ptr().add(s_before),
-                                );
-                                let dn = _mm512_maskz_loadu_ps(
-                                    first(cn),
-                                    src.near.as_ptr().add(n_before),
-                                );
-                                let d =
-                                    _mm512_mask_expand_ps(_mm512_maskz_expand_ps(s, ds), nr, dn);
-                                _mm512_add_ps(zero, d)
-                            }
-                            None => zero,
+                        let sg = if packed {
+                            // This register's spikes' terms start at the set's entry s_before,
+                            // its near-threshold ids' at ns + n_before.
+                            let from = |k: usize| {
+                                _mm512_permutexvar_ps(
+                                    _mm512_add_epi32(iota, _mm512_set1_epi32(k as i32)),
+                                    sg_set,
+                                )
+                            };
+                            let spikes = _mm512_maskz_expand_ps(s, from(s_before));
+                            _mm512_mask_expand_ps(spikes, nr, from(ns + n_before))
+                        } else {
+                            let us = _mm512_maskz_loadu_ps(first(cs), uh.add(s_before));
+                            let un = _mm512_maskz_loadu_ps(first(cn), uh.add(ns + n_before));
+                            let u = _mm512_mask_expand_ps(_mm512_maskz_expand_ps(s, us), nr, un);
+                            let d = match src {
+                                Some(src) => {
+                                    let ds = _mm512_maskz_loadu_ps(
+                                        first(cs),
+                                        src.spikes.as_ptr().add(s_before),
+                                    );
+                                    let dn = _mm512_maskz_loadu_ps(
+                                        first(cn),
+                                        src.near.as_ptr().add(n_before),
+                                    );
+                                    let d = _mm512_mask_expand_ps(
+                                        _mm512_maskz_expand_ps(s, ds),
+                                        nr,
+                                        dn,
+                                    );
+                                    _mm512_add_ps(zero, d)
+                                }
+                                None => zero,
+                            };
+                            surrogate_terms(u, d, (be, th, one))
                         };
-                        // Surrogate::grad: 1 / (x x) with x = beta |u - theta| + 1, times dL/dS.
-                        let x = _mm512_add_ps(
-                            _mm512_mul_ps(be, _mm512_abs_ps(_mm512_sub_ps(u, th))),
-                            one,
-                        );
-                        let sg = _mm512_mul_ps(_mm512_div_ps(one, _mm512_mul_ps(x, x)), d);
                         let gi = _mm512_mask_add_ps(kept, s | nr, kept, sg);
                         _mm512_storeu_ps(g.as_mut_ptr().add(16 * r), gi);
                         _mm512_storeu_ps(c.as_mut_ptr().add(16 * r), _mm512_mul_ps(om, gi));
@@ -230,4 +268,29 @@ impl Tile<'_> {
         }
         Ok(())
     }
+}
+
+/// [`crate::Surrogate::grad`] of the membranes `u`, times `d`, lane by lane: `1 / (x x) d` with
+/// `x = beta |u - theta| + 1` (`(beta, theta, 1)` in every lane of `consts`).
+///
+/// # Safety
+/// The CPU must run AVX-512F code.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(unsafe_code)]
+#[inline]
+unsafe fn surrogate_terms(
+    u: core::arch::x86_64::__m512,
+    d: core::arch::x86_64::__m512,
+    (be, th, one): (
+        core::arch::x86_64::__m512,
+        core::arch::x86_64::__m512,
+        core::arch::x86_64::__m512,
+    ),
+) -> core::arch::x86_64::__m512 {
+    use core::arch::x86_64::{
+        _mm512_abs_ps, _mm512_add_ps, _mm512_div_ps, _mm512_mul_ps, _mm512_sub_ps,
+    };
+    let x = _mm512_add_ps(_mm512_mul_ps(be, _mm512_abs_ps(_mm512_sub_ps(u, th))), one);
+    _mm512_mul_ps(_mm512_div_ps(one, _mm512_mul_ps(x, x)), d)
 }
